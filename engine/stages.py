@@ -1,0 +1,169 @@
+"""The three stages of the engine, as small interfaces.
+
+Every backend (classical or neural) implements one of these.  Images are numpy
+``HxWx3 uint8`` RGB arrays, masks are ``HxW bool`` arrays at the frame's size.
+Backends hold no I/O: the session hands them frames and takes masks/images back.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Mapping, Sequence
+
+import numpy as np
+
+Mask = np.ndarray  # HxW bool
+Image = np.ndarray  # HxWx3 uint8, RGB
+
+
+@dataclass(frozen=True)
+class Click:
+    """A point prompt in frame pixel coordinates (x to the right, y down)."""
+
+    x: float
+    y: float
+    positive: bool = True
+
+
+@dataclass
+class Frame:
+    """One decoded video frame, in input order."""
+
+    index: int  # 0-based position in the stream (the session's frame clock)
+    image: Image
+    pts: int | None = None
+    time_base: Fraction | None = None
+    wallclock: float | None = None  # time.monotonic() when it was decoded (live sources)
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+    @property
+    def seconds(self) -> float | None:
+        if self.pts is None or self.time_base is None:
+            return None
+        return float(self.pts * self.time_base)
+
+
+class SelectionError(ValueError):
+    """A prompt selected nothing (or something unusable)."""
+
+
+class Segmenter(abc.ABC):
+    """Frame + clicks -> mask of one object."""
+
+    name: str = "segmenter"
+
+    @abc.abstractmethod
+    def segment(self, frame: Frame, clicks: Sequence[Click], *, neighbours: Sequence[Frame] = ()) -> Mask:
+        """Return the mask of the object the clicks select on ``frame``.
+
+        ``neighbours`` are nearby frames (may be empty) that a backend may use for
+        motion cues.  Raises :class:`SelectionError` when the clicks select nothing.
+        """
+
+    def forget(self, before_index: int) -> None:  # pragma: no cover - optional
+        """Drop any per-frame cache for frames older than ``before_index``."""
+
+
+class Propagator(abc.ABC):
+    """Per-frame mask propagation of every tracked object (a sam2-style step).
+
+    The session calls :meth:`seed` when prompts change the objects on a frame
+    (that frame may be older than the last stepped one: the session then steps
+    the frames after it again), and :meth:`step` once per frame in order.
+    Memory is bounded by ``memory_cap`` whatever the stream length.
+    """
+
+    name: str = "propagator"
+
+    @abc.abstractmethod
+    def seed(self, frame: Frame, masks: Mapping[int, Mask]) -> None:
+        """Make ``frame`` a reference frame on which the objects are exactly ``masks``.
+
+        Objects missing from ``masks`` are no longer tracked.  The next :meth:`step`
+        continues from this frame.
+        """
+
+    @abc.abstractmethod
+    def step(self, frame: Frame) -> dict[int, Mask]:
+        """Propagate every tracked object to ``frame`` (the frame after the last one seen)."""
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Forget every object and all memory."""
+
+    @property
+    def objects(self) -> list[int]:  # pragma: no cover - informational
+        return []
+
+    def memory_frames(self) -> int:
+        """Number of frames currently held in memory (for metrics and tests)."""
+        return 0
+
+
+@dataclass
+class WindowEntry:
+    frame: Frame
+    hole: Mask  # union of the masks of objects whose effect is ``remove`` (not dilated)
+    revision: int = 0  # bumped whenever ``hole`` changes (e.g. after a re-click)
+
+
+@dataclass
+class InpaintRequest:
+    """What an inpainter gets to complete frame ``target``.
+
+    ``entries`` maps frame index -> entry for every frame the session still holds
+    around the target: past neighbours, the target, and up to ``future`` frames after it.
+    ``references`` are older frames kept at a stride (bounded), oldest first.
+    ``completed`` maps frame index -> already completed output image for recent past frames.
+    """
+
+    target: int
+    entries: Mapping[int, WindowEntry]
+    references: Sequence[WindowEntry] = ()
+    completed: Mapping[int, Image] = field(default_factory=dict)
+
+
+class Inpainter(abc.ABC):
+    """Fills the hole of a frame from its window of neighbours and past references."""
+
+    name: str = "inpainter"
+    #: frames after the target the inpainter wants to see (its share of the fixed delay)
+    future: int = 0
+    #: frames before the target it wants to see
+    past: int = 0
+    #: dilation (pixels, 3x3-cross iterations) applied to the hole before filling
+    dilation: int = 4
+
+    @abc.abstractmethod
+    def inpaint(self, request: InpaintRequest) -> Image:
+        """Return the completed image of ``request.target``; only the dilated hole may change."""
+
+    def cheap(self, request: InpaintRequest) -> Image:
+        """A fast fallback used when the session is behind its deadline (counted as degraded)."""
+        from .backends.classical_inpaint import spatial_fill
+
+        entry = request.entries[request.target]
+        return spatial_fill(entry.frame.image, dilate_hole(entry.hole, self.dilation))
+
+    def reset(self) -> None:
+        """Forget any cached state."""
+
+
+_CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.uint8)
+
+
+def dilate_hole(hole: Mask, iterations: int) -> Mask:
+    """Dilate a hole as the reference video inpainters do (3x3 cross, ``iterations`` times)."""
+    import cv2
+
+    if iterations <= 0 or not hole.any():
+        return hole.astype(bool, copy=False)
+    return cv2.dilate(hole.astype(np.uint8), _CROSS, iterations=iterations).astype(bool)
