@@ -1,1 +1,10 @@
-"""unseen.weights"""
+"""Model checkpoints: the registry of supported files, the weights folder, strict loading.
+
+``load_model(name)`` returns a model with its official weights loaded strictly;
+``find(name)`` says whether a checkpoint is installed.  The ``unseen weights``
+commands (``weights.cli``) fetch, import and verify them.  Only this package does I/O.
+"""
+from .loading import load_model
+from .store import find
+
+__all__ = ["find", "load_model"]
