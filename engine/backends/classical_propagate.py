@@ -1,0 +1,132 @@
+"""Mask propagation by dense optical flow (the embedded default).
+
+Each step computes DIS optical flow from the new frame back to the previous one,
+warps every object's soft mask along it, and refines the warped mask with a
+narrow-band GrabCut whose colour models come from the object itself, so masks
+neither drift off nor erode away.  Memory: the previous frame and one mask per
+object (constant on an endless stream).
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import cv2
+import numpy as np
+
+from ..stages import Frame, Mask, Propagator
+from .registry import BackendOptions
+
+FLOW_SIZE = 480  # long side the flow is computed at
+REFINE_SIZE = 256  # long side of the region the refinement runs at
+
+
+def _gray(image: np.ndarray, scale: float) -> np.ndarray:
+    g = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    if scale != 1.0:
+        g = cv2.resize(g, (round(g.shape[1] * scale), round(g.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+    return g
+
+
+class FlowPropagator(Propagator):
+    name = "classical"
+
+    def __init__(self, refine: bool = True, band: int | None = None) -> None:
+        self.refine = refine
+        self.band = band
+        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+        self._prev_gray: np.ndarray | None = None
+        self._soft: dict[int, np.ndarray] = {}  # object id -> float32 mask at full size
+        self._area: dict[int, float] = {}  # area on the reference frame, to catch runaway growth
+
+    @property
+    def objects(self) -> list[int]:
+        return sorted(self._soft)
+
+    def memory_frames(self) -> int:
+        return 0 if self._prev_gray is None else 1
+
+    def reset(self) -> None:
+        self._prev_gray = None
+        self._soft.clear()
+        self._area.clear()
+
+    def seed(self, frame: Frame, masks: Mapping[int, Mask]) -> None:
+        self._scale = min(1.0, FLOW_SIZE / max(frame.image.shape[:2]))
+        self._prev_gray = _gray(frame.image, self._scale)
+        self._soft = {oid: m.astype(np.float32) for oid, m in masks.items()}
+        self._area = {oid: float(m.sum()) for oid, m in masks.items()}
+
+    def step(self, frame: Frame) -> dict[int, Mask]:
+        if self._prev_gray is None or not self._soft:
+            self.seed(frame, {})
+            return {}
+        gray = _gray(frame.image, self._scale)
+        flow = self._dis.calc(gray, self._prev_gray, None)  # for each new pixel: where it was before
+        h, w = frame.image.shape[:2]
+        if self._scale != 1.0:
+            flow = cv2.resize(flow, (w, h), interpolation=cv2.INTER_LINEAR) / self._scale
+        gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+        map_x, map_y = gx + flow[..., 0], gy + flow[..., 1]
+        out: dict[int, Mask] = {}
+        for oid, soft in self._soft.items():
+            warped = cv2.remap(soft, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            mask = warped > 0.5
+            if self.refine and mask.any():
+                mask = self._refine(frame.image, warped, mask)
+            out[oid] = mask
+            self._soft[oid] = mask.astype(np.float32)
+        self._resolve_overlaps(out)
+        self._prev_gray = gray
+        return out
+
+    def _refine(self, image: np.ndarray, warped: np.ndarray, mask: Mask) -> Mask:
+        """Narrow-band GrabCut around the warped outline: sure inside, sure outside, unsure in the band."""
+        h, w = mask.shape
+        ys, xs = np.nonzero(mask)
+        size = max(np.ptp(ys) + 1, np.ptp(xs) + 1)
+        band = self.band or int(np.clip(size * 0.08, 3, 24))
+        pad = 3 * band
+        y0, y1 = max(0, ys.min() - pad), min(h, ys.max() + pad + 1)
+        x0, x1 = max(0, xs.min() - pad), min(w, xs.max() + pad + 1)
+        # GrabCut runs on the region scaled to at most REFINE_SIZE px: cost stays flat with object size
+        k = min(1.0, REFINE_SIZE / max(y1 - y0, x1 - x0))
+        sw, sh = max(8, round((x1 - x0) * k)), max(8, round((y1 - y0) * k))
+        sub = cv2.resize(mask[y0:y1, x0:x1].astype(np.uint8), (sw, sh), interpolation=cv2.INTER_NEAREST)
+        roi = cv2.resize(image[y0:y1, x0:x1], (sw, sh), interpolation=cv2.INTER_AREA)
+        b = max(1, round(band * k))
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * b + 1, 2 * b + 1))
+        inner = cv2.erode(sub, kernel).astype(bool)
+        outer = cv2.dilate(sub, kernel).astype(bool)
+        if not inner.any() or outer.all():
+            return mask
+        trimap = np.full(sub.shape, cv2.GC_BGD, np.uint8)
+        trimap[outer] = cv2.GC_PR_BGD
+        trimap[sub.astype(bool)] = cv2.GC_PR_FGD
+        trimap[inner] = cv2.GC_FGD
+        bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+        try:
+            cv2.grabCut(roi, trimap, None, bgd, fgd, 2, cv2.GC_INIT_WITH_MASK)
+        except cv2.error:
+            return mask
+        refined_small = ((trimap == cv2.GC_FGD) | (trimap == cv2.GC_PR_FGD)) & outer
+        refined = cv2.resize(refined_small.astype(np.uint8), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR) > 0
+        # keep the refinement only where it is plausible: no more than the band away from the warp
+        out = np.zeros_like(mask)
+        out[y0:y1, x0:x1] = refined
+        if out.sum() < 0.5 * mask.sum():  # the colour models collapsed: trust the flow
+            return mask
+        return out
+
+    def _resolve_overlaps(self, masks: dict[int, Mask]) -> None:
+        """A pixel belongs to one object: where masks overlap, the newer object (higher id) wins."""
+        taken = None
+        for oid in sorted(masks, reverse=True):
+            if taken is None:
+                taken = masks[oid].copy()
+                continue
+            masks[oid] = masks[oid] & ~taken
+            taken |= masks[oid]
+
+
+def create(variant: str | None, options: BackendOptions) -> FlowPropagator:
+    return FlowPropagator(refine=bool(options.extra.get("refine", True)))

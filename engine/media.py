@@ -1,0 +1,299 @@
+"""Media I/O with PyAV: sources (files, URLs, RTSP, frame folders) and the file sink.
+
+Resources are explicit (``open``/``close``, context managers) and every network
+open/read has a timeout, as PyAV recommends.  Errors are :class:`MediaError` with
+a one-line message that names the cause and the fix.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Iterator
+
+import av
+import cv2
+import numpy as np
+
+from .stages import Frame
+
+log = logging.getLogger("unseen.media")
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+DEFAULT_FOLDER_RATE = Fraction(24)  # DAVIS-style frame folders carry no rate; 24 fps is the usual one
+NETWORK_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
+
+
+class MediaError(RuntimeError):
+    """A source or sink cannot be opened, read or written (one-line message with the fix)."""
+
+
+@dataclass
+class StreamInfo:
+    width: int
+    height: int
+    rate: Fraction  # nominal frame rate
+    time_base: Fraction
+    frames: int | None  # known frame count, when the container says
+    audio: bool
+
+
+def is_network(uri: str) -> bool:
+    return uri.lower().startswith(NETWORK_SCHEMES)
+
+
+def _numbered(path: Path) -> list[Path]:
+    files = [p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+
+    def key(p: Path):
+        digits = re.findall(r"\d+", p.stem)
+        return (int(digits[-1]) if digits else -1, p.name)
+
+    return sorted(files, key=key)
+
+
+class Source:
+    """A video source: anything PyAV opens, or a folder of numbered frames.
+
+    Iterating yields :class:`Frame` objects (RGB, in decode order == presentation
+    order) with their pts and time base.  Audio packets, if any, go to
+    ``on_audio`` (for pass-through) as they are demuxed.
+    """
+
+    def __init__(self, uri: str | os.PathLike, *, open_timeout: float = 10.0, read_timeout: float = 10.0,
+                 loop: bool = False, rate: Fraction | None = None, live: bool | None = None) -> None:
+        self.uri = str(uri)
+        self.open_timeout = open_timeout
+        self.read_timeout = read_timeout
+        self.loop = loop
+        self.live = is_network(self.uri) if live is None else live
+        self.on_audio: Callable[[av.Packet], None] | None = None
+        self._container: av.container.InputContainer | None = None
+        self._files: list[Path] | None = None
+        self._rate_override = rate
+        self.info = self._open()
+
+    # -- opening --------------------------------------------------------------------------
+    def _open(self) -> StreamInfo:
+        path = Path(self.uri)
+        if not is_network(self.uri):
+            if not path.exists():
+                raise MediaError(f"input {self.uri!r} does not exist; check the path")
+            if path.is_dir():
+                return self._open_folder(path)
+            if not os.access(path, os.R_OK):
+                raise MediaError(f"input {self.uri!r} is not readable; check its permissions")
+        options = {}
+        if self.uri.lower().startswith(("rtsp://", "rtsps://")):
+            options = {"rtsp_transport": "tcp", "probesize": "32768", "analyzeduration": "0", "fflags": "nobuffer"}
+        try:
+            self._container = av.open(self.uri, options=options, timeout=(self.open_timeout, self.read_timeout))
+        except av.error.ExitError as exc:  # timeouts surface as immediate-exit errors
+            raise MediaError(f"input {self.uri!r} did not answer within {self.open_timeout:g} s; "
+                             f"check the URL and that the source is up") from exc
+        except (av.error.FFmpegError, OSError) as exc:
+            hint = "check the URL and that the source is up" if is_network(self.uri) else \
+                "the file is not a video PyAV can read; re-encode it (e.g. to H.264 mp4)"
+            raise MediaError(f"cannot open input {self.uri!r} ({_short(exc)}); {hint}") from exc
+        if not self._container.streams.video:
+            self._container.close()
+            raise MediaError(f"input {self.uri!r} has no video stream; give a video file or stream")
+        vs = self._container.streams.video[0]
+        vs.thread_type = "AUTO"
+        rate = self._rate_override or vs.average_rate or vs.base_rate or vs.guessed_rate or Fraction(25)
+        tb = vs.time_base or Fraction(1, 90000)
+        frames = int(vs.frames) if vs.frames else None
+        if frames is None and vs.duration and vs.time_base and not self.live:
+            frames = None  # a duration alone is not a reliable frame count
+        cc = vs.codec_context
+        return StreamInfo(cc.width, cc.height, Fraction(rate), Fraction(tb), frames,
+                          bool(self._container.streams.audio))
+
+    def _open_folder(self, path: Path) -> StreamInfo:
+        files = _numbered(path)
+        if not files:
+            raise MediaError(f"input folder {self.uri!r} holds no images ({', '.join(IMAGE_SUFFIXES)}); "
+                             f"give a folder of numbered frames")
+        first = _read_image(files[0])
+        self._files = files
+        rate = self._rate_override or DEFAULT_FOLDER_RATE
+        tb = 1 / rate
+        return StreamInfo(first.shape[1], first.shape[0], rate, tb, len(files), False)
+
+    @property
+    def audio_stream(self):
+        if self._container is not None and self._container.streams.audio:
+            return self._container.streams.audio[0]
+        return None
+
+    # -- reading --------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Frame]:
+        index = 0
+        offset = 0  # pts offset added on each loop so timestamps keep increasing
+        while True:
+            last_pts = None
+            for frame in (self._folder_frames() if self._files is not None else self._decode()):
+                pts = frame.pts
+                if pts is None:  # the first frame of an RTSP stream may have none
+                    pts = last_pts + self._step() if last_pts is not None else 0
+                last_pts = pts
+                frame.pts = pts + offset
+                frame.index = index
+                index += 1
+                yield frame
+            if not self.loop or index == 0:
+                return
+            offset = frame.pts + self._step()  # type: ignore[possibly-undefined]
+            self._rewind()
+
+    def _step(self) -> int:
+        return max(1, round(1 / (self.info.rate * self.info.time_base)))
+
+    def _folder_frames(self) -> Iterator[Frame]:
+        assert self._files is not None
+        step = self._step()
+        for i, p in enumerate(self._files):
+            img = _read_image(p)
+            if img.shape[:2] != (self.info.height, self.info.width):
+                raise MediaError(f"frame {p.name} is {img.shape[1]}x{img.shape[0]}, not "
+                                 f"{self.info.width}x{self.info.height} like the first; resize the folder's frames")
+            yield Frame(index=i, image=img, pts=i * step, time_base=self.info.time_base,
+                        wallclock=time.monotonic())
+
+    def _decode(self) -> Iterator[Frame]:
+        assert self._container is not None
+        vs = self._container.streams.video[0]
+        streams = [vs] + ([self.audio_stream] if self.audio_stream is not None else [])
+        try:
+            for packet in self._container.demux(*streams):
+                if packet.stream.type == "audio":
+                    if self.on_audio is not None and packet.dts is not None:
+                        self.on_audio(packet)
+                    continue
+                for vf in packet.decode():
+                    yield Frame(index=-1, image=vf.to_ndarray(format="rgb24"), pts=vf.pts,
+                                time_base=Fraction(vf.time_base or vs.time_base), wallclock=time.monotonic())
+        except av.error.ExitError as exc:
+            raise MediaError(f"input {self.uri!r} stopped sending for {self.read_timeout:g} s; "
+                             f"check that the source is up") from exc
+        except av.error.FFmpegError as exc:
+            raise MediaError(f"reading {self.uri!r} failed ({_short(exc)}); check the source") from exc
+
+    def _rewind(self) -> None:
+        if self._container is not None:
+            self._container.seek(0)
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+
+    def __enter__(self) -> "Source":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _read_image(path: Path) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise MediaError(f"cannot read image {str(path)!r}; check the file")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
+# ------------------------------------------------------------------------------------------
+class FileSink:
+    """Encodes frames (H.264/yuv420p, no B-frames) to a file, with audio passed through.
+
+    The file is written under a temporary name next to the target and renamed
+    when :meth:`close` completes, so a failed run never leaves a half-written output.
+    """
+
+    def __init__(self, path: str | os.PathLike, info: StreamInfo, *, audio_template=None,
+                 codec: str = "libx264", crf: int = 18, preset: str = "veryfast") -> None:
+        self.path = Path(path)
+        parent = self.path.parent if str(self.path.parent) else Path(".")
+        if not parent.is_dir():
+            raise MediaError(f"output folder {str(parent)!r} does not exist; create it or choose another output")
+        if not os.access(parent, os.W_OK):
+            raise MediaError(f"output folder {str(parent)!r} is not writable; choose another output")
+        suffix = self.path.suffix or ".mp4"
+        self.tmp = parent / f".{self.path.stem}.partial{suffix}"
+        try:
+            self._out = av.open(str(self.tmp), "w")
+        except (av.error.FFmpegError, ValueError) as exc:
+            raise MediaError(f"cannot write {str(self.path)!r} ({_short(exc)}); use a .mp4 or .mkv output") from exc
+        self.info = info
+        width, height = info.width - info.width % 2, info.height - info.height % 2
+        self._video = self._out.add_stream(codec, rate=info.rate)
+        self._video.width, self._video.height = width, height
+        self._video.pix_fmt = "yuv420p"
+        self._video.time_base = info.time_base
+        gop = max(1, int(round(float(info.rate) * 2)))  # a keyframe at least every 2 s
+        self._video.options = {"crf": str(crf), "preset": preset, "bf": "0", "g": str(gop)}
+        self._audio = None
+        if audio_template is not None:
+            try:
+                self._audio = self._out.add_stream_from_template(audio_template)
+            except (av.error.FFmpegError, ValueError) as exc:
+                log.warning("audio stream cannot be copied into %s (%s); output has no audio", self.path, exc)
+        self.frames = 0
+        self._closed = False
+
+    def write(self, image: np.ndarray, pts: int | None, time_base: Fraction | None) -> None:
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[: self._video.height, : self._video.width]),
+                                        format="rgb24")
+        vf.pts = pts
+        vf.time_base = time_base or self.info.time_base
+        for packet in self._video.encode(vf):
+            self._out.mux(packet)
+        self.frames += 1
+
+    def write_audio(self, packet: av.Packet) -> None:
+        if self._audio is None:
+            return
+        packet.stream = self._audio
+        self._out.mux(packet)
+
+    def close(self, *, keep: bool = True) -> None:
+        """Finish the file and move it into place (``keep=False`` discards it)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if keep:
+                for packet in self._video.encode(None):
+                    self._out.mux(packet)
+        finally:
+            self._out.close()
+        if keep and self.frames > 0:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+def probe(path: str | os.PathLike) -> dict:
+    """Frame count, rate, duration and streams of a media file (decodes every video frame)."""
+    with av.open(str(path)) as c:
+        vs = c.streams.video[0]
+        pts = [f.pts for f in c.decode(vs)]
+        return {
+            "frames": len(pts),
+            "rate": Fraction(vs.average_rate) if vs.average_rate else None,
+            "time_base": Fraction(vs.time_base),
+            "first_pts": pts[0] if pts else None,
+            "last_pts": pts[-1] if pts else None,
+            "width": vs.codec_context.width,
+            "height": vs.codec_context.height,
+            "audio": bool(c.streams.audio),
+            "duration": float(c.duration / 1e6) if c.duration else None,
+        }

@@ -1,0 +1,425 @@
+"""The engine's core: one per-frame step shared by ``unseen run`` and ``unseen serve``.
+
+``Pipeline.step(frame)`` takes the next input frame and returns the output frame
+that leaves the fixed delay line (exactly one per input once the line is full;
+:meth:`Pipeline.flush` empties it at the end of a stream).  Prompts (clicks,
+object removal, effect changes) may be submitted from any thread; they are applied
+on the engine's thread at the next step, on the frame the user saw when that frame
+is still held, and their result comes back through a :class:`concurrent.futures.Future`.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import numpy as np
+
+from .effects import Effect, apply_effect
+from .stages import (Click, Frame, Image, InpaintRequest, Inpainter, Mask, Propagator, Segmenter,
+                     SelectionError, WindowEntry)
+
+log = logging.getLogger("unseen.pipeline")
+
+
+class PromptError(ValueError):
+    """A prompt cannot be applied (outside the frame, unknown object, ...)."""
+
+
+@dataclass
+class PipelineConfig:
+    delay: int | None = None  # output delay D in frames; None -> what the inpainter needs
+    history: int = 30  # frames kept before the output point, for clicks on a frame the user saw
+    ref_stride: int = 10  # keep one past reference frame every `ref_stride` frames ...
+    ref_count: int = 3  # ... and at most this many
+    default_effect: Effect = Effect.REMOVE
+    max_objects: int = 20
+
+
+@dataclass
+class ObjectState:
+    id: int
+    effect: Effect
+    clicks: list[Click] = field(default_factory=list)
+    prompt_frame: int = -1
+
+    def describe(self) -> dict:
+        return {"id": self.id, "effect": self.effect.value, "clicks": len(self.clicks),
+                "prompt_frame": self.prompt_frame}
+
+
+@dataclass
+class OutputFrame:
+    frame: Frame
+    image: Image
+    masks: Mapping[int, Mask]
+    degraded: bool = False
+
+
+@dataclass
+class _Action:
+    kind: str  # click | remove | clear | effect
+    future: concurrent.futures.Future
+    click: Click | None = None
+    object_id: int | None = None
+    frame_index: int | None = None
+    pts: int | None = None
+    effect: Effect | None = None
+
+
+@dataclass
+class _Held:
+    """A frame the pipeline still holds, with its masks (all objects)."""
+
+    frame: Frame
+    masks: dict[int, Mask]
+    window: WindowEntry
+
+
+@dataclass
+class StageTimes:
+    """Milliseconds spent per stage (totals and counts) for metrics and benchmarks."""
+
+    totals: dict[str, float] = field(default_factory=lambda: collections.defaultdict(float))
+    counts: dict[str, int] = field(default_factory=lambda: collections.defaultdict(int))
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.totals[stage] += seconds * 1000.0
+        self.counts[stage] += 1
+
+    def mean_ms(self, stage: str) -> float:
+        return self.totals[stage] / self.counts[stage] if self.counts[stage] else 0.0
+
+
+class Pipeline:
+    """Segmenter -> propagator -> inpainter -> effects -> fixed delay line, for one stream."""
+
+    def __init__(self, segmenter: Segmenter | None, propagator: Propagator | None, inpainter: Inpainter,
+                 config: PipelineConfig | None = None, *,
+                 given_masks: Callable[[int], dict[int, Mask]] | None = None) -> None:
+        self.segmenter = segmenter
+        self.propagator = propagator
+        self.inpainter = inpainter
+        self.config = config or PipelineConfig()
+        self.delay = int(self.config.delay if self.config.delay is not None else inpainter.future)
+        if self.delay < 0:
+            raise ValueError("delay must be >= 0 frames")
+        self.given_masks = given_masks
+        self.objects: dict[int, ObjectState] = {}
+        self.times = StageTimes()
+        self.frames_in = 0
+        self.frames_out = 0
+        self.degraded = 0
+        self._held: dict[int, _Held] = {}
+        self._references: collections.deque[WindowEntry] = collections.deque(maxlen=max(0, self.config.ref_count))
+        self._completed: dict[int, Image] = {}
+        self._actions: collections.deque[_Action] = collections.deque()
+        self._pending: list[_Action] = []  # clicks on frames that have not arrived yet
+        self._lock = threading.Lock()
+        self._next_id = 1
+        self._head = -1
+        self._next_out = 0
+        self._size: tuple[int, int] | None = None  # (width, height) once the first frame arrived
+
+    # ------------------------------------------------------------------ control (any thread)
+    def _submit(self, action: _Action) -> concurrent.futures.Future:
+        with self._lock:
+            self._actions.append(action)
+        return action.future
+
+    def click(self, x: float, y: float, *, positive: bool = True, object_id: int | None = None,
+              frame_index: int | None = None, pts: int | None = None) -> concurrent.futures.Future:
+        """Add a click; ``object_id=None`` starts a new object. Resolves to the object id."""
+        if self._size is not None:
+            self._check_inside(x, y)
+        return self._submit(_Action("click", concurrent.futures.Future(), click=Click(float(x), float(y), positive),
+                                    object_id=object_id, frame_index=frame_index, pts=pts))
+
+    def remove_object(self, object_id: int) -> concurrent.futures.Future:
+        return self._submit(_Action("remove", concurrent.futures.Future(), object_id=object_id))
+
+    def clear(self) -> concurrent.futures.Future:
+        return self._submit(_Action("clear", concurrent.futures.Future()))
+
+    def set_effect(self, object_id: int, effect: Effect | str) -> concurrent.futures.Future:
+        return self._submit(_Action("effect", concurrent.futures.Future(), object_id=object_id,
+                                    effect=Effect.parse(effect)))
+
+    def _check_inside(self, x: float, y: float) -> None:
+        assert self._size is not None
+        w, h = self._size
+        if not (0 <= x < w and 0 <= y < h):
+            raise PromptError(f"click ({x:g},{y:g}) is outside the {w}x{h} frame; click inside the video")
+
+    # ------------------------------------------------------------------ the step
+    def step(self, frame: Frame, *, hurry: bool = False) -> list[OutputFrame]:
+        """Feed the next frame; returns the frame leaving the delay line (if any).
+
+        ``hurry`` asks for the cheap fill of the outgoing frame (the live runner sets
+        it when processing falls behind), so the delay never grows.
+        """
+        if self._size is None:
+            self._size = (frame.width, frame.height)
+        elif (frame.width, frame.height) != self._size:
+            raise ValueError(f"frame {frame.index} is {frame.width}x{frame.height}, the stream is "
+                             f"{self._size[0]}x{self._size[1]}")
+        if frame.index != self._head + 1:
+            frame.index = self._head + 1  # the pipeline's own clock: strictly consecutive
+        self._head = frame.index
+        self.frames_in += 1
+        masks = self._track(frame)
+        self._held[frame.index] = _Held(frame, masks, WindowEntry(frame, self._hole(masks)))
+        self._apply_actions()
+        out: list[OutputFrame] = []
+        if self._head - self._next_out >= self.delay:
+            out.append(self._emit(self._next_out, hurry))
+        self._trim()
+        return out
+
+    def flush(self) -> list[OutputFrame]:
+        """Emit every frame still held (end of stream)."""
+        self._apply_actions(final=True)
+        out = []
+        while self._next_out <= self._head:
+            out.append(self._emit(self._next_out, False))
+        self._trim()
+        return out
+
+    def _track(self, frame: Frame) -> dict[int, Mask]:
+        t0 = time.perf_counter()
+        if self.given_masks is not None:
+            masks = self.given_masks(frame.index)
+            for oid in masks:
+                if oid not in self.objects:
+                    self.objects[oid] = ObjectState(oid, self.config.default_effect)
+            masks = {k: v for k, v in masks.items() if k in self.objects}
+        elif self.propagator is not None and self.objects:
+            masks = self.propagator.step(frame)
+        else:
+            return {}
+        self.times.add("propagate", time.perf_counter() - t0)
+        return masks
+
+    def _hole(self, masks: Mapping[int, Mask]) -> Mask:
+        assert self._size is not None
+        hole = np.zeros((self._size[1], self._size[0]), bool)
+        for oid, m in masks.items():
+            obj = self.objects.get(oid)
+            if obj is not None and obj.effect is Effect.REMOVE:
+                hole |= m
+        return hole
+
+    def _set_masks(self, index: int, masks: dict[int, Mask]) -> None:
+        held = self._held[index]
+        held.masks = masks
+        hole = self._hole(masks)
+        if not np.array_equal(hole, held.window.hole):
+            held.window.hole = hole
+            held.window.revision += 1
+
+    def _refresh_holes(self) -> None:
+        for index in self._held:
+            self._set_masks(index, self._held[index].masks)
+
+    # ------------------------------------------------------------------ prompts
+    def _apply_actions(self, final: bool = False) -> None:
+        with self._lock:
+            actions = list(self._actions)
+            self._actions.clear()
+        waiting = self._pending + actions
+        self._pending = []
+        for action in waiting:
+            if action.future.done():
+                continue
+            try:
+                done, result = self._apply(action)
+            except (PromptError, SelectionError, KeyError, ValueError) as exc:
+                action.future.set_exception(exc)
+                continue
+            except Exception as exc:  # noqa: BLE001 - a backend failure must not stop the stream
+                log.exception("prompt failed")
+                action.future.set_exception(exc)
+                continue
+            if done:
+                action.future.set_result(result)
+            elif final:
+                action.future.set_exception(PromptError(
+                    f"click on frame {action.frame_index} is beyond the last frame ({self._head}); "
+                    f"click on a frame of the video"))
+            else:
+                self._pending.append(action)
+
+    def _frame_for(self, action: _Action) -> int | None:
+        """The held frame a prompt applies to; None while that frame has not arrived."""
+        if action.frame_index is not None:
+            index = action.frame_index
+        elif action.pts is not None:
+            index = self._index_of_pts(action.pts)
+            if index is None:
+                return None
+        else:
+            # live default: the frame the viewer is seeing now, i.e. the last one output
+            index = max(self._next_out - 1, min(self._held, default=0))
+        if index > self._head:
+            return None
+        oldest = min(self._held)
+        if index < oldest:
+            log.info("prompt for frame %d, which is no longer held; applying it on frame %d", index, oldest)
+            index = oldest
+        return index
+
+    def _index_of_pts(self, pts: int) -> int | None:
+        best = None
+        for index, held in self._held.items():
+            if held.frame.pts is not None and held.frame.pts <= pts:
+                if best is None or index > best:
+                    best = index
+        if best is None:
+            newest = self._held[self._head].frame.pts if self._held else None
+            if newest is not None and pts > newest:
+                return None
+            return min(self._held)
+        return best
+
+    def _apply(self, action: _Action) -> tuple[bool, object]:
+        if action.kind == "clear":
+            self.objects.clear()
+            if self.propagator is not None:
+                self.propagator.reset()
+            for index in self._held:
+                self._set_masks(index, {})
+            return True, None
+        if action.kind == "effect":
+            obj = self._object(action.object_id)
+            obj.effect = action.effect or Effect.REMOVE
+            self._refresh_holes()
+            return True, obj.id
+        if action.kind == "remove":
+            obj = self._object(action.object_id)
+            del self.objects[obj.id]
+            for index, held in self._held.items():
+                self._set_masks(index, {k: v for k, v in held.masks.items() if k != obj.id})
+            if self.propagator is not None and self.given_masks is None:
+                if self.objects:
+                    head = self._held[self._head]
+                    self.propagator.seed(head.frame, head.masks)
+                else:
+                    self.propagator.reset()
+            return True, obj.id
+        return self._apply_click(action)
+
+    def _object(self, object_id: int | None) -> ObjectState:
+        if object_id is None or object_id not in self.objects:
+            raise PromptError(f"no object {object_id}; list the objects and use one of their ids")
+        return self.objects[object_id]
+
+    def _apply_click(self, action: _Action) -> tuple[bool, object]:
+        if self.given_masks is not None or self.segmenter is None or self.propagator is None:
+            raise PromptError("this stream takes its masks from files; clicks are not used")
+        index = self._frame_for(action)
+        if index is None:
+            return False, None
+        assert action.click is not None
+        self._check_inside(action.click.x, action.click.y)
+        held = self._held[index]
+        new = action.object_id is None
+        if new:
+            if len(self.objects) >= self.config.max_objects:
+                raise PromptError(f"this stream already has {len(self.objects)} objects (the limit); "
+                                  f"remove one first")
+            obj = ObjectState(self._next_id, self.config.default_effect)
+        else:
+            obj = self._object(action.object_id)
+        clicks = (obj.clicks if obj.prompt_frame == index else []) + [action.click]
+        neighbours = [self._held[i].frame for i in (index - 2, index + 2) if i in self._held]
+        t0 = time.perf_counter()
+        mask = self.segmenter.segment(held.frame, clicks, neighbours=neighbours)
+        self.times.add("segment", time.perf_counter() - t0)
+        if new:
+            self.objects[obj.id] = obj
+            self._next_id += 1
+        obj.clicks, obj.prompt_frame = clicks, index
+        masks = dict(held.masks)
+        masks[obj.id] = mask
+        self._reseed(index, masks)
+        log.info("object %d: %s click at (%g,%g) on frame %d", obj.id, "positive" if action.click.positive
+                 else "negative", action.click.x, action.click.y, index)
+        return True, obj.id
+
+    def _reseed(self, index: int, masks: dict[int, Mask]) -> None:
+        """Seed the propagator on a held frame and step it again through the frames after it."""
+        assert self.propagator is not None
+        self._set_masks(index, masks)
+        self.propagator.seed(self._held[index].frame, masks)
+        for i in range(index + 1, self._head + 1):
+            t0 = time.perf_counter()
+            self._set_masks(i, self.propagator.step(self._held[i].frame))
+            self.times.add("propagate", time.perf_counter() - t0)
+
+    # ------------------------------------------------------------------ output
+    def _emit(self, index: int, hurry: bool) -> OutputFrame:
+        held = self._held[index]
+        image = held.frame.image
+        degraded = False
+        if held.window.hole.any():
+            request = InpaintRequest(
+                target=index,
+                entries={i: self._held[i].window for i in range(index - self.inpainter.past,
+                                                                 index + self.delay + 1) if i in self._held},
+                references=list(self._references),
+                completed={i: img for i, img in self._completed.items() if i >= index - self.inpainter.past},
+            )
+            t0 = time.perf_counter()
+            if hurry:
+                image = self.inpainter.cheap(request)
+                degraded = True
+                self.degraded += 1
+            else:
+                image = self.inpainter.inpaint(request)
+            self.times.add("inpaint", time.perf_counter() - t0)
+        self._completed[index] = image
+        for oid, mask in held.masks.items():
+            obj = self.objects.get(oid)
+            if obj is not None and obj.effect is not Effect.REMOVE:
+                image = apply_effect(image, mask, obj.effect, object_id=oid)
+        self._next_out = index + 1
+        self.frames_out += 1
+        return OutputFrame(held.frame, image, dict(held.masks), degraded)
+
+    def _trim(self) -> None:
+        """Drop frames nobody needs any more; keep references at a stride (bounded)."""
+        keep_from = self._next_out - max(self.inpainter.past, self.config.history)
+        for index in [i for i in self._held if i < keep_from]:
+            held = self._held.pop(index)
+            if self.config.ref_stride > 0 and index % self.config.ref_stride == 0 and self._references.maxlen:
+                self._references.append(held.window)
+        for index in [i for i in self._completed if i < self._next_out - self.inpainter.past]:
+            del self._completed[index]
+        if self.segmenter is not None and self._held:
+            self.segmenter.forget(min(self._held))
+
+    # ------------------------------------------------------------------ state
+    @property
+    def held_frames(self) -> int:
+        return len(self._held)
+
+    def describe(self) -> dict:
+        return {
+            "objects": [o.describe() for o in self.objects.values()],
+            "delay_frames": self.delay,
+            "frames_in": self.frames_in,
+            "frames_out": self.frames_out,
+            "degraded": self.degraded,
+            "held_frames": len(self._held),
+            "references": len(self._references),
+            "backends": {
+                "segmenter": getattr(self.segmenter, "name", None) if self.given_masks is None else "masks-in",
+                "propagator": getattr(self.propagator, "name", None) if self.given_masks is None else "masks-in",
+                "inpainter": self.inpainter.name,
+            },
+            "stage_ms": {k: round(self.times.mean_ms(k), 2) for k in list(self.times.counts)},
+        }
