@@ -41,7 +41,7 @@ def _aot2021_missing_keys() -> tuple[str, ...]:
 
 def tolerated_missing(entry: WeightsEntry) -> tuple[str, ...]:
     """Keys a checkpoint of ``entry`` may lack: the 2021 AOT keys for AOT (non-DeAOT) models."""
-    if entry.family == "aot" and not entry.model.startswith("deaot"):
+    if entry.family == "aot" and "deaot" not in entry.model:
         return _aot2021_missing_keys()
     return ()
 

@@ -105,7 +105,7 @@ def _drive_confirm_url(page: str, url: str) -> str | None:
     if form:
         fields = dict(re.findall(r'<input[^>]*type="hidden"[^>]*name="([^"]+)"[^>]*value="([^"]*)"', page))
         query = urllib.parse.urlencode({k: html.unescape(v) for k, v in fields.items()})
-        return html.unescape(form.group(1)) + ("?" + query if query else "")
+        return urllib.parse.urljoin(url, html.unescape(form.group(1))) + ("?" + query if query else "")
     token = re.search(r"confirm=([0-9A-Za-z_-]+)", page)
     if token:
         parts = urllib.parse.urlsplit(url)
@@ -126,7 +126,7 @@ def _transfer(url: str, part: Path, entry: WeightsEntry, progress: bool, timeout
             break
         page = response.read(_MAX_PAGE).decode("utf-8", "replace")
         response.close()
-        next_url = _drive_confirm_url(page, url) if "google" in (urllib.parse.urlsplit(url).hostname or "") else None
+        next_url = _drive_confirm_url(page, url)
         if next_url is None:
             raise DownloadError(f"{urllib.parse.urlsplit(url).hostname} sent a web page instead of {entry.filename} "
                                 f"(quota, login or moved file); {_import_hint(entry)}")
@@ -136,6 +136,10 @@ def _transfer(url: str, part: Path, entry: WeightsEntry, progress: bool, timeout
     with response:
         if response.status != 206:  # the server ignored Range (or there was none): start over
             have = 0
+        elif not (response.headers.get("Content-Range") or "").startswith(f"bytes {have}-"):
+            part.unlink(missing_ok=True)
+            raise DownloadError(f"the server resumed {entry.name} at the wrong offset; "
+                                f"run `unseen weights fetch {entry.name}` again to restart")
         length = response.headers.get("Content-Length")
         total = have + int(length) if length and length.isdigit() else entry.size
         try:
