@@ -1,0 +1,256 @@
+"""Flow-guided temporal fill plus spatial inpainting (the embedded default).
+
+To complete frame t, the hole (dilated as the reference video inpainters do) is
+traced through the window along optical flow that was itself completed inside the
+holes (push-pull interpolation from the surrounding background motion).  Each hole
+pixel takes its colour from the nearest frame in which that point of the scene is
+visible; then from past reference frames; then from the previous completed output
+(which keeps static fills stable instead of flickering); what no frame saw is
+filled spatially (Telea).  Only the dilated hole is replaced.
+
+Flows are computed once per consecutive frame pair at a reduced size and cached,
+so the cost per frame is two flows plus sampling, whatever the window length.
+"""
+from __future__ import annotations
+
+import collections
+from typing import Mapping
+
+import cv2
+import numpy as np
+
+from ..stages import Image, InpaintRequest, Inpainter, Mask, WindowEntry, dilate_hole
+from .registry import BackendOptions
+
+FLOW_SIZE = 480  # long side flows are computed at
+HOLE_GROW = 6  # extra dilation (px at flow size) of holes where flow is untrusted
+
+
+def fill_invalid(field: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Push-pull interpolation: fill ``field`` (HxWxC float32) where ``valid`` is False."""
+    if valid.all() or not valid.any():
+        return field
+    levels = []
+    f = field * valid[..., None]
+    w = valid.astype(np.float32)
+    while True:
+        levels.append((f, w))
+        if (w > 0).all() or min(w.shape) <= 2:
+            break
+        h2, w2 = (w.shape[0] + 1) // 2, (w.shape[1] + 1) // 2
+        f = cv2.resize(f, (w2, h2), interpolation=cv2.INTER_AREA)
+        w = cv2.resize(w, (w2, h2), interpolation=cv2.INTER_AREA)
+        if f.ndim == 2:
+            f = f[..., None]
+    # pull: from the coarsest level up, fill where the weight is low
+    f, w = levels[-1]
+    est = f / np.maximum(w, 1e-6)[..., None]
+    for f, w in reversed(levels[:-1]):
+        up = cv2.resize(est, (w.shape[1], w.shape[0]), interpolation=cv2.INTER_LINEAR)
+        if up.ndim == 2:
+            up = up[..., None]
+        alpha = np.clip(w, 0, 1)[..., None]
+        est = np.where(alpha > 0, f / np.maximum(w, 1e-6)[..., None], 0) * alpha + up * (1 - alpha)
+    out = field.copy()
+    out[~valid] = est[~valid]
+    return out
+
+
+def spatial_fill(image: Image, hole: Mask, radius: int = 5) -> Image:
+    """Telea inpainting of ``hole`` on a crop around it (cost grows with the hole, not the frame)."""
+    if not hole.any():
+        return image
+    ys, xs = np.nonzero(hole)
+    h, w = hole.shape
+    pad = 2 * radius + 8
+    y0, y1 = max(0, ys.min() - pad), min(h, ys.max() + pad + 1)
+    x0, x1 = max(0, xs.min() - pad), min(w, xs.max() + pad + 1)
+    out = image.copy()
+    crop = cv2.inpaint(np.ascontiguousarray(image[y0:y1, x0:x1]), hole[y0:y1, x0:x1].astype(np.uint8),
+                       radius, cv2.INPAINT_TELEA)
+    out[y0:y1, x0:x1][hole[y0:y1, x0:x1]] = crop[hole[y0:y1, x0:x1]]
+    return out
+
+
+def _sample(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Bilinear samples of ``image`` at float positions (1-D arrays)."""
+    mx = x.astype(np.float32).reshape(-1, 1)
+    my = y.astype(np.float32).reshape(-1, 1)
+    out = cv2.remap(image, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return out.reshape(len(x), -1) if out.ndim == 3 or image.ndim == 3 else out.reshape(-1)
+
+
+class FlowGuidedInpainter(Inpainter):
+    name = "classical"
+
+    def __init__(self, future: int = 5, past: int = 5, dilation: int = 4, feather: int = 2) -> None:
+        self.future = future
+        self.past = past
+        self.dilation = dilation
+        self.feather = feather
+        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+        self._flows: dict[tuple[int, int], np.ndarray] = {}  # raw flow i -> j at flow size
+        self._completed: collections.OrderedDict = collections.OrderedDict()  # (i, j, rev) -> completed flow
+        self._gray: dict[int, np.ndarray] = {}
+        self._holes: dict[tuple[int, int], Mask] = {}  # (i, rev) -> dilated hole (full size)
+        self._scale = 1.0
+
+    def reset(self) -> None:
+        self._flows.clear()
+        self._completed.clear()
+        self._gray.clear()
+        self._holes.clear()
+
+    # -- cached pieces ---------------------------------------------------------------------
+    def _gray_of(self, entry: WindowEntry) -> np.ndarray:
+        i = entry.frame.index
+        if i not in self._gray:
+            g = cv2.cvtColor(entry.frame.image, cv2.COLOR_RGB2GRAY)
+            if self._scale != 1.0:
+                g = cv2.resize(g, (round(g.shape[1] * self._scale), round(g.shape[0] * self._scale)),
+                               interpolation=cv2.INTER_AREA)
+            self._gray[i] = g
+        return self._gray[i]
+
+    def _hole_of(self, entry: WindowEntry) -> Mask:
+        key = (entry.frame.index, entry.revision)
+        if key not in self._holes:
+            self._holes[key] = dilate_hole(entry.hole, self.dilation)
+        return self._holes[key]
+
+    def _flow(self, a: WindowEntry, b: WindowEntry) -> np.ndarray:
+        """Flow from frame a to frame b (at flow size), completed inside a's hole."""
+        i, j = a.frame.index, b.frame.index
+        key = (i, j, a.revision)
+        if key in self._completed:
+            self._completed.move_to_end(key)
+            return self._completed[key]
+        if (i, j) not in self._flows:
+            self._flows[(i, j)] = self._dis.calc(self._gray_of(a), self._gray_of(b), None)
+        flow = self._flows[(i, j)]
+        hole = self._hole_of(a)
+        if hole.any():
+            small = cv2.resize(hole.astype(np.uint8), (flow.shape[1], flow.shape[0]), interpolation=cv2.INTER_NEAREST)
+            small = cv2.dilate(small, np.ones((2 * HOLE_GROW + 1, 2 * HOLE_GROW + 1), np.uint8))
+            flow = fill_invalid(flow, small == 0)
+        self._completed[key] = flow
+        while len(self._completed) > 8 * (self.past + self.future + 4):
+            self._completed.popitem(last=False)
+        return flow
+
+    def _forget(self, oldest: int) -> None:
+        for k in [k for k in self._flows if min(k) < oldest]:
+            del self._flows[k]
+        for k in [k for k in self._gray if k < oldest]:
+            del self._gray[k]
+        for k in [k for k in self._holes if k[0] < oldest]:
+            del self._holes[k]
+
+    # -- the fill ---------------------------------------------------------------------------
+    def inpaint(self, request: InpaintRequest) -> Image:
+        entries = request.entries
+        t = request.target
+        target = entries[t]
+        image = target.frame.image
+        hole = self._hole_of(target)
+        if not hole.any():
+            return image
+        self._scale = min(1.0, FLOW_SIZE / max(image.shape[:2]))
+        h, w = hole.shape
+        ys, xs = np.nonzero(hole)
+        n = ys.size
+        colour = np.zeros((n, 3), np.float32)
+        done = np.zeros(n, bool)
+
+        def take(source: np.ndarray, px: np.ndarray, py: np.ndarray, alive: np.ndarray, src_hole: Mask | None):
+            ok = alive & ~done & (px >= 0) & (py >= 0) & (px <= w - 1) & (py <= h - 1)
+            if src_hole is not None and ok.any():
+                ix = np.clip(np.rint(px[ok]).astype(int), 0, w - 1)
+                iy = np.clip(np.rint(py[ok]).astype(int), 0, h - 1)
+                seen = ~src_hole[iy, ix]
+                idx = np.nonzero(ok)[0]
+                ok[idx[~seen]] = False
+            if ok.any():
+                colour[ok] = _sample(source, px[ok], py[ok])
+                done[ok] = True
+
+        s = self._scale
+        # walk forward and backward along the completed consecutive flows, nearest frames first
+        walkers = []
+        for direction in (1, -1):
+            walkers.append({"dir": direction, "x": xs.astype(np.float32), "y": ys.astype(np.float32),
+                            "alive": np.ones(n, bool), "at": t})
+        limit = max(self.future, self.past)
+        for d in range(1, limit + 1):
+            if done.all():
+                break
+            for wk in walkers:
+                j = t + wk["dir"] * d
+                prev = wk["at"]
+                if j not in entries or prev not in entries or not wk["alive"].any():
+                    wk["alive"][:] = False
+                    continue
+                flow = self._flow(entries[prev], entries[j])
+                fx = _sample(flow[..., 0], wk["x"] * s, wk["y"] * s) / s
+                fy = _sample(flow[..., 1], wk["x"] * s, wk["y"] * s) / s
+                wk["x"], wk["y"], wk["at"] = wk["x"] + fx, wk["y"] + fy, j
+                wk["alive"] &= (wk["x"] >= 0) & (wk["y"] >= 0) & (wk["x"] <= w - 1) & (wk["y"] <= h - 1)
+                take(entries[j].frame.image, wk["x"], wk["y"], wk["alive"], self._hole_of(entries[j]))
+        # past reference frames: a direct flow to each, newest first
+        for ref in reversed(list(request.references)):
+            if done.all():
+                break
+            flow = self._direct_flow(target, ref)
+            fx = _sample(flow[..., 0], xs * s, ys * s) / s
+            fy = _sample(flow[..., 1], xs * s, ys * s) / s
+            take(ref.frame.image, xs + fx, ys + fy, np.ones(n, bool), dilate_hole(ref.hole, self.dilation))
+        # the previous completed output: keeps what was filled before stable
+        if not done.all() and (t - 1) in request.completed and (t - 1) in entries:
+            flow = self._flow(target, entries[t - 1])
+            fx = _sample(flow[..., 0], xs * s, ys * s) / s
+            fy = _sample(flow[..., 1], xs * s, ys * s) / s
+            take(request.completed[t - 1], xs + fx, ys + fy, np.ones(n, bool), None)
+        out = image.copy()
+        out[ys[done], xs[done]] = np.clip(colour[done] + 0.5, 0, 255).astype(np.uint8)
+        if not done.all():
+            rest = np.zeros_like(hole)
+            rest[ys[~done], xs[~done]] = True
+            out = spatial_fill(out, rest)
+        if self.feather > 0:
+            out = self._feather(image, out, hole)
+        oldest = min(entries)
+        self._forget(oldest)
+        return out
+
+    def _direct_flow(self, a: WindowEntry, b: WindowEntry) -> np.ndarray:
+        key = (a.frame.index, b.frame.index, a.revision)
+        if key not in self._completed:
+            flow = self._dis.calc(self._gray_of(a), self._gray_of(b), None)
+            hole = self._hole_of(a)
+            small = cv2.resize(hole.astype(np.uint8), (flow.shape[1], flow.shape[0]), interpolation=cv2.INTER_NEAREST)
+            small = cv2.dilate(small, np.ones((2 * HOLE_GROW + 1, 2 * HOLE_GROW + 1), np.uint8))
+            self._completed[key] = fill_invalid(flow, small == 0)
+        return self._completed[key]
+
+    def _feather(self, original: Image, filled: Image, hole: Mask) -> Image:
+        """Blend the outermost ``feather`` pixels of the (dilated) hole; nothing outside it changes."""
+        dist = cv2.distanceTransform(hole.astype(np.uint8), cv2.DIST_L2, 3)
+        alpha = np.clip(dist / (self.feather + 1), 0, 1)[..., None]
+        inside = hole[..., None]
+        blend = alpha * filled.astype(np.float32) + (1 - alpha) * original.astype(np.float32)
+        return np.where(inside, np.clip(blend + 0.5, 0, 255).astype(np.uint8), original)
+
+    def cheap(self, request: InpaintRequest) -> Image:
+        """Degraded fill: the previous completed frame's pixels (still camera) or Telea."""
+        target = request.entries[request.target]
+        hole = self._hole_of(target)
+        prev = request.completed.get(request.target - 1)
+        if prev is not None:
+            out = target.frame.image.copy()
+            out[hole] = prev[hole]
+            return out
+        return spatial_fill(target.frame.image, hole)
+
+
+def create(variant: str | None, options: BackendOptions) -> FlowGuidedInpainter:
+    return FlowGuidedInpainter(future=options.future, past=options.past, dilation=options.dilation)
