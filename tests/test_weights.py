@@ -130,8 +130,11 @@ def test_unknown_name() -> None:
 
 # -- check: containers and damage ----------------------------------------------------------------
 
+
 def _optimizer(sd: dict[str, torch.Tensor]) -> dict:
-    return {"state": {i: {"step": torch.tensor(3.0), "exp_avg": torch.zeros_like(v)} for i, v in enumerate(sd.values())},
+    """An AdamW-like optimizer state, as in the released AOT training checkpoints."""
+    state = {i: {"step": torch.tensor(3.0), "exp_avg": torch.zeros_like(v)} for i, v in enumerate(sd.values())}
+    return {"state": state,
             "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.999), "params": list(range(len(sd)))}]}
 
 
@@ -408,6 +411,14 @@ def test_fetch_resumes_with_range(server: Server, folder: Path, payload: bytes) 
     assert path.read_bytes() == payload and store.find("aott") == path and not part.exists()
     assert store.fetch("aott", url=url(server, "/gone")) == path  # present: nothing downloaded
     assert len(server.seen) == 2
+
+
+def test_fetch_tries_registry_urls_in_order(server: Server, folder: Path, payload: bytes,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    server.files["/mirror"] = ("application/octet-stream", payload)
+    urls = (_closed_port(), url(server, "/mirror"))
+    monkeypatch.setitem(REGISTRY, "aott", dataclasses.replace(REGISTRY["aott"], urls=urls))
+    assert store.fetch("aott", progress=False, timeout=5).read_bytes() == payload
 
 
 def test_fetch_restarts_when_range_ignored(server: Server, folder: Path, payload: bytes) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import loading, store
@@ -91,7 +91,7 @@ def _fill(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=run, weights_parser=parser, weights_command=None)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    def command(name: str, handler, help_text: str) -> argparse.ArgumentParser:
+    def command(name: str, handler: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         _add_dir_flag(p, argparse.SUPPRESS)  # also accepted after the command
         p.set_defaults(weights_command=handler)

@@ -101,10 +101,7 @@ def unwrap(obj: Any, name: str = "checkpoint") -> tuple[StateDict, str, bool]:
 
 def load_state_dict(path_or_state_dict: PathOrStateDict, name: str) -> StateDict:
     """The unwrapped, prefix-stripped state dict of a file (or of an already loaded object)."""
-    obj = path_or_state_dict
-    if isinstance(obj, (str, os.PathLike)):
-        obj = read_checkpoint(obj, name)
-    return unwrap(obj, name)[0]
+    return _read(path_or_state_dict, name)[0]
 
 
 def build(name: str) -> nn.Module:
@@ -182,21 +179,26 @@ def _check_state(model: nn.Module, name: str, state: StateDict, container: str, 
     return report
 
 
-def check(file: PathOrStateDict, name: str, model: nn.Module | None = None) -> CheckReport:
+def _label(source: PathOrStateDict) -> str:
+    return Path(source).name if isinstance(source, (str, os.PathLike)) else "<state dict>"
+
+
+def _read(source: PathOrStateDict, name: str) -> tuple[StateDict, str, bool]:
+    obj = read_checkpoint(source, name) if isinstance(source, (str, os.PathLike)) else source
+    return unwrap(obj, name)
+
+
+def check(file: PathOrStateDict, name: str) -> CheckReport:
     """Check that ``file`` (a path or a loaded checkpoint) loads strictly into model ``name``.
 
-    Never raises for a bad file: the problem is in the report.  ``model`` may be a
-    prebuilt model of ``name`` (to avoid building it twice).
+    Never raises for a bad file: the problem is in the report.
     """
     entry = get(name)
-    source = Path(file).name if isinstance(file, (str, os.PathLike)) else "<state dict>"
     try:
-        obj = read_checkpoint(file, entry.name) if isinstance(file, (str, os.PathLike)) else file
-        state, container, stripped = unwrap(obj, entry.name)
+        state, container, stripped = _read(file, entry.name)
     except (CheckpointError, MissingWeightsError) as exc:
-        return CheckReport(name=entry.name, source=source, ok=False, message=str(exc))
-    return _check_state(model if model is not None else build(entry.name), entry.name, state, container,
-                        stripped, source)
+        return CheckReport(name=entry.name, source=_label(file), ok=False, message=str(exc))
+    return _check_state(build(entry.name), entry.name, state, container, stripped, _label(file))
 
 
 def load_model(name: str, path_or_state_dict: PathOrStateDict | None = None, device: str | torch.device = "cpu",
@@ -211,19 +213,15 @@ def load_model(name: str, path_or_state_dict: PathOrStateDict | None = None, dev
     entry = get(name)
     source = path_or_state_dict
     if source is None:
-        found = store.find(entry.name, weights_dir)
-        if found is None:
-            folder = store.weights_dir(Path(weights_dir) if weights_dir is not None else None)
+        source = store.find(entry.name, weights_dir)
+        if source is None:
             raise MissingWeightsError(
-                f"weights {entry.name} ({entry.filename}) not found in {folder}; run `unseen weights fetch "
-                f"{entry.name}` or, offline, `unseen weights import {entry.name} FILE`")
-        source = found
-    obj = read_checkpoint(source, entry.name) if isinstance(source, (str, os.PathLike)) else source
-    state, container, stripped = unwrap(obj, entry.name)
+                f"weights {entry.name} ({entry.filename}) not found in {store.weights_dir(weights_dir)}; run "
+                f"`unseen weights fetch {entry.name}` or, offline, `unseen weights import {entry.name} FILE`")
+    state, container, stripped = _read(source, entry.name)
     model = build(entry.name)
-    label = Path(source).name if isinstance(source, (str, os.PathLike)) else "<state dict>"
-    report = _check_state(model, entry.name, state, container, stripped, label)
+    report = _check_state(model, entry.name, state, container, stripped, _label(source))
     if not report.ok:
-        raise CheckpointError(f"{label} {report.message}")
+        raise CheckpointError(f"{report.source} {report.message}")
     model.load_state_dict(state, strict=False)  # strictness established by the report above
     return model.eval().to(device)

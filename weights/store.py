@@ -214,7 +214,8 @@ def fetch(name: str, weights_dir: Path | str | None = None, progress: bool = Tru
 
     Resumes an earlier partial download, follows Google Drive's confirm page,
     checks size/sha256 when known (else a strict load), then renames atomically.
-    ``url`` overrides the registry's (a mirror).  A file already present is kept.
+    The registry's URLs are tried in order; ``url`` replaces them (a mirror).  A file
+    already present is kept.
     Raises :class:`DownloadError`, :class:`ChecksumError` or :class:`CheckpointError`.
     """
     entry = get(name)
@@ -225,7 +226,14 @@ def fetch(name: str, weights_dir: Path | str | None = None, progress: bool = Tru
     part = dest.with_name(dest.name + PART_SUFFIX)
     if entry.size is not None and part.exists() and part.stat().st_size > entry.size:
         part.unlink()
-    _transfer(url or entry.url, part, entry, progress, timeout)
+    sources = (url,) if url else entry.urls
+    for index, source in enumerate(sources):
+        try:
+            _transfer(source, part, entry, progress, timeout)
+            break
+        except DownloadError:
+            if index == len(sources) - 1:
+                raise
     try:
         official = _check_integrity(part, entry, f"run `unseen weights fetch {entry.name}` again")
         _unpack_archive(part, entry)
