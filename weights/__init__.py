@@ -5,6 +5,7 @@
 commands (``weights.cli``) fetch, import and verify them.  Only this package does I/O.
 """
 from .loading import load_model
+from .registry import WeightsError
 from .store import find
 
-__all__ = ["find", "load_model"]
+__all__ = ["WeightsError", "find", "load_model"]

@@ -25,7 +25,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .registry import ChecksumError, CheckpointError, DownloadError, MissingWeightsError, WeightsEntry, get
+from .registry import (ChecksumError, CheckpointError, DownloadError, MissingWeightsError, WeightsEntry,
+                       WeightsError, get)
+
+__all__ = ["ENV_VAR", "PART_SUFFIX", "VerifyResult", "WeightsError", "fetch", "find", "import_file",
+           "is_torch_archive", "path_for", "sha256sum", "verify", "weights_dir"]
 
 ENV_VAR = "UNSEEN_WEIGHTS"
 DEFAULT_DIR = Path("~/.cache/unseen/weights")
