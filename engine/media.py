@@ -249,11 +249,13 @@ class FileSink:
         self.frames = 0
         self._closed = False
 
-    def write(self, image: np.ndarray, pts: int | None, time_base: Fraction | None) -> None:
+    def write(self, output) -> None:
+        """Encode one :class:`~unseen.engine.pipeline.OutputFrame` with its source timestamp."""
+        image = output.image
         vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[: self._video.height, : self._video.width]),
                                         format="rgb24")
-        vf.pts = pts
-        vf.time_base = time_base or self.info.time_base
+        vf.pts = output.frame.pts
+        vf.time_base = output.frame.time_base or self.info.time_base
         for packet in self._video.encode(vf):
             self._out.mux(packet)
         self.frames += 1

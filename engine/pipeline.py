@@ -133,7 +133,9 @@ class Pipeline:
 
     def click(self, x: float, y: float, *, positive: bool = True, object_id: int | None = None,
               frame_index: int | None = None, pts: int | None = None) -> concurrent.futures.Future:
-        """Add a click; ``object_id=None`` starts a new object. Resolves to the object id."""
+        """Add a click to ``object_id`` (a new id, or None for the next free one, starts an object).
+
+        The future resolves to the object id once the click was applied on its frame."""
         if self._size is not None:
             self._check_inside(x, y)
         return self._submit(_Action("click", concurrent.futures.Future(), click=Click(float(x), float(y), positive),
@@ -326,14 +328,17 @@ class Pipeline:
         assert action.click is not None
         self._check_inside(action.click.x, action.click.y)
         held = self._held[index]
-        new = action.object_id is None
+        new = action.object_id is None or action.object_id not in self.objects
         if new:
             if len(self.objects) >= self.config.max_objects:
                 raise PromptError(f"this stream already has {len(self.objects)} objects (the limit); "
                                   f"remove one first")
-            obj = ObjectState(self._next_id, self.config.default_effect)
+            oid = self._next_id if action.object_id is None else int(action.object_id)
+            if oid < 1:
+                raise PromptError(f"object ids start at 1, not {oid}; give a positive id or none")
+            obj = ObjectState(oid, self.config.default_effect)
         else:
-            obj = self._object(action.object_id)
+            obj = self.objects[int(action.object_id)]
         clicks = (obj.clicks if obj.prompt_frame == index else []) + [action.click]
         neighbours = [self._held[i].frame for i in (index - 2, index + 2) if i in self._held]
         t0 = time.perf_counter()
@@ -341,7 +346,7 @@ class Pipeline:
         self.times.add("segment", time.perf_counter() - t0)
         if new:
             self.objects[obj.id] = obj
-            self._next_id += 1
+            self._next_id = max(self._next_id, obj.id + 1)
         obj.clicks, obj.prompt_frame = clicks, index
         masks = dict(held.masks)
         masks[obj.id] = mask

@@ -18,6 +18,7 @@ from .registry import BackendOptions
 
 FLOW_SIZE = 480  # long side the flow is computed at
 REFINE_SIZE = 256  # long side of the region the refinement runs at
+MIN_AGREEMENT = 0.75  # IoU the refined mask must keep with the warped one to be used
 
 
 def _gray(image: np.ndarray, scale: float) -> np.ndarray:
@@ -104,6 +105,7 @@ class FlowPropagator(Propagator):
         trimap[sub.astype(bool)] = cv2.GC_PR_FGD
         trimap[inner] = cv2.GC_FGD
         bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+        cv2.setRNGSeed(0)  # GrabCut's k-means start: same input, same mask
         try:
             cv2.grabCut(roi, trimap, None, bgd, fgd, 2, cv2.GC_INIT_WITH_MASK)
         except cv2.error:
@@ -113,7 +115,8 @@ class FlowPropagator(Propagator):
         # keep the refinement only where it is plausible: no more than the band away from the warp
         out = np.zeros_like(mask)
         out[y0:y1, x0:x1] = refined
-        if out.sum() < 0.5 * mask.sum():  # the colour models collapsed: trust the flow
+        overlap = np.logical_and(out, mask).sum() / max(1, np.logical_or(out, mask).sum())
+        if overlap < MIN_AGREEMENT:  # the colour models disagree with the motion: trust the flow
             return mask
         return out
 

@@ -145,6 +145,7 @@ class ClassicalSegmenter(Segmenter):
         for c in negatives:
             _disc(init, c.x * s, c.y * s, 2 * seed, cv2.GC_BGD)
         bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+        cv2.setRNGSeed(0)  # GrabCut's k-means start: same input, same mask
         try:
             cv2.grabCut(img, init, None, bgd, fgd, self.iterations, cv2.GC_INIT_WITH_MASK)
         except cv2.error:  # degenerate colour model (e.g. a flat image)

@@ -1,0 +1,221 @@
+"""The ``unseen`` command line: run, demo, serve, weights, bench, click/objects/clear, config.
+
+argparse (standard library) keeps the CLI dependency-free; tqdm draws the progress bar.
+Every failure the user can fix ends in one line ``unseen: error: <cause>; <fix>`` and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("unseen")
+
+_CLICK = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*(?:@\s*(\d+))?\s*(?:#\s*(\d+))?\s*$")
+
+
+@dataclass
+class ClickArg:
+    x: float
+    y: float
+    frame: int
+    object: int | None
+    positive: bool
+
+
+def parse_click(text: str, positive: bool = True) -> ClickArg:
+    """``X,Y[@FRAME][#OBJECT]`` -> ClickArg (frame defaults to 0)."""
+    m = _CLICK.match(text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"bad click {text!r}; write X,Y or X,Y@FRAME or X,Y@FRAME#OBJECT")
+    x, y, frame, obj = m.groups()
+    return ClickArg(float(x), float(y), int(frame or 0), int(obj) if obj else None, positive)
+
+
+def _add_backend_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("backends")
+    g.add_argument("--segmenter", default="auto", help="auto | classical | sam:vit_b|vit_l|vit_h (default auto)")
+    g.add_argument("--propagator", default="auto", help="auto | classical | aot:<variant>, e.g. aot:r50_deaotl")
+    g.add_argument("--inpainter", default="auto", help="auto | classical | e2fgvi:hq | e2fgvi:e2fgvi")
+    g.add_argument("--device", default="cpu", help="cpu or cuda[:N] for the neural backends")
+    g.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="autocast on CUDA")
+    g.add_argument("--compile", default="none", choices=["none", "torch", "tensorrt"],
+                   help="torch.compile or torch-tensorrt for the neural backends (tensorrt: untested here)")
+    g.add_argument("--weights-dir", type=Path, default=None, help="weights folder (default $UNSEEN_WEIGHTS)")
+    g.add_argument("--random-weights", action="store_true",
+                   help="neural backends with random weights (speed tests only; output is meaningless)")
+
+
+def _options(args):
+    from unseen.engine.backends.registry import BackendOptions
+
+    opts = BackendOptions(device=args.device, weights_dir=args.weights_dir, precision=args.precision,
+                          compile=args.compile)
+    if getattr(args, "delay", None) is not None:
+        opts.future = min(opts.future, args.delay)
+    if args.random_weights:
+        opts.extra["random_weights"] = True
+    return opts
+
+
+# ------------------------------------------------------------------------------------ run
+def cmd_run(args) -> int:
+    from tqdm import tqdm
+
+    from unseen.engine.effects import Effect
+    from unseen.engine.masks import MaskFolder, MaskWriter
+    from unseen.engine.media import FileSink, MediaError, Source
+    from unseen.engine.pipeline import PipelineConfig
+    from unseen.engine.session import Backends, Session, build_pipeline
+
+    clicks: list[ClickArg] = list(args.click or []) + list(args.negative or [])
+    if not clicks and args.masks_in is None:
+        raise UsageError("nothing to remove: give --click X,Y (on the object) or --masks-in DIR")
+    if Path(args.output).resolve() == Path(args.input).resolve():
+        raise UsageError("the output would overwrite the input; choose another output path")
+    source = Source(args.input, open_timeout=args.timeout, read_timeout=args.timeout)
+    info = source.info
+    try:
+        for c in clicks:
+            if not (0 <= c.x < info.width and 0 <= c.y < info.height):
+                raise UsageError(f"click ({c.x:g},{c.y:g}) is outside the {info.width}x{info.height} frame; "
+                                 f"click inside the video")
+            if info.frames is not None and c.frame >= info.frames:
+                raise UsageError(f"click on frame {c.frame} is beyond the last frame ({info.frames - 1}); "
+                                 f"click on a frame of the video")
+        masks_in = MaskFolder(args.masks_in, (info.width, info.height)) if args.masks_in else None
+        if masks_in is not None:
+            masks_in.labels(0)  # fails now, not mid-run, when the size does not match
+        config = PipelineConfig(delay=args.delay, default_effect=Effect.parse(args.effect))
+        pipeline = build_pipeline(Backends(args.segmenter, args.propagator, args.inpainter), _options(args),
+                                  config, masks_in=masks_in)
+        sink = FileSink(args.output, info, audio_template=source.audio_stream)
+        writer = MaskWriter(args.masks_out) if args.masks_out else None
+    except BaseException:
+        source.close()
+        raise
+    futures = []
+    next_object = 1
+    for c in sorted(clicks, key=lambda c: not c.positive):  # positives first: they create the objects
+        oid = c.object
+        if oid is None:
+            oid = next_object if c.positive else max(1, next_object - 1)
+        if c.positive and c.object is None:
+            next_object += 1
+        futures.append(pipeline.click(c.x, c.y, positive=c.positive, object_id=oid, frame_index=c.frame))
+    session = Session(source, pipeline, [sink], mask_writer=writer)
+    desc = pipeline.describe()["backends"]
+    log.info("backends: segmenter=%s propagator=%s inpainter=%s; output delay %d frames",
+             desc["segmenter"], desc["propagator"], desc["inpainter"], pipeline.delay)
+    with tqdm(total=info.frames, unit="frame", desc="unseen run", disable=args.quiet,
+              bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]") as bar:
+        result = session.run(prompts=futures, progress=bar.update)
+    print(f"wrote {args.output}: {result.frames_out} frames ({result.frames_in} in), "
+          f"{result.fps:.1f} fps, stage ms/frame {result.stage_ms}")
+    if result.frames_out != result.frames_in:  # pragma: no cover - an engine bug, never a user error
+        raise MediaError(f"{result.frames_in} frames in but {result.frames_out} out")
+    return 0
+
+
+# ----------------------------------------------------------------------------------- demo
+def cmd_demo(args) -> int:
+    import numpy as np
+
+    from unseen.engine import demo
+
+    report = demo.run_demo(Path(args.out), frames=args.frames, width=args.width, height=args.height,
+                           quiet=args.quiet)
+    print(f"before: {report['before']}\nafter:  {report['after']}")
+    print(f"backends: {report['backends']}")
+    print(f"PSNR inside the object's region (dilated), output vs ground-truth background: "
+          f"{report['psnr_region']:.2f} dB (mean over {report['frames']} frames; "
+          f"{report['psnr_region_encoded']:.2f} dB after H.264 encoding); whole frame {report['psnr_frame']:.2f} dB")
+    print(f"mask IoU vs ground truth: mean {report['iou_mean']:.3f}, min {report['iou_min']:.3f}; "
+          f"{report['fps']:.1f} fps")
+    return 0 if np.isfinite(report["psnr_region"]) else 1
+
+
+class UsageError(ValueError):
+    """A bad argument the user can fix."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unseen", description="Click an object in a video; it disappears.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="remove (or mask) clicked objects from a video file or URL")
+    run.add_argument("input", help="video file, URL (rtsp://, http://) or folder of numbered frames")
+    run.add_argument("output", help="output video (.mp4, .mkv)")
+    run.add_argument("--click", action="append", type=parse_click, metavar="X,Y[@FRAME][#OBJ]",
+                     help="positive click; a click without #OBJ starts a new object (repeatable)")
+    run.add_argument("--negative", action="append", type=lambda s: parse_click(s, positive=False),
+                     metavar="X,Y[@FRAME][#OBJ]", help="negative click (default: on the last object)")
+    run.add_argument("--masks-in", type=Path, help="per-frame masks (binary or palette PNG) instead of clicks")
+    run.add_argument("--masks-out", type=Path, help="write per-frame palette PNG masks here")
+    run.add_argument("--effect", default="remove", help="remove | blur | pixelate | fill | overlay")
+    run.add_argument("--delay", type=int, default=None, help="output delay in frames (default: the inpainter's)")
+    run.add_argument("--timeout", type=float, default=10.0, help="open/read timeout for URLs, seconds")
+    _add_backend_args(run)
+    run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser("demo", help="make a synthetic clip, remove its object, print the PSNR")
+    demo.add_argument("--out", default="unseen-demo", help="folder for before/after videos")
+    demo.add_argument("--frames", type=int, default=90)
+    demo.add_argument("--width", type=int, default=480)
+    demo.add_argument("--height", type=int, default=288)
+    demo.set_defaults(func=cmd_demo)
+
+    from unseen.weights.cli import add_commands as add_weights
+
+    add_weights(sub)
+    for module in ("unseen.server.commands", "unseen.client.commands", "unseen.benchmarks.commands"):
+        try:
+            mod = __import__(module, fromlist=["add_commands"])
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        mod.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname).1s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("unseen: interrupted; nothing was kept", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the one place that turns errors into one line
+        if args.verbose or not _is_user_error(exc):
+            log.exception("failed")
+        print(f"unseen: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    from unseen.engine.backends.registry import BackendError
+    from unseen.engine.media import MediaError
+    from unseen.engine.pipeline import PromptError
+    from unseen.engine.stages import SelectionError
+
+    user = (UsageError, MediaError, PromptError, SelectionError, BackendError, OSError)
+    try:
+        from unseen.weights.store import WeightsError
+
+        user = user + (WeightsError,)
+    except ImportError:  # pragma: no cover
+        pass
+    return isinstance(exc, user)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
