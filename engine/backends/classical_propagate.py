@@ -72,10 +72,13 @@ class FlowPropagator(Propagator):
         for oid, soft in self._soft.items():
             warped = cv2.remap(soft, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
             mask = warped > 0.5
+            soft = warped  # carried unthresholded: thresholding every step would bias the edges
             if self.refine and mask.any():
-                mask = self._refine(frame.image, warped, mask)
+                refined = self._refine(frame.image, warped, mask)
+                if refined is not mask:
+                    mask, soft = refined, refined.astype(np.float32)
             out[oid] = mask
-            self._soft[oid] = mask.astype(np.float32)
+            self._soft[oid] = soft
         self._resolve_overlaps(out)
         self._prev_gray = gray
         return out

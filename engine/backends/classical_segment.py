@@ -17,6 +17,7 @@ from ..stages import Click, Frame, Mask, Segmenter, SelectionError
 from .registry import BackendOptions
 
 WORK_SIZE = 480  # long side the segmentation runs at
+MIN_CONTRAST = 4.0  # mean gradient along an outline below which there is no object to select
 RECT_SCALES = (0.08, 0.13, 0.2, 0.3, 0.45)  # half-sizes of the tried rectangles, x the long side
 
 
@@ -89,16 +90,21 @@ class ClassicalSegmenter(Segmenter):
         # segment kept is the one with the strongest contrast along its outline that does not
         # run into its rectangle's sides (a segment that does was cut off by a too small box).
         grad = _gradient(img)
-        best, best_score = None, -1.0
+        # The rectangle is chosen from the positive clicks alone, so that a negative click only
+        # ever takes something away from the object it corrects.
+        best, best_rect, best_score = None, None, -1.0
         for frac in RECT_SCALES:
             rect = self._rect(positives, s, frac * max(h, w), w, h)
-            candidate = self._grabcut(img, rect, positives, negatives, moving, s, seed)
+            candidate = self._grabcut(img, rect, positives, (), moving, s, seed)
             if candidate is None or not candidate.any():
                 continue
             score = _outline_contrast(candidate, grad) * (0.5 if self._touches(candidate, rect, w, h) else 1.0)
             if score > best_score:
-                best, best_score = candidate, score
-        result = best
+                best, best_rect, best_score = candidate, rect, score
+        result = best if best_score >= MIN_CONTRAST else None  # no visible outline: nothing was selected
+        if result is not None and negatives:
+            corrected = self._grabcut(img, best_rect, positives, negatives, moving, s, seed)
+            result = None if corrected is None else corrected & best
         if result is None or not result.any():
             raise SelectionError(f"the click on frame {frame.index} selected nothing; click inside the object")
         if s != 1.0:
@@ -169,15 +175,20 @@ class ClassicalSegmenter(Segmenter):
                 if ys.size:
                     i = int(np.argmin((ys - c.y * s) ** 2 + (xs - c.x * s) ** 2))
                     keep.add(int(labels[ys[i], xs[i]]))
-        for c in negatives:
-            keep.discard(int(labels[min(h - 1, int(c.y * s)), min(w - 1, int(c.x * s))]))
+        for c in negatives:  # a component holding only negative clicks is dropped
+            lab = int(labels[min(h - 1, int(c.y * s)), min(w - 1, int(c.x * s))])
+            if lab and not any(labels[min(h - 1, int(p.y * s)), min(w - 1, int(p.x * s))] == lab for p in positives):
+                keep.discard(lab)
         out = np.isin(labels, list(keep)) if keep else np.zeros_like(mask, bool)
         # fill holes enclosed by the object
         inv = (~out).astype(np.uint8)
         n, lab2 = cv2.connectedComponents(inv)
         border = set(np.unique(np.concatenate([lab2[0], lab2[-1], lab2[:, 0], lab2[:, -1]])).tolist())
         holes = ~np.isin(lab2, list(border)) & (inv > 0)
-        return out | holes
+        out = (out | holes).astype(np.uint8)
+        for c in negatives:  # the negatively clicked pixel never belongs to the object
+            cv2.circle(out, (int(c.x * s), int(c.y * s)), 2, 0, -1)
+        return out.astype(bool)
 
 
 def create(variant: str | None, options: BackendOptions) -> ClassicalSegmenter:

@@ -1,0 +1,154 @@
+"""The embedded classical backends on synthetic scenes with known ground truth."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from unseen.engine.backends.classical_inpaint import FlowGuidedInpainter, fill_invalid, spatial_fill
+from unseen.engine.backends.classical_propagate import FlowPropagator
+from unseen.engine.backends.classical_segment import ClassicalSegmenter
+from unseen.engine.stages import Click, Frame, InpaintRequest, SelectionError, WindowEntry, dilate_hole
+from unseen.engine.synthetic import iou, make_clip, psnr
+
+
+@pytest.mark.parametrize("seed,size,index", [
+    (0, (320, 192), 0),
+    (0, (320, 192), 30),
+    (3, (480, 288), 10),
+    (7, (256, 160), 45),
+])
+def test_one_click_segments_the_object(seed, size, index):
+    clip = make_clip(60, *size, seed=seed)
+    mask = ClassicalSegmenter().segment(Frame(index, clip.frames[index]), [Click(*clip.click(index))])
+    assert mask.dtype == bool and mask.shape == clip.masks[index].shape
+    assert iou(mask, clip.masks[index]) >= 0.9
+
+
+def test_negative_click_excludes_a_region(clip):
+    seg = ClassicalSegmenter()
+    frame = Frame(0, clip.frames[0])
+    ys, xs = np.nonzero(clip.masks[0])
+    head = (int(xs.max()) - 4, int(ys[xs.argmax()]))  # the right-most part of the object
+    first = seg.segment(frame, [Click(*clip.click(0))])
+    assert first[head[1], head[0]]
+    corrected = seg.segment(frame, [Click(*clip.click(0)), Click(*head, positive=False)])
+    assert not corrected[head[1], head[0]]
+    assert corrected[clip.click(0)[1], clip.click(0)[0]]
+    assert corrected.sum() < first.sum()
+
+
+def test_flat_frame_selects_nothing():
+    with pytest.raises(SelectionError, match="selected nothing"):
+        ClassicalSegmenter().segment(Frame(3, np.full((64, 64, 3), 128, np.uint8)), [Click(32, 32)])
+
+
+def test_negative_only_is_refused():
+    with pytest.raises(SelectionError, match="positive click"):
+        ClassicalSegmenter().segment(Frame(0, np.zeros((8, 8, 3), np.uint8)), [Click(1, 1, positive=False)])
+
+
+def test_propagation_iou_every_frame_of_a_panning_sequence(clip):
+    prop = FlowPropagator()
+    prop.seed(Frame(0, clip.frames[0]), {1: clip.masks[0]})
+    for i in range(1, 60):
+        masks = prop.step(Frame(i, clip.frames[i]))
+        assert iou(masks[1], clip.masks[i]) >= 0.85, f"frame {i}"
+        assert prop.memory_frames() == 1  # constant memory: the previous frame only
+
+
+def test_propagation_of_two_objects_and_reseed(clip):
+    h, w = clip.masks[0].shape
+    second = np.zeros((h, w), bool)
+    second[10:40, 250:300] = True  # a static patch of background, moving with the camera
+    prop = FlowPropagator(refine=False)  # pure flow: the background patch has no outline to refine to
+    prop.seed(Frame(0, clip.frames[0]), {1: clip.masks[0], 2: second})
+    masks = {}
+    for i in range(1, 20):
+        masks = prop.step(Frame(i, clip.frames[i]))
+    assert set(masks) == {1, 2}
+    assert not np.logical_and(masks[1], masks[2]).any()
+    # the patch moved with the camera pan (scene content moves 1.7 px left, 0.4 px up per frame)
+    expected = np.zeros((h, w), bool)
+    expected[round(10 - 0.4 * 19):round(40 - 0.4 * 19), round(250 - 1.7 * 19):round(300 - 1.7 * 19)] = True
+    assert iou(masks[2], expected) >= 0.7
+    prop.seed(Frame(19, clip.frames[19]), {1: clip.masks[19]})  # object 2 dropped
+    assert set(prop.step(Frame(20, clip.frames[20]))) == {1}
+    prop.reset()
+    assert prop.step(Frame(21, clip.frames[21])) == {}
+
+
+def _visible(clip, t, radius, pan=(1.7, 0.4), dilation=4):
+    """Pixels of t's dilated hole whose background shows in some frame of the window (known pan)."""
+    h, w = clip.masks[0].shape
+    region = dilate_hole(clip.masks[t], dilation)
+    seen = np.zeros_like(region)
+    for j in range(max(0, t - radius), min(len(clip.frames), t + radius + 1)):
+        if j == t:
+            continue
+        shift = np.float32([[1, 0, -pan[0] * (j - t)], [0, 1, -pan[1] * (j - t)]])
+        covered = cv2.warpAffine(dilate_hole(clip.masks[j], dilation).astype(np.uint8), shift, (w, h),
+                                 flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderValue=1)
+        seen |= covered == 0
+    return region & seen
+
+
+def _run_inpainter(clip, inpainter, ground_truth_masks=True):
+    entries = {i: WindowEntry(Frame(i, f), m) for i, (f, m) in enumerate(zip(clip.frames, clip.masks))}
+    completed = {}
+    for t in range(len(clip.frames)):
+        window = {i: entries[i] for i in range(t - inpainter.past, t + inpainter.future + 1) if i in entries}
+        completed[t] = inpainter.inpaint(InpaintRequest(t, window, (), {t - 1: completed[t - 1]} if t else {}))
+    return completed
+
+
+def test_inpainting_psnr_where_the_background_was_seen(clip):
+    inp = FlowGuidedInpainter(future=5, past=5)
+    out = _run_inpainter(clip, inp)
+    scores = [psnr(out[t], clip.backgrounds[t], _visible(clip, t, 5)) for t in range(60)]
+    assert min(scores) >= 30.0, [round(s, 1) for s in scores]
+
+
+def test_inpainting_changes_only_the_dilated_hole(clip):
+    inp = FlowGuidedInpainter(future=3, past=3)
+    out = _run_inpainter(make_clip(12, 320, 192, seed=2), inp)
+    c2 = make_clip(12, 320, 192, seed=2)
+    for t, img in out.items():
+        outside = ~dilate_hole(c2.masks[t], inp.dilation)
+        assert np.array_equal(img[outside], c2.frames[t][outside])
+        assert not np.array_equal(img, c2.frames[t])
+
+
+def test_empty_hole_returns_the_frame_unchanged(clip):
+    inp = FlowGuidedInpainter()
+    entry = WindowEntry(Frame(0, clip.frames[0]), np.zeros_like(clip.masks[0]))
+    assert inp.inpaint(InpaintRequest(0, {0: entry})) is clip.frames[0]
+
+
+def test_cheap_fill_uses_the_previous_output_or_telea(clip):
+    inp = FlowGuidedInpainter()
+    entry = WindowEntry(Frame(5, clip.frames[5]), clip.masks[5])
+    telea = inp.cheap(InpaintRequest(5, {5: entry}))
+    hole = dilate_hole(clip.masks[5], inp.dilation)
+    assert np.array_equal(telea[~hole], clip.frames[5][~hole])
+    prev = np.full_like(clip.frames[4], 7)
+    copied = inp.cheap(InpaintRequest(5, {5: entry}, (), {4: prev}))
+    assert (copied[hole] == 7).all()
+
+
+def test_fill_invalid_interpolates_smoothly():
+    yy, xx = np.mgrid[0:64, 0:64].astype(np.float32)
+    field = np.dstack([0.1 * xx, 0.05 * yy + 2])
+    valid = np.ones((64, 64), bool)
+    valid[20:40, 25:45] = False
+    filled = fill_invalid(np.where(valid[..., None], field, 1000).astype(np.float32), valid)
+    assert np.abs(filled - field).max() < 1.0  # a linear field is recovered closely
+
+
+def test_spatial_fill_only_touches_the_hole():
+    img = np.random.default_rng(0).integers(0, 255, (50, 60, 3), np.uint8)
+    hole = np.zeros((50, 60), bool)
+    hole[20:30, 25:35] = True
+    out = spatial_fill(img, hole)
+    assert np.array_equal(out[~hole], img[~hole])
+    assert not np.array_equal(out[hole], img[hole])
