@@ -1,0 +1,124 @@
+"""RTSP publisher (push) of a processed stream, with PyAV.
+
+H.264 (libx264, ``zerolatency``) without B-frames, a keyframe at least every 2 s,
+RTSP over TCP.  When the server goes away the publisher drops frames while it
+reconnects with capped exponential backoff; timestamps stay continuous within a
+connection and start again at zero on the next one.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from fractions import Fraction
+
+import av
+import numpy as np
+
+from unseen.engine.media import MediaError, StreamInfo
+from unseen.engine.pipeline import OutputFrame
+
+from .live import BACKOFF_MAX, BACKOFF_START, redact
+
+log = logging.getLogger("unseen.rtsp")
+
+
+class RtspPublisher:
+    """A :class:`~unseen.engine.session.Sink` that pushes frames to an RTSP server (RECORD)."""
+
+    def __init__(self, url: str, info: StreamInfo, *, timeout: float = 5.0, preset: str = "ultrafast") -> None:
+        if not url.lower().startswith(("rtsp://", "rtsps://")):
+            raise MediaError(f"publish URL {redact(url)!r} is not rtsp://; give the RTSP server's publish URL")
+        self.url = url
+        self.info = info
+        self.timeout = timeout
+        self.preset = preset
+        self.width, self.height = info.width - info.width % 2, info.height - info.height % 2
+        self.rate = Fraction(info.rate or 25).limit_denominator(1001)
+        self.frames = 0
+        self.connects = 0
+        self.error: str | None = None
+        self._out = None
+        self._video = None
+        self._first_pts: int | None = None
+        self._retry_at = 0.0
+        self._backoff = BACKOFF_START
+        self._closed = False
+        self._connect()
+
+    def _connect(self) -> bool:
+        try:
+            out = av.open(self.url, "w", format="rtsp", options={"rtsp_transport": "tcp"},
+                          timeout=(self.timeout, self.timeout))
+            video = out.add_stream("libx264", rate=self.rate)
+            video.width, video.height = self.width, self.height
+            video.pix_fmt = "yuv420p"
+            video.time_base = Fraction(1, 90000)
+            gop = max(1, min(int(round(float(self.rate) * 2)), 60))  # a keyframe at least every 2 s
+            video.options = {"preset": self.preset, "tune": "zerolatency", "bf": "0", "g": str(gop),
+                             "keyint_min": str(gop)}
+            video.codec_context.options = {"x264-params": f"keyint={gop}:min-keyint={gop}:bframes=0:scenecut=0"}
+        except (av.error.FFmpegError, OSError, ValueError) as exc:
+            self._failed(f"cannot publish to {redact(self.url)!r} ({_short(exc)}); check that the RTSP server "
+                         f"is up and accepts RECORD on that path")
+            return False
+        self._out, self._video = out, video
+        self._first_pts = None
+        self._backoff = BACKOFF_START
+        self.connects += 1
+        self.error = None
+        log.info("publishing to %s (%dx%d @ %s fps)", redact(self.url), self.width, self.height, self.rate)
+        return True
+
+    def _failed(self, message: str) -> None:
+        self.error = message
+        log.warning("%s; retrying in %.1f s", message, self._backoff)
+        self._retry_at = time.monotonic() + self._backoff
+        self._backoff = min(BACKOFF_MAX, self._backoff * 2)
+        self._drop_connection()
+
+    def _drop_connection(self) -> None:
+        if self._out is not None:
+            try:
+                self._out.close()
+            except Exception:  # noqa: BLE001 - the server is gone already
+                pass
+        self._out = self._video = None
+
+    def write(self, output: OutputFrame) -> None:
+        if self._closed:
+            return
+        if self._out is None:
+            if time.monotonic() < self._retry_at or not self._connect():
+                return  # dropped while the server is away
+        assert self._video is not None and self._out is not None
+        image = np.ascontiguousarray(output.image[: self.height, : self.width])
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        pts = int(output.frame.pts or 0)
+        if output.frame.time_base is not None and output.frame.time_base != Fraction(1, 90000):
+            pts = int(round(pts * output.frame.time_base * 90000))
+        if self._first_pts is None:
+            self._first_pts = pts
+        frame.pts = pts - self._first_pts
+        frame.time_base = Fraction(1, 90000)
+        try:
+            for packet in self._video.encode(frame):
+                self._out.mux(packet)
+            self.frames += 1
+        except (av.error.FFmpegError, OSError, ValueError) as exc:
+            self._failed(f"publishing to {redact(self.url)!r} failed ({_short(exc)}); reconnecting")
+
+    def close(self, *, keep: bool = True) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._out is not None and self._video is not None:
+            try:
+                for packet in self._video.encode(None):
+                    self._out.mux(packet)
+            except Exception:  # noqa: BLE001
+                pass
+        self._drop_connection()
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
