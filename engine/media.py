@@ -229,8 +229,13 @@ class FileSink:
         suffix = self.path.suffix or ".mp4"
         self.tmp = parent / f".{self.path.stem}.partial{suffix}"
         try:
+            self.tmp.open("wb").close()  # PyAV opens lazily: find an unwritable target now, not mid-run
+        except OSError as exc:
+            raise MediaError(f"cannot write {str(self.path)!r} ({_short(exc)}); choose a writable output path") from exc
+        try:
             self._out = av.open(str(self.tmp), "w")
         except (av.error.FFmpegError, ValueError) as exc:
+            self.tmp.unlink(missing_ok=True)
             raise MediaError(f"cannot write {str(self.path)!r} ({_short(exc)}); use a .mp4 or .mkv output") from exc
         self.info = info
         width, height = info.width - info.width % 2, info.height - info.height % 2
@@ -256,8 +261,11 @@ class FileSink:
                                         format="rgb24")
         vf.pts = output.frame.pts
         vf.time_base = output.frame.time_base or self.info.time_base
-        for packet in self._video.encode(vf):
-            self._out.mux(packet)
+        try:
+            for packet in self._video.encode(vf):
+                self._out.mux(packet)
+        except (av.error.FFmpegError, OSError) as exc:
+            raise MediaError(f"writing {str(self.path)!r} failed ({_short(exc)}); check the disk space") from exc
         self.frames += 1
 
     def write_audio(self, packet: av.Packet) -> None:

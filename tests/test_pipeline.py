@@ -1,0 +1,173 @@
+"""The per-frame step: delay line, prompts on held frames, objects, effects, degraded frames."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from unseen.engine.backends.registry import BackendOptions
+from unseen.engine.effects import Effect, apply_effect
+from unseen.engine.pipeline import Pipeline, PipelineConfig, PromptError
+from unseen.engine.session import Backends, build_pipeline
+from unseen.engine.stages import Frame, SelectionError, dilate_hole
+from unseen.engine.synthetic import iou, psnr
+
+
+def _pipeline(delay=None, **config):
+    return build_pipeline(Backends("classical", "classical", "classical"), BackendOptions(),
+                          PipelineConfig(delay=delay, **config))
+
+
+def _feed(pipeline, clip, frames=None):
+    outs = []
+    for i, img in enumerate(clip.frames[:frames]):
+        outs += pipeline.step(Frame(i, img, pts=1000 + 7 * i))
+    return outs + pipeline.flush()
+
+
+@pytest.mark.parametrize("delay", [0, 1, 5, 8])
+def test_one_output_per_input_in_order_after_exactly_delay_frames(clip, delay):
+    p = _pipeline(delay)
+    emitted_at = []
+    for i, img in enumerate(clip.frames[:20]):
+        for out in p.step(Frame(i, img, pts=1000 + 7 * i)):
+            emitted_at.append((i, out.frame.index, out.frame.pts))
+    rest = p.flush()
+    assert [i - idx for i, idx, _ in emitted_at] == [delay] * (20 - delay)
+    indices = [idx for _, idx, _ in emitted_at] + [o.frame.index for o in rest]
+    assert indices == list(range(20))
+    assert [pts for *_, pts in emitted_at] + [o.frame.pts for o in rest] == [1000 + 7 * i for i in range(20)]
+    assert p.frames_in == p.frames_out == 20
+
+
+def test_click_removes_the_object(clip):
+    p = _pipeline()
+    oid = p.click(*clip.click(0), frame_index=0)
+    outs = _feed(p, clip, 30)
+    assert oid.result() == 1
+    for o in outs:
+        i = o.frame.index
+        assert iou(o.masks[1], clip.masks[i]) > 0.85
+        region = dilate_hole(clip.masks[i], 4)
+        assert psnr(o.image, clip.backgrounds[i], region) > psnr(clip.frames[i], clip.backgrounds[i], region) + 10
+
+
+def test_click_on_a_held_past_frame_reaches_the_frames_after_it(clip):
+    """A live click carries the frame the viewer saw; the object leaves every frame not yet sent."""
+    p = _pipeline(delay=5)
+    outs = []
+    for i in range(12):
+        outs += p.step(Frame(i, clip.frames[i], pts=i))
+    assert len(outs) == 7  # frames 0..6 were sent
+    future = p.click(*clip.click(4), pts=4)  # the user saw frame 4
+    for i in range(12, 20):
+        outs += p.step(Frame(i, clip.frames[i], pts=i))
+    assert future.result() == 1
+    assert p.objects[1].prompt_frame == 4
+    first_after = [o for o in outs if o.frame.index >= 7]
+    assert first_after[0].frame.index == 7
+    for o in first_after:
+        assert iou(o.masks[1], clip.masks[o.frame.index]) > 0.85
+    assert all(1 not in o.masks for o in outs if o.frame.index < 7)
+
+
+def test_click_on_a_future_frame_waits_for_it(clip):
+    p = _pipeline()
+    future = p.click(*clip.click(15), frame_index=15)
+    outs = _feed(p, clip, 25)
+    assert future.result() == 1
+    assert all(1 not in o.masks for o in outs if o.frame.index < 15)
+    assert all(iou(o.masks[1], clip.masks[o.frame.index]) > 0.85 for o in outs if o.frame.index >= 15)
+
+
+def test_click_beyond_the_last_frame_fails_at_the_end(clip):
+    p = _pipeline()
+    future = p.click(*clip.click(0), frame_index=99)
+    _feed(p, clip, 10)
+    with pytest.raises(PromptError, match="beyond the last frame"):
+        future.result()
+
+
+def test_click_outside_the_frame_is_refused_at_once(clip):
+    p = _pipeline()
+    p.step(Frame(0, clip.frames[0]))
+    with pytest.raises(PromptError, match="outside the 320x192 frame"):
+        p.click(500, 10)
+
+
+def test_click_that_selects_nothing_reports_it(clip):
+    p = _pipeline()
+    future = p.click(10, 10, frame_index=0)
+    p.step(Frame(0, np.full_like(clip.frames[0], 90)))
+    with pytest.raises(SelectionError):
+        future.result()
+    assert p.objects == {}
+
+
+def test_objects_remove_clear_and_effects(clip):
+    p = _pipeline(delay=2)
+    a = p.click(*clip.click(0), frame_index=0)
+    p.step(Frame(0, clip.frames[0]))
+    assert a.result() == 1
+    b = p.click(290, 20, frame_index=0, object_id=7)  # a second object with the caller's id
+    p.step(Frame(1, clip.frames[1]))
+    assert b.result() == 7 and sorted(p.objects) == [1, 7]
+    p.set_effect(1, "fill")
+    outs = p.step(Frame(2, clip.frames[2]))
+    assert p.objects[1].effect is Effect.FILL
+    filled = outs[0]
+    assert (filled.image[filled.masks[1]] == 0).all()  # black fill inside the mask
+    remove = p.remove_object(7)
+    p.step(Frame(3, clip.frames[3]))
+    assert remove.result() == 7 and sorted(p.objects) == [1]
+    with pytest.raises(PromptError, match="no object 42"):
+        fut = p.remove_object(42)
+        p.step(Frame(4, clip.frames[4]))
+        fut.result()
+    p.clear()
+    outs = p.step(Frame(5, clip.frames[5]))
+    assert p.objects == {} and outs[0].masks == {}
+    assert np.array_equal(outs[0].image, clip.frames[3])  # frame 3 leaves unchanged after clear
+
+
+def test_hurry_uses_the_cheap_fill_and_counts_it(clip):
+    p = _pipeline(delay=1)
+    p.click(*clip.click(0), frame_index=0)
+    p.step(Frame(0, clip.frames[0]))
+    out = p.step(Frame(1, clip.frames[1]), hurry=True)
+    assert out[0].degraded and p.degraded == 1
+    out = p.step(Frame(2, clip.frames[2]))
+    assert not out[0].degraded and p.degraded == 1
+
+
+def test_memory_stays_bounded_on_a_long_stream(clip):
+    p = _pipeline(delay=3, history=8, ref_stride=5, ref_count=2)
+    p.click(*clip.click(0), frame_index=0)
+    for i in range(300):
+        p.step(Frame(i, clip.frames[i % 60]))
+        assert p.held_frames <= 3 + 8 + 1
+    d = p.describe()
+    assert d["references"] == 2 and d["frames_in"] == 300 and d["frames_out"] == 297
+
+
+def test_given_masks_replace_clicks(clip):
+    p = Pipeline(None, None, build_pipeline(Backends("classical", "classical", "classical")).inpainter,
+                 given_masks=lambda i: {3: clip.masks[i]})
+    outs = _feed(p, clip, 10)
+    assert [sorted(o.masks) for o in outs] == [[3]] * 10
+    with pytest.raises(PromptError, match="masks from files"):
+        f = p.click(10, 10, frame_index=0)
+        p.step(Frame(10, clip.frames[10]))
+        f.result()
+
+
+@pytest.mark.parametrize("effect", [Effect.BLUR, Effect.PIXELATE, Effect.FILL, Effect.OVERLAY])
+def test_effects_change_only_inside_the_mask(clip, effect):
+    img, mask = clip.frames[10], clip.masks[10]
+    out = apply_effect(img, mask, effect, object_id=2, color=(255, 0, 255))
+    assert np.array_equal(out[~mask], img[~mask])
+    assert not np.array_equal(out[mask], img[mask])
+
+
+def test_unknown_effect_names_the_choices():
+    with pytest.raises(ValueError, match="remove, blur, pixelate, fill, overlay"):
+        Effect.parse("sparkle")
