@@ -1,0 +1,84 @@
+"""``unseen bench`` / ``python -m unseen.benchmarks``: run the suites, print, write JSON and PNG."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+SUITES = ("track", "remove", "complete", "speed")
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = text.lower().split("x")
+        return int(w), int(h)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad size {text!r}; write WIDTHxHEIGHT, e.g. 854x480") from None
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    from .common import DEFAULT_DATA
+
+    p.add_argument("suites", nargs="*", metavar="SUITE",
+                   help=f"suites to run, in order: {', '.join(SUITES)} (default: all; speed last)")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                   help="data folder: one sub-folder per clip with frames/ or one video, optional masks/ "
+                        f"(default {DEFAULT_DATA})")
+    p.add_argument("--results", type=Path, default=Path("results"), help="folder for the JSON and PNG files")
+    p.add_argument("--quick", action="store_true", help="fewer frames: each suite in under 2 minutes")
+    p.add_argument("--segmenter", default="classical", help="segmenter backend (default classical)")
+    p.add_argument("--propagator", default="classical", help="propagator backend (default classical)")
+    p.add_argument("--inpainter", default="classical", help="inpainter backend (default classical)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] for the neural backends")
+    p.add_argument("--weights-dir", type=Path, default=None, help="weights folder (default $UNSEEN_WEIGHTS)")
+    p.add_argument("--frames", type=int, default=None, help="cap frames per clip (overrides the suite's default)")
+    p.add_argument("--no-neural", dest="neural", action="store_false",
+                   help="speed: skip the neural backends (random weights)")
+    p.add_argument("--long-frames", type=int, default=None,
+                   help="speed: frames of the long memory run (default 3000, --quick 300; 0 skips it)")
+    p.add_argument("--resolutions", type=lambda s: [_size(x) for x in s.split(",") if x], default=None,
+                   help="speed: comma-separated sizes (default 432x240,854x480,1280x720)")
+
+
+def add_commands(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="benchmarks: track, remove, complete, speed (JSON, PNG, table)")
+    configure(p)
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args) -> int:
+    from unseen.engine.session import Backends
+
+    from . import complete, remove, speed, track
+    from .common import Context
+
+    suites = list(args.suites) or list(SUITES)
+    unknown = [s for s in suites if s not in SUITES]
+    if unknown:
+        raise ValueError(f"unknown suite {unknown[0]!r}; choose from {', '.join(SUITES)}")
+    if not Path(args.data).is_dir():
+        raise FileNotFoundError(f"data folder {str(args.data)!r} does not exist; give --data DIR")
+    ctx = Context(data=Path(args.data), results=Path(args.results), quick=args.quick,
+                  backends=Backends(args.segmenter, args.propagator, args.inpainter), device=args.device,
+                  weights_dir=args.weights_dir, frames=args.frames, neural=args.neural,
+                  long_frames=args.long_frames, resolutions=args.resolutions,
+                  quiet=getattr(args, "quiet", False))
+    modules = {"track": track, "remove": remove, "complete": complete, "speed": speed}
+    for name in suites:
+        modules[name].run(ctx)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m unseen.benchmarks", description="Unseen benchmarks")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines, warnings only")
+    configure(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(levelname).1s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return cmd_bench(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"unseen bench: error: {exc}", file=sys.stderr)
+        return 2

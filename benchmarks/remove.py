@@ -1,0 +1,165 @@
+"""Suite *remove*: paste an object onto a background clip, click it, remove it, compare.
+
+Protocol: pairs (object clip A, background clip B) are chosen deterministically
+(``data.pairs``: every clip is a background once; its object clip is the next clip in
+name order with tight masks).  A's frames and masks are resized to B's size; A's
+largest object on its first mask is pasted frame by frame (its pixels under its mask)
+onto B's frames, so B's original frames are the ground truth.  One positive click at
+the pasted object's most interior pixel on frame 0, submitted once frame 2 has arrived
+(as a live user clicks a frame already shown), then the whole pipeline (segmenter,
+propagator, inpainter, fixed delay line).  Scores per frame, averaged over the frames:
+PSNR and SSIM inside the pasted object's region dilated by the inpainter's dilation,
+and over the whole frame; flicker = mean |frame t - frame t-1| inside the region (union
+of t-1 and t), for the output and for the ground truth, and their difference.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import cv2
+import numpy as np
+
+from unseen.engine.pipeline import PipelineConfig
+from unseen.engine.session import build_pipeline
+from unseen.engine.stages import Frame, dilate_hole
+from unseen.engine.synthetic import interior_point
+
+from . import report
+from .common import Context
+from .data import largest_object, pairs
+from .metrics import flicker, jaccard, mean, psnr, ssim
+
+log = logging.getLogger("unseen.benchmarks")
+
+QUICK_FRAMES = 16
+FULL_FRAMES = 100  # cap per pair (dog-walk-720p has 289 frames)
+
+
+def composite(a, b, limit: int | None):
+    """(composite frames, pasted masks, ground-truth frames, object id of A)."""
+    size = (b.width, b.height)
+    known = [x for x in (a.frames, b.frames, limit) if x is not None]
+    n = min(known) if known else None
+    gt = b.read_frames(n)
+    obj_frames = a.read_frames(len(gt), size)
+    labels = a.read_labels(len(obj_frames), size)
+    n = min(len(gt), len(obj_frames), len(labels))
+    oid = largest_object(labels[0])
+    frames, masks = [], []
+    for t in range(n):
+        m = labels[t] == oid
+        f = gt[t].copy()
+        f[m] = obj_frames[t][m]
+        frames.append(f)
+        masks.append(m)
+    return frames, masks, gt[:n], oid
+
+
+def click_and_run(pipeline, frames: list[np.ndarray], x: int, y: int) -> tuple[list, object]:
+    """Run ``frames`` through ``pipeline`` with one click on frame 0 (sent once frame 2 arrived)."""
+    late = pipeline.delay >= 3 and len(frames) > 3
+    future = None if late else pipeline.click(x, y, object_id=1, frame_index=0)
+    outputs = []
+    for t, img in enumerate(frames):
+        outputs += pipeline.step(Frame(t, img))
+        if late and t == 2:
+            future = pipeline.click(x, y, object_id=1, frame_index=0)
+    outputs += pipeline.flush()
+    return outputs, future
+
+
+def _run_pair(ctx: Context, a, b, limit: int | None) -> dict:
+    frames, masks, gt, oid = composite(a, b, limit)
+    pipeline = build_pipeline(ctx.backends, ctx.options(), PipelineConfig())
+    x, y = interior_point(masks[0])
+    t0 = time.perf_counter()
+    outputs, future = click_and_run(pipeline, frames, x, y)
+    seconds = time.perf_counter() - t0
+    error = None
+    try:
+        future.result(timeout=0)
+    except Exception as exc:  # noqa: BLE001 - a failed click is a result (nothing removed), not a crash
+        error = f"{type(exc).__name__}: {exc}"
+    dil = pipeline.inpainter.dilation
+    regions = [dilate_hole(m, dil) for m in masks]
+    out = [o.image for o in outputs]
+    n = min(len(out), len(gt))
+    ious = [jaccard(outputs[t].masks.get(1, np.zeros_like(masks[t])), masks[t]) for t in range(n)]
+    f_out, f_gt = flicker(out[:n], regions[:n]), flicker(gt[:n], regions[:n])
+    return {
+        "object_clip": a.name, "object_id": oid, "background_clip": b.name, "size": f"{b.width}x{b.height}",
+        "frames": n, "click": [x, y], "click_error": error, "dilation": dil,
+        "region_fraction": mean(r.mean() for r in regions[:n]),
+        "mask_J": mean(ious),
+        "mask_fraction": mean(outputs[t].masks.get(1, np.zeros_like(masks[t])).mean() for t in range(n)),
+        "object_fraction": mean(m.mean() for m in masks[:n]),
+        "psnr_region": mean(psnr(out[t], gt[t], regions[t]) for t in range(n)),
+        "ssim_region": mean(ssim(out[t], gt[t], regions[t]) for t in range(n)),
+        "psnr_frame": mean(psnr(out[t], gt[t]) for t in range(n)),
+        "ssim_frame": mean(ssim(out[t], gt[t]) for t in range(n)),
+        "psnr_region_input": mean(psnr(frames[t], gt[t], regions[t]) for t in range(n)),
+        "flicker_output": f_out, "flicker_gt": f_gt, "flicker_diff": f_out - f_gt,
+        "fps": n / seconds if seconds > 0 else None,
+        "stage_ms": {k: round(pipeline.times.mean_ms(k), 2) for k in list(pipeline.times.counts)},
+        "delay_frames": pipeline.delay,
+        "backends": pipeline.describe()["backends"],
+    }
+
+
+def run(ctx: Context) -> dict:
+    started = time.perf_counter()
+    result = ctx.header("remove")
+    limit = ctx.cap(QUICK_FRAMES, FULL_FRAMES)
+    result["frames_cap"] = limit
+    result["protocol"] = __doc__.split("\n\n", 1)[1].strip()
+    rows_ = []
+    backends = None
+    for a, b in pairs(ctx.clips):
+        ctx.say(f"[remove] {a.name} -> {b.name} ...")
+        r = _run_pair(ctx, a, b, limit)
+        backends = backends or r["backends"]
+        ctx.say(f"[remove] {a.name} -> {b.name}: PSNR region {r['psnr_region']:.2f} dB "
+                f"(input {r['psnr_region_input']:.2f}), SSIM region {r['ssim_region']:.3f}, "
+                f"frame {r['psnr_frame']:.2f} dB, flicker {r['flicker_output']:.2f} vs {r['flicker_gt']:.2f}"
+                + (f", click failed: {r['click_error']}" if r["click_error"] else ""))
+        rows_.append(r)
+    result["backends"] = backends or {}
+    result["pairs"] = rows_
+    keys = ["psnr_region", "ssim_region", "psnr_frame", "ssim_frame", "psnr_region_input", "flicker_output",
+            "flicker_gt", "flicker_diff", "mask_J"]
+    result["overall"] = {k: mean(r[k] for r in rows_) for k in keys}
+    result["overall"]["pairs"] = len(rows_)
+    ctx.finish("remove", result, started)
+    print_table(result)
+    chart(ctx, result)
+    return result
+
+
+HEADERS = ["object -> background", "size", "frames", "mask J", "PSNR region", "SSIM region", "PSNR frame",
+           "SSIM frame", "flicker out/GT"]
+
+
+def rows(result: dict) -> list[list]:
+    out = [[f"{r['object_clip']} -> {r['background_clip']}", r["size"], r["frames"], r["mask_J"],
+            report.fmt(r["psnr_region"], 2), r["ssim_region"], report.fmt(r["psnr_frame"], 2), r["ssim_frame"],
+            f"{report.fmt(r['flicker_output'], 2)} / {report.fmt(r['flicker_gt'], 2)}"] for r in result["pairs"]]
+    o = result["overall"]
+    out.append(["mean", "", "", o["mask_J"], report.fmt(o["psnr_region"], 2), o["ssim_region"],
+                report.fmt(o["psnr_frame"], 2), o["ssim_frame"],
+                f"{report.fmt(o['flicker_output'], 2)} / {report.fmt(o['flicker_gt'], 2)}"])
+    return out
+
+
+def print_table(result: dict) -> None:
+    b = result.get("backends", {})
+    print(f"\nremove ({b.get('segmenter')} / {b.get('propagator')} / {b.get('inpainter')}"
+          f"{', quick' if result['quick'] else ''})")
+    print(report.table(HEADERS, rows(result)))
+
+
+def chart(ctx: Context, result: dict) -> None:
+    names = [f"{r['object_clip']}->{r['background_clip']}" for r in result["pairs"]]
+    report.bar_chart(ctx.results / "remove.png", "remove: PSNR (dB) inside the dilated pasted region", names,
+                     {"output": [r["psnr_region"] for r in result["pairs"]],
+                      "input (object still there)": [r["psnr_region_input"] for r in result["pairs"]]}, "PSNR (dB)")
