@@ -36,41 +36,26 @@ class AOTConfig:
 
     name: str
     encoder: str  # mobilenetv2 | resnet50 | swin_base
-    num_layers: int  # LSTT / GPM layers
+    encoder_dims: tuple[int, int, int, int]  # channels at 1/4, 1/8, 1/16, 1/16
+    num_layers: int  # LSTT (AOT) or GPM (DeAOT) layers
     deaot: bool  # DeAOT (gated propagation, two branches) or AOT
+    heads: int  # self- and long/short-term attention heads
+    align_corners: bool  # False for Swin: inputs are multiples of 16 instead of 16k+1
+    id_kernel: int  # ID bank conv: 17x17 stride 16 padding 8, or 16x16 stride 16 (Swin)
     long_term_gap: int  # official test-time gap between long-term memory frames (9999: reference only)
     embed_dim: int = 256
     max_objects: int = 10
-
-    @property
-    def encoder_dims(self) -> tuple[int, int, int, int]:
-        return _ENCODER_DIMS[self.encoder]
-
-    @property
-    def align_corners(self) -> bool:
-        return self.encoder != "swin_base"
-
-    @property
-    def heads(self) -> int:
-        """Self- and long/short-term attention heads (the same count in every variant)."""
-        return 1 if self.deaot else 8
-
-    @property
-    def id_kernel(self) -> int:
-        """ID bank convolution: 17x17 stride 16 padding 8 (16k+1 inputs) or 16x16 stride 16."""
-        return 17 if self.align_corners else 16
-
-    @property
-    def stride(self) -> int:
-        return 16
+    stride: int = 16
 
 
 def _config(name: str) -> AOTConfig:
-    deaot = name.startswith("deaot") or "_deaot" in name
+    deaot = "deaot" in name
     encoder = "resnet50" if name.startswith("r50_") else "swin_base" if name.startswith("swinb_") else "mobilenetv2"
     size = name[-1]  # t, s, b or l
-    layers = {"t": 1, "s": 2, "b": 3, "l": 3}[size]
-    return AOTConfig(name=name, encoder=encoder, num_layers=layers, deaot=deaot,
+    swin = encoder == "swin_base"
+    return AOTConfig(name=name, encoder=encoder, encoder_dims=_ENCODER_DIMS[encoder],
+                     num_layers={"t": 1, "s": 2, "b": 3, "l": 3}[size], deaot=deaot, heads=1 if deaot else 8,
+                     align_corners=not swin, id_kernel=16 if swin else 17,
                      long_term_gap=5 if size == "l" else 9999)
 
 

@@ -101,8 +101,7 @@ class DWConv2d(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 5, padding=2, groups=channels, bias=False)
 
     def forward(self, x: Tensor, size_2d: tuple[int, int]) -> Tensor:
-        b, c = x.shape[1:]
-        return map_to_seq(self.conv(seq_to_2d(x, size_2d))).reshape(-1, b, c)
+        return map_to_seq(self.conv(seq_to_2d(x, size_2d)))
 
 
 class GNActDWConv2d(nn.Module):
@@ -114,8 +113,7 @@ class GNActDWConv2d(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 5, padding=2, groups=channels, bias=False)
 
     def forward(self, x: Tensor, size_2d: tuple[int, int]) -> Tensor:
-        b, c = x.shape[1:]
-        return map_to_seq(self.conv(F.gelu(self.gn(seq_to_2d(x, size_2d))))).reshape(-1, b, c)
+        return map_to_seq(self.conv(F.gelu(self.gn(seq_to_2d(x, size_2d)))))
 
 
 class ConvGN(nn.Module):
@@ -342,7 +340,6 @@ class GatedPropagation(nn.Module):
             u1, u2 = torch.split(u, self.d_vu // 2, dim=-1)
             v = F.silu(torch.cat([self.linear_V1(v1), self.linear_V2(v2)], dim=-1))
             u = F.silu(torch.cat([self.linear_U1(u1), self.linear_U2(u2)], dim=-1))
-        length, b, _ = q.shape
         out = F.scaled_dot_product_attention(q.permute(1, 0, 2), k.permute(1, 0, 2), v.permute(1, 0, 2))
         out = out.permute(1, 0, 2) * u
         return self.projection(self.dw_conv(out, size_2d))
