@@ -139,8 +139,7 @@ class Signalling:
         try:
             await pc.setRemoteDescription(description)
             if create_webcam is not None:
-                if not any(t.kind == "video" and t.direction in ("sendrecv", "sendonly")
-                           for t in pc.getTransceivers()):
+                if not _sends_video(description.sdp):
                     raise StreamError("the offer sends no video; add the camera track (sendrecv) to the offer")
                 stream = create_webcam()
             assert stream is not None
@@ -197,6 +196,14 @@ class Signalling:
 
     async def close(self) -> None:
         await asyncio.gather(*(self._close(pc) for pc in list(self.pcs)), return_exceptions=True)
+
+
+def _sends_video(sdp: str) -> bool:
+    """Whether an offer sends video (a video m-section that is sendrecv or sendonly)."""
+    for section in sdp.split("m=")[1:]:
+        if section.startswith("video") and ("a=sendrecv" in section or "a=sendonly" in section):
+            return True
+    return False
 
 
 def _send(state: dict, message: dict) -> None:

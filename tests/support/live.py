@@ -1,0 +1,107 @@
+"""Helpers for the live tests: free ports, a static synthetic scene, subprocesses that always stop."""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from unseen.engine.synthetic import make_clip
+
+ROOT = Path(__file__).resolve().parents[2]
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:g} s")
+
+
+def static_scene(width: int, height: int, fps: int, frames: int = 60):
+    """A still camera and a slowly moving object, ping-pong looped so the loop never jumps.
+
+    Returns (frames, background, masks): one background for every frame (the camera is still)."""
+    clip = make_clip(frames * 4, width, height, pan=(0.0, 0.0), rate=Fraction(fps), seed=5)
+    idx = list(range(frames)) + list(range(frames - 2, 0, -1))
+    return [clip.frames[i] for i in idx], clip.backgrounds[0], [clip.masks[i] for i in idx]
+
+
+def write_pngs(folder: Path, frames: list[np.ndarray]) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(frames):
+        cv2.imwrite(str(folder / f"f{i:04d}.png"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    return str(folder / "f%04d.png")
+
+
+def object_pixels(image: np.ndarray, background: np.ndarray, threshold: int = 60) -> np.ndarray:
+    """Pixels that differ strongly from the still background: the object (if it is there)."""
+    return np.abs(image.astype(np.int16) - background.astype(np.int16)).max(axis=2) > threshold
+
+
+class Proc:
+    """A subprocess in its own process group, stopped (TERM, then KILL) by :meth:`stop`."""
+
+    def __init__(self, args: list[str], log: Path, env: dict | None = None) -> None:
+        self.args = args
+        self.log_path = log
+        self._log = open(log, "ab")
+        self.p = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                  env={**os.environ, **(env or {})}, start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.p.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        if self.p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.p.pid, sig)
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.p.pid, signal.SIGKILL)
+                self.p.wait(5)
+        self._log.close()
+
+    def tail(self, n: int = 20) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        return ""
+
+
+@contextlib.contextmanager
+def running(args: list[str], log: Path, env: dict | None = None, port: int | None = None,
+            timeout: float = 30.0) -> Iterator[Proc]:
+    proc = Proc(args, log, env)
+    try:
+        if port is not None:
+            try:
+                wait_port(port, timeout)
+            except TimeoutError as exc:
+                raise RuntimeError(f"{exc}; its log:\n{proc.tail()}") from None
+        yield proc
+    finally:
+        proc.stop()
+
+
+def unseen_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "unseen.server.cli", *args]
