@@ -7,6 +7,7 @@ extension is needed.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -88,44 +89,43 @@ class BidirectionalPropagation(nn.Module):
             )
         self.fusion = nn.Conv2d(2 * channel, channel, 1, 1, 0)
 
+    def _propagate(self, name: str, feats: Sequence[torch.Tensor], flows: torch.Tensor,
+                   backward: Sequence[torch.Tensor] | None) -> list[torch.Tensor]:
+        """One direction.  ``backward`` (forward pass only) holds the backward results in time order.
+
+        Returns the propagated features in processing order.
+        """
+        order = range(len(feats)) if backward is not None else range(len(feats) - 1, -1, -1)
+        outs: list[torch.Tensor] = []
+        feat_prop = torch.zeros_like(feats[0])
+        for i, idx in enumerate(order):
+            feat_current = feats[idx]
+            if i > 0:
+                # as released: step i reads flows i-1 and i-2 in both directions
+                flow_n1 = flows[:, i - 1]
+                cond_n1 = flow_warp(feat_prop, flow_n1)
+                if i > 1:
+                    feat_n2 = outs[-2]
+                    flow_n2 = flow_n1 + flow_warp(flows[:, i - 2], flow_n1)
+                    cond_n2 = flow_warp(feat_n2, flow_n2)
+                else:
+                    feat_n2, flow_n2, cond_n2 = (torch.zeros_like(y) for y in (feat_prop, flow_n1, cond_n1))
+                cond = torch.cat((cond_n1, feat_current, cond_n2), dim=1)
+                feat_prop = self.deform_align[name](torch.cat((feat_prop, feat_n2), dim=1), cond, flow_n1, flow_n2)
+            parts = [feat_current] + ([] if backward is None else [backward[idx]]) + [feat_prop]
+            feat_prop = feat_prop + self.backbone[name](torch.cat(parts, dim=1))
+            outs.append(feat_prop)
+        return outs
+
     def forward(self, x: torch.Tensor, flows_backward: torch.Tensor, flows_forward: torch.Tensor) -> torch.Tensor:
         """``x`` [B,T,C,H,W]; flows [B,T-1,2,H,W]. Returns [B,T,C,H,W].
 
-        As in the released model, both directions read their flows at index ``i-1`` (first
-        order) and ``i-2`` (second order) for step ``i``, although the backward pass walks
-        the frames in reverse; the weights were trained this way.
+        The backward pass walks the frames in reverse but, as in the released model, reads
+        its flows at forward-time indices (``i-1`` first order, ``i-2`` second order for step
+        ``i``); the weights were trained this way.
         """
-        b, t, c, h, w = x.shape
-        spatial = x.unbind(1)
-        backward: list[torch.Tensor] = []
-        for name in self.directions:
-            is_backward = name == "backward_"
-            flows = flows_backward if is_backward else flows_forward
-            frame_order = range(t - 1, -1, -1) if is_backward else range(t)
-            outs: list[torch.Tensor] = []
-            feat_prop = x.new_zeros(b, self.channel, h, w)
-            for i, idx in enumerate(frame_order):
-                feat_current = spatial[idx]
-                if i > 0:
-                    flow_n1 = flows[:, i - 1]
-                    cond_n1 = flow_warp(feat_prop, flow_n1)
-                    if i > 1:
-                        feat_n2 = outs[-2]
-                        flow_n2 = flow_n1 + flow_warp(flows[:, i - 2], flow_n1)
-                        cond_n2 = flow_warp(feat_n2, flow_n2)
-                    else:
-                        feat_n2 = torch.zeros_like(feat_prop)
-                        flow_n2 = torch.zeros_like(flow_n1)
-                        cond_n2 = torch.zeros_like(cond_n1)
-                    cond = torch.cat((cond_n1, feat_current, cond_n2), dim=1)
-                    feat_prop = self.deform_align[name](torch.cat((feat_prop, feat_n2), dim=1), cond,
-                                                        flow_n1, flow_n2)
-                parts = [feat_current] + ([] if is_backward else [backward[idx]]) + [feat_prop]
-                feat_prop = feat_prop + self.backbone[name](torch.cat(parts, dim=1))
-                outs.append(feat_prop)
-            if is_backward:
-                backward = outs[::-1]
-            else:
-                forward = outs
+        feats = x.unbind(1)
+        backward = self._propagate("backward_", feats, flows_backward, None)[::-1]
+        forward = self._propagate("forward_", feats, flows_forward, backward)
         fused = [self.fusion(torch.cat((bwd, fwd), dim=1)) for bwd, fwd in zip(backward, forward)]
         return torch.stack(fused, dim=1) + x
