@@ -36,7 +36,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-neural", dest="neural", action="store_false",
                    help="speed: skip the neural backends (random weights)")
     p.add_argument("--long-frames", type=int, default=None,
-                   help="speed: frames of the long memory run (default 3000, --quick 300; 0 skips it)")
+                   help="speed: frames of the long memory run (default 3000, --quick 200; 0 skips it)")
+    p.add_argument("--summary-only", action="store_true",
+                   help="run nothing: print the README table from the JSON files in --results")
     p.add_argument("--resolutions", type=lambda s: [_size(x) for x in s.split(",") if x], default=None,
                    help="speed: comma-separated sizes (default 432x240,854x480,1280x720)")
 
@@ -50,9 +52,12 @@ def add_commands(subparsers) -> None:
 def cmd_bench(args) -> int:
     from unseen.engine.session import Backends
 
-    from . import complete, remove, speed, track
+    from . import complete, remove, speed, summary, track
     from .common import Context
 
+    if args.summary_only:
+        print(summary.markdown(Path(args.results)), end="")
+        return 0
     suites = list(args.suites) or list(SUITES)
     unknown = [s for s in suites if s not in SUITES]
     if unknown:
@@ -67,6 +72,8 @@ def cmd_bench(args) -> int:
     modules = {"track": track, "remove": remove, "complete": complete, "speed": speed}
     for name in suites:
         modules[name].run(ctx)
+    path = summary.write(ctx.results)
+    ctx.say(f"\n{summary.markdown(ctx.results)}(written to {path})")
     return 0
 
 

@@ -62,7 +62,7 @@ class Context:
         if self.machine is None:
             self.machine = report.machine_info()
         return {"suite": suite, "quick": self.quick, "created": report.stamp(), "data": str(self.data),
-                "machine": self.machine, "engine_patches": compat.apply(),
+                "machine": self.machine, "code": report.code_state(), "engine_patches": compat.apply(),
                 "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
 
     def finish(self, suite: str, result: dict, started: float) -> Path:

@@ -89,6 +89,21 @@ def machine_line(info: dict) -> str:
     return ", ".join(str(p) for p in parts)
 
 
+def code_state() -> dict:
+    """The git commit of the code measured, and the files that differ from it (numbers depend on them)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        run = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True,  # noqa: E731
+                                        timeout=10).stdout.strip()
+        commit = run("rev-parse", "--short", "HEAD")
+        changed = [line[3:] for line in run("status", "--porcelain", "--untracked-files=no").splitlines()]
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "modified": []}
+    return {"commit": commit or None, "modified": [c for c in changed if c.startswith(("engine/", "benchmarks/"))]}
+
+
 def _clean(value):
     """JSON-safe copy: NaN/inf -> None, numpy scalars -> Python numbers."""
     if isinstance(value, dict):

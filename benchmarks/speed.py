@@ -36,8 +36,9 @@ log = logging.getLogger("unseen.benchmarks")
 RESOLUTIONS = [(432, 240), (854, 480), (1280, 720)]
 CLICK_REL = (0.47, 0.61)  # the dog on frame 0 of dog-walk-720p
 NEURAL = Backends("sam:vit_b", "aot:r50_deaotl", "e2fgvi:hq")
-FRAMES = {"classical": (12, 100), "neural": (6, 10)}  # (quick, full) frames per resolution
-LONG_FRAMES = (300, 3000)
+FRAMES = {"classical": (12, 100), "neural": (6, 8)}  # (quick, full) frames per resolution
+NEURAL_BUDGET_S = 150.0  # neural on CPU: stop feeding frames after this long (per resolution)
+LONG_FRAMES = (200, 3000)
 
 
 def source_clip(ctx: Context) -> Clip:
@@ -69,8 +70,12 @@ def scaled(ctx: Context, clip: Clip, size: tuple[int, int], frames: int | None) 
     return path
 
 
-def measure(ctx: Context, backends: Backends, opts, path: Path, frames: int, label: str) -> dict:
-    """Decode -> pipeline (one click) -> encode for ``frames`` frames; times and memory."""
+def measure(ctx: Context, backends: Backends, opts, path: Path, frames: int, label: str,
+            budget_s: float | None = None) -> dict:
+    """Decode -> pipeline (one click) -> encode for ``frames`` frames; times and memory.
+
+    With ``budget_s``, no new frame is fed once that many seconds have passed (at least 2
+    frames are fed); the frames still held are then flushed (inpainted) as at the end of a stream."""
     rss0 = report.rss_mb()
     t_build = time.perf_counter()
     pipeline = build_pipeline(backends, opts, PipelineConfig())
@@ -88,6 +93,8 @@ def measure(ctx: Context, backends: Backends, opts, path: Path, frames: int, lab
     start = time.perf_counter()
     try:
         while count < frames:
+            if budget_s is not None and count >= 2 and time.perf_counter() - start > budget_s:
+                break
             t0 = time.perf_counter()
             frame = next(it, None)
             decode_s += time.perf_counter() - t0
@@ -121,7 +128,8 @@ def measure(ctx: Context, backends: Backends, opts, path: Path, frames: int, lab
     steady = total - segment_total
     rate = float(info.rate)
     return {
-        "label": label, "size": f"{info.width}x{info.height}", "frames": count,
+        "label": label, "size": f"{info.width}x{info.height}", "frames": count, "frames_requested": frames,
+        "stopped_by_budget": count < frames and budget_s is not None and (info.frames is None or count < info.frames),
         "backends": pipeline.describe()["backends"],
         "ms": {"decode": 1000 * decode_s / max(1, count),
                "segment_per_click": times.mean_ms("segment"),
@@ -207,42 +215,36 @@ def run(ctx: Context) -> dict:
     started = time.perf_counter()
     result = ctx.header("speed")
     result["protocol"] = __doc__.split("\n\n", 1)[1].strip()
+    result["complete"] = False
     clip = source_clip(ctx)
     result["clip"] = clip.describe()
     resolutions = ctx.resolutions or RESOLUTIONS
-    sets: list[tuple[str, Backends, object, int, list]] = []
     q = 0 if ctx.quick else 1
     n_classical = ctx.frames or FRAMES["classical"][q]
-    sets.append(("classical", Backends("classical", "classical", "classical"), ctx.options(), n_classical, resolutions))
-    result["neural"] = {"requested": ctx.neural}
-    if ctx.neural:
-        neural, notes = neural_backends(ctx)
-        result["neural"]["backends"] = notes
-        if neural is not None:
-            n_neural = ctx.frames or FRAMES["neural"][q]
-            res_neural = resolutions[:1] if ctx.quick else resolutions
-            result["neural"]["frames_cap"] = n_neural
-            result["neural"]["resolutions"] = [f"{w}x{h}" for w, h in res_neural]
-            result["neural"]["note"] = (f"random weights (same compute, meaningless output); capped at {n_neural} "
-                                        f"frames per resolution" + (" and 432x240 only in --quick" if ctx.quick else ""))
-            sets.append(("neural (random weights)", neural, ctx.options(random_weights=True), n_neural, res_neural))
-    runs = []
-    for label, backends, opts, n, res in sets:
-        for size in res:
-            path = scaled(ctx, clip, size, None if not ctx.quick else max(n, 12))
-            ctx.say(f"[speed] {label} at {size[0]}x{size[1]}, {n} frames ...")
-            try:
-                r = measure(ctx, backends, opts, path, n, label)
-            except Exception as exc:  # noqa: BLE001 - one failing configuration must not hide the others
-                log.exception("speed run failed")
-                r = {"label": label, "size": f"{size[0]}x{size[1]}", "error": f"{type(exc).__name__}: {exc}"[:400]}
-                ctx.say(f"[speed] {label} at {size[0]}x{size[1]} failed: {r['error']}")
-            else:
-                ctx.say(f"[speed] {label} {r['size']}: {r['fps']:.2f} fps "
-                        f"({', '.join(f'{k} {v:.1f}' for k, v in r['ms'].items())} ms), peak RSS {r['peak_rss_mb']:.0f} MiB")
-            runs.append(r)
+    runs: list[dict] = []
     result["runs"] = runs
-    long_n = ctx.long_frames or LONG_FRAMES[q]
+    json_path = ctx.results / "speed.json"
+
+    def one(label, backends, opts, n, size, budget=None):
+        path = scaled(ctx, clip, size, None if not ctx.quick else max(n, 12))
+        ctx.say(f"[speed] {label} at {size[0]}x{size[1]}, {n} frames ...")
+        try:
+            r = measure(ctx, backends, opts, path, n, label, budget)
+        except Exception as exc:  # noqa: BLE001 - one failing configuration must not hide the others
+            log.exception("speed run failed")
+            r = {"label": label, "size": f"{size[0]}x{size[1]}", "error": f"{type(exc).__name__}: {exc}"[:400]}
+            ctx.say(f"[speed] {label} at {size[0]}x{size[1]} failed: {r['error']}")
+        else:
+            ctx.say(f"[speed] {label} {r['size']}: {r['fps']:.3g} fps over {r['frames']} frames "
+                    f"({', '.join(f'{k} {v:.1f}' for k, v in r['ms'].items())} ms), peak RSS {r['peak_rss_mb']:.0f} MiB")
+        runs.append(r)
+        report.write_json(json_path, result)  # partial results survive an interrupted run
+
+    classical = Backends("classical", "classical", "classical")
+    for size in resolutions:
+        one("classical", classical, ctx.options(), n_classical, size)
+
+    long_n = ctx.long_frames if ctx.long_frames is not None else LONG_FRAMES[q]
     if long_n > 0:
         size = resolutions[0]
         path = scaled(ctx, clip, size, None if not ctx.quick else max(n_classical, 12))
@@ -252,6 +254,27 @@ def run(ctx: Context) -> dict:
                 f"{lr['rss_warm_frame']}, {lr['rss_end_mb']:.0f} MiB at frame {lr['frames']}; held frames "
                 f"{lr['held_frames_end']}; {lr['fps']:.1f} fps")
         result["long_run"] = lr
+        report.write_json(json_path, result)
+
+    result["neural"] = {"requested": ctx.neural}
+    on_cpu = ctx.device == "cpu"
+    if ctx.neural and ctx.quick and on_cpu:
+        result["neural"]["skipped"] = ("--quick on CPU: one neural click alone (SAM ViT-B at 1024 px) takes about "
+                                       "a minute on this class of machine; run speed without --quick, or with --device cuda")
+    elif ctx.neural:
+        neural, notes = neural_backends(ctx)
+        result["neural"]["backends"] = notes
+        if neural is not None:
+            n_neural = ctx.frames or FRAMES["neural"][q]
+            budget = NEURAL_BUDGET_S if on_cpu else None
+            res_neural = resolutions[:1] if ctx.quick else resolutions
+            result["neural"].update(
+                frames_cap=n_neural, budget_s=budget, resolutions=[f"{w}x{h}" for w, h in res_neural],
+                note=f"random weights (same compute, meaningless output); at most {n_neural} frames per resolution"
+                     + (f", and no new frame fed after {budget:g} s (CPU), the held ones then flushed" if budget else ""))
+            for size in res_neural:
+                one("neural (random weights)", neural, ctx.options(random_weights=True), n_neural, size, budget)
+    result["complete"] = True
     ctx.finish("speed", result, started)
     print_table(result)
     chart(ctx, result)
@@ -280,6 +303,8 @@ def print_table(result: dict) -> None:
     print(f"\nspeed (ms per frame; segment ms per click; load average {result['loadavg_start']}"
           f"{', quick' if result['quick'] else ''})")
     print(report.table(HEADERS, rows(result)))
+    if result["neural"].get("skipped"):
+        print(f"  neural backends skipped: {result['neural']['skipped']}")
     for stage, note in result["neural"].get("backends", {}).items():
         if note["status"] != "ok (random weights)":
             print(f"  neural {stage} {note['name']} skipped: {note.get('reason')}")

@@ -195,7 +195,17 @@ def test_every_suite_quick(data_dir, tmp_path):
     lr = speed["long_run"]
     assert lr["frames"] == 40 and lr["loops"] > 1
     assert lr["rss_end_mb"] > 0 and lr["held_frames_max"] <= 40
-    assert speed["neural"]["requested"] is False
+    assert speed["neural"]["requested"] is False and speed["complete"] is True
+    assert (results / "summary.md").read_text().count("| speed:") == 3  # two sizes and the long run
+
+
+def test_quick_speed_skips_neural_on_cpu(data_dir, tmp_path):
+    rc = commands.main(["-q", "--data", str(data_dir), "--results", str(tmp_path), "--quick", "speed",
+                        "--long-frames", "0", "--resolutions", "160x96"])
+    assert rc == 0
+    speed = json.loads((tmp_path / "speed.json").read_text())
+    assert "long_run" not in speed and len(speed["runs"]) == 1
+    assert "--quick on CPU" in speed["neural"]["skipped"]
 
 
 def test_unseen_bench_command_is_registered():
