@@ -35,6 +35,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, default=None, help="cap frames per clip (overrides the suite's default)")
     p.add_argument("--no-neural", dest="neural", action="store_false",
                    help="speed: skip the neural backends (random weights)")
+    p.add_argument("--no-classical", dest="classical", action="store_false",
+                   help="speed: skip the classical runs at each resolution (the long run is --long-frames)")
     p.add_argument("--long-frames", type=int, default=None,
                    help="speed: frames of the long memory run (default 3000, --quick 200; 0 skips it)")
     p.add_argument("--summary-only", action="store_true",
@@ -66,7 +68,7 @@ def cmd_bench(args) -> int:
         raise FileNotFoundError(f"data folder {str(args.data)!r} does not exist; give --data DIR")
     ctx = Context(data=Path(args.data), results=Path(args.results), quick=args.quick,
                   backends=Backends(args.segmenter, args.propagator, args.inpainter), device=args.device,
-                  weights_dir=args.weights_dir, frames=args.frames, neural=args.neural,
+                  weights_dir=args.weights_dir, frames=args.frames, neural=args.neural, classical=args.classical,
                   long_frames=args.long_frames, resolutions=args.resolutions,
                   quiet=getattr(args, "quiet", False))
     modules = {"track": track, "remove": remove, "complete": complete, "speed": speed}

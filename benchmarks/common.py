@@ -28,6 +28,7 @@ class Context:
     weights_dir: Path | None = None
     frames: int | None = None  # cap on frames per clip (overrides the suite's default)
     neural: bool = True  # speed: also time the neural backends (random weights) where they import
+    classical: bool = True  # speed: time the classical backends at each resolution
     long_frames: int | None = None  # speed: frames of the long run (default 3000, quick 300)
     resolutions: list[tuple[int, int]] | None = None  # speed: override the resolutions
     quiet: bool = False

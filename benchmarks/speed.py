@@ -241,7 +241,7 @@ def run(ctx: Context) -> dict:
         report.write_json(json_path, result)  # partial results survive an interrupted run
 
     classical = Backends("classical", "classical", "classical")
-    for size in resolutions:
+    for size in resolutions if ctx.classical else []:
         one("classical", classical, ctx.options(), n_classical, size)
 
     long_n = ctx.long_frames if ctx.long_frames is not None else LONG_FRAMES[q]
