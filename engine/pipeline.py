@@ -38,6 +38,7 @@ class PipelineConfig:
     ref_count: int = 3  # ... and at most this many
     default_effect: Effect = Effect.REMOVE
     max_objects: int = 20
+    click_lookahead: int = 12  # a click waits (within the delay) for this many later frames: motion cues
 
 
 @dataclass
@@ -238,7 +239,7 @@ class Pipeline:
             if action.future.done():
                 continue
             try:
-                done, result = self._apply(action)
+                done, result = self._apply(action, final)
             except (PromptError, SelectionError, KeyError, ValueError) as exc:
                 action.future.set_exception(exc)
                 continue
@@ -255,7 +256,7 @@ class Pipeline:
             else:
                 self._pending.append(action)
 
-    def _frame_for(self, action: _Action) -> int | None:
+    def _frame_for(self, action: _Action, final: bool = False) -> int | None:
         """The held frame a prompt applies to; None while that frame has not arrived."""
         if action.frame_index is not None:
             index = action.frame_index
@@ -268,6 +269,9 @@ class Pipeline:
             index = max(self._next_out - 1, min(self._held, default=0))
         if index > self._head:
             return None
+        lookahead = min(self.config.click_lookahead, self.delay)
+        if index >= self._next_out and self._head < index + lookahead and not final:
+            return None  # still in time for this frame: let the segmenter see the frames after it
         oldest = min(self._held)
         if index < oldest:
             log.info("prompt for frame %d, which is no longer held; applying it on frame %d", index, oldest)
@@ -287,7 +291,7 @@ class Pipeline:
             return min(self._held)
         return best
 
-    def _apply(self, action: _Action) -> tuple[bool, object]:
+    def _apply(self, action: _Action, final: bool = False) -> tuple[bool, object]:
         if action.kind == "clear":
             self.objects.clear()
             if self.propagator is not None:
@@ -312,17 +316,17 @@ class Pipeline:
                 else:
                     self.propagator.reset()
             return True, obj.id
-        return self._apply_click(action)
+        return self._apply_click(action, final)
 
     def _object(self, object_id: int | None) -> ObjectState:
         if object_id is None or object_id not in self.objects:
             raise PromptError(f"no object {object_id}; list the objects and use one of their ids")
         return self.objects[object_id]
 
-    def _apply_click(self, action: _Action) -> tuple[bool, object]:
+    def _apply_click(self, action: _Action, final: bool = False) -> tuple[bool, object]:
         if self.given_masks is not None or self.segmenter is None or self.propagator is None:
             raise PromptError("this stream takes its masks from files; clicks are not used")
-        index = self._frame_for(action)
+        index = self._frame_for(action, final)
         if index is None:
             return False, None
         assert action.click is not None
@@ -340,7 +344,8 @@ class Pipeline:
         else:
             obj = self.objects[int(action.object_id)]
         clicks = (obj.clicks if obj.prompt_frame == index else []) + [action.click]
-        neighbours = [self._held[i].frame for i in (index - 2, index + 2) if i in self._held]
+        neighbours = [self._held[i].frame for i in (index + 12, index - 12, index + 6, index - 6, index + 3, index - 3)
+                      if i in self._held]
         t0 = time.perf_counter()
         mask = self.segmenter.segment(held.frame, clicks, neighbours=neighbours)
         self.times.add("segment", time.perf_counter() - t0)

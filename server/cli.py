@@ -14,6 +14,7 @@ from pathlib import Path
 
 log = logging.getLogger("unseen")
 
+FILE_DELAY = 12  # frames: files have no latency budget, so clicks get a longer look ahead (motion cues)
 _CLICK = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*(?:@\s*(\d+))?\s*(?:#\s*(\d+))?\s*$")
 
 
@@ -89,7 +90,8 @@ def cmd_run(args) -> int:
         masks_in = MaskFolder(args.masks_in, (info.width, info.height)) if args.masks_in else None
         if masks_in is not None:
             masks_in.labels(0)  # fails now, not mid-run, when the size does not match
-        config = PipelineConfig(delay=args.delay, default_effect=Effect.parse(args.effect))
+        delay = args.delay if args.delay is not None else FILE_DELAY
+        config = PipelineConfig(delay=delay, default_effect=Effect.parse(args.effect))
         pipeline = build_pipeline(Backends(args.segmenter, args.propagator, args.inpainter), _options(args),
                                   config, masks_in=masks_in)
         sink = FileSink(args.output, info, audio_template=source.audio_stream)
@@ -158,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--masks-in", type=Path, help="per-frame masks (binary or palette PNG) instead of clicks")
     run.add_argument("--masks-out", type=Path, help="write per-frame palette PNG masks here")
     run.add_argument("--effect", default="remove", help="remove | blur | pixelate | fill | overlay")
-    run.add_argument("--delay", type=int, default=None, help="output delay in frames (default: the inpainter's)")
+    run.add_argument("--delay", type=int, default=None,
+                     help=f"frames held before output (default {FILE_DELAY}; the live default is the inpainter's)")
     run.add_argument("--timeout", type=float, default=10.0, help="open/read timeout for URLs, seconds")
     _add_backend_args(run)
     run.set_defaults(func=cmd_run)

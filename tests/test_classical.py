@@ -152,3 +152,15 @@ def test_spatial_fill_only_touches_the_hole():
     out = spatial_fill(img, hole)
     assert np.array_equal(out[~hole], img[~hole])
     assert not np.array_equal(out[hole], img[hole])
+
+
+def test_large_holes_are_filled():
+    """A hole of more than 32767 pixels (cv2.remap's map limit per side) is sampled in rows."""
+    clip = make_clip(8, 640, 384, seed=5, object_size=300)
+    assert clip.masks[3].sum() > 33000
+    inp = FlowGuidedInpainter(future=2, past=2)
+    entries = {i: WindowEntry(Frame(i, f), m) for i, (f, m) in enumerate(zip(clip.frames, clip.masks))}
+    out = inp.inpaint(InpaintRequest(3, entries))
+    assert out.shape == clip.frames[3].shape
+    hole = dilate_hole(clip.masks[3], inp.dilation)
+    assert psnr(out, clip.backgrounds[3], hole) > psnr(clip.frames[3], clip.backgrounds[3], hole)

@@ -43,7 +43,7 @@ def test_click_removes_the_object(clip):
     p = _pipeline()
     oid = p.click(*clip.click(0), frame_index=0)
     outs = _feed(p, clip, 30)
-    assert oid.result() == 1
+    assert oid.result(timeout=0) == 1
     for o in outs:
         i = o.frame.index
         assert iou(o.masks[1], clip.masks[i]) > 0.85
@@ -61,7 +61,7 @@ def test_click_on_a_held_past_frame_reaches_the_frames_after_it(clip):
     future = p.click(*clip.click(4), pts=4)  # the user saw frame 4
     for i in range(12, 20):
         outs += p.step(Frame(i, clip.frames[i], pts=i))
-    assert future.result() == 1
+    assert future.result(timeout=0) == 1
     assert p.objects[1].prompt_frame == 4
     first_after = [o for o in outs if o.frame.index >= 7]
     assert first_after[0].frame.index == 7
@@ -74,7 +74,7 @@ def test_click_on_a_future_frame_waits_for_it(clip):
     p = _pipeline()
     future = p.click(*clip.click(15), frame_index=15)
     outs = _feed(p, clip, 25)
-    assert future.result() == 1
+    assert future.result(timeout=0) == 1
     assert all(1 not in o.masks for o in outs if o.frame.index < 15)
     assert all(iou(o.masks[1], clip.masks[o.frame.index]) > 0.85 for o in outs if o.frame.index >= 15)
 
@@ -84,7 +84,7 @@ def test_click_beyond_the_last_frame_fails_at_the_end(clip):
     future = p.click(*clip.click(0), frame_index=99)
     _feed(p, clip, 10)
     with pytest.raises(PromptError, match="beyond the last frame"):
-        future.result()
+        future.result(timeout=0)
 
 
 def test_click_outside_the_frame_is_refused_at_once(clip):
@@ -97,20 +97,21 @@ def test_click_outside_the_frame_is_refused_at_once(clip):
 def test_click_that_selects_nothing_reports_it(clip):
     p = _pipeline()
     future = p.click(10, 10, frame_index=0)
-    p.step(Frame(0, np.full_like(clip.frames[0], 90)))
+    for i in range(p.delay + 1):  # the click waits (within the delay) for later frames: motion cues
+        p.step(Frame(i, np.full_like(clip.frames[0], 90)))
     with pytest.raises(SelectionError):
-        future.result()
+        future.result(timeout=0)
     assert p.objects == {}
 
 
 def test_objects_remove_clear_and_effects(clip):
-    p = _pipeline(delay=2)
+    p = _pipeline(delay=2, click_lookahead=0)
     a = p.click(*clip.click(0), frame_index=0)
     p.step(Frame(0, clip.frames[0]))
-    assert a.result() == 1
+    assert a.result(timeout=0) == 1
     b = p.click(290, 20, frame_index=0, object_id=7)  # a second object with the caller's id
     p.step(Frame(1, clip.frames[1]))
-    assert b.result() == 7 and sorted(p.objects) == [1, 7]
+    assert b.result(timeout=0) == 7 and sorted(p.objects) == [1, 7]
     p.set_effect(1, "fill")
     outs = p.step(Frame(2, clip.frames[2]))
     assert p.objects[1].effect is Effect.FILL
@@ -118,11 +119,11 @@ def test_objects_remove_clear_and_effects(clip):
     assert (filled.image[filled.masks[1]] == 0).all()  # black fill inside the mask
     remove = p.remove_object(7)
     p.step(Frame(3, clip.frames[3]))
-    assert remove.result() == 7 and sorted(p.objects) == [1]
+    assert remove.result(timeout=0) == 7 and sorted(p.objects) == [1]
     with pytest.raises(PromptError, match="no object 42"):
         fut = p.remove_object(42)
         p.step(Frame(4, clip.frames[4]))
-        fut.result()
+        fut.result(timeout=0)
     p.clear()
     outs = p.step(Frame(5, clip.frames[5]))
     assert p.objects == {} and outs[0].masks == {}
@@ -130,7 +131,7 @@ def test_objects_remove_clear_and_effects(clip):
 
 
 def test_hurry_uses_the_cheap_fill_and_counts_it(clip):
-    p = _pipeline(delay=1)
+    p = _pipeline(delay=1, click_lookahead=0)
     p.click(*clip.click(0), frame_index=0)
     p.step(Frame(0, clip.frames[0]))
     out = p.step(Frame(1, clip.frames[1]), hurry=True)
@@ -157,7 +158,7 @@ def test_given_masks_replace_clicks(clip):
     with pytest.raises(PromptError, match="masks from files"):
         f = p.click(10, 10, frame_index=0)
         p.step(Frame(10, clip.frames[10]))
-        f.result()
+        f.result(timeout=0)
 
 
 @pytest.mark.parametrize("effect", [Effect.BLUR, Effect.PIXELATE, Effect.FILL, Effect.OVERLAY])
@@ -171,3 +172,13 @@ def test_effects_change_only_inside_the_mask(clip, effect):
 def test_unknown_effect_names_the_choices():
     with pytest.raises(ValueError, match="remove, blur, pixelate, fill, overlay"):
         Effect.parse("sparkle")
+
+
+def test_a_click_waits_for_later_frames_within_the_delay(clip):
+    p = _pipeline(delay=4)
+    future = p.click(*clip.click(0), frame_index=0)
+    for i in range(4):
+        p.step(Frame(i, clip.frames[i]))
+        assert not future.done()
+    out = p.step(Frame(4, clip.frames[4]))  # frame 0 leaves now: the click is applied first
+    assert future.result(timeout=0) == 1 and 1 in out[0].masks

@@ -73,11 +73,16 @@ def spatial_fill(image: Image, hole: Mask, radius: int = 5) -> Image:
 
 
 def _sample(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Bilinear samples of ``image`` at float positions (1-D arrays)."""
-    mx = x.astype(np.float32).reshape(-1, 1)
-    my = y.astype(np.float32).reshape(-1, 1)
-    out = cv2.remap(image, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return out.reshape(len(x), -1) if out.ndim == 3 or image.ndim == 3 else out.reshape(-1)
+    """Bilinear samples of ``image`` at float positions (1-D arrays of any length)."""
+    n = len(x)
+    cols = 1024  # cv2.remap maps must stay under 32767 per side: lay the points out as rows
+    rows = max(1, -(-n // cols))
+    mx = np.zeros(rows * cols, np.float32)
+    my = np.zeros(rows * cols, np.float32)
+    mx[:n], my[:n] = x, y
+    out = cv2.remap(image, mx.reshape(rows, cols), my.reshape(rows, cols), cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_REPLICATE)
+    return out.reshape(rows * cols, -1)[:n] if image.ndim == 3 else out.reshape(-1)[:n]
 
 
 class FlowGuidedInpainter(Inpainter):

@@ -17,6 +17,7 @@ from ..stages import Click, Frame, Mask, Segmenter, SelectionError
 from .registry import BackendOptions
 
 WORK_SIZE = 480  # long side the segmentation runs at
+MAX_NEIGHBOURS = 4  # frames compared for the motion cue
 MIN_CONTRAST = 4.0  # mean gradient along an outline below which there is no object to select
 RECT_SCALES = (0.08, 0.13, 0.2, 0.3, 0.45)  # half-sizes of the tried rectangles, x the long side
 
@@ -49,7 +50,9 @@ def motion_region(frame: np.ndarray, neighbours: Sequence[np.ndarray]) -> np.nda
         votes += diff > 18
     if not votes.any():
         return None
-    return votes >= max(1, len(neighbours) // 2 + len(neighbours) % 2)
+    # the object at this frame shows in every comparison; its ghost at another frame's position in one
+    n = len(neighbours)
+    return votes >= (n if n <= 2 else n - 1)
 
 
 def _gradient(img: np.ndarray) -> np.ndarray:
@@ -83,33 +86,74 @@ class ClassicalSegmenter(Segmenter):
                                                         interpolation=cv2.INTER_AREA)
         h, w = img.shape[:2]
         seed = max(2, round(min(h, w) / 80))
-        moving = motion_region(img, [cv2.resize(n.image, (w, h), interpolation=cv2.INTER_AREA)
-                                     for n in neighbours[:2]])
         negatives = [c for c in clicks if not c.positive]
-        # Rectangles of growing size around the clicks; each gives a GrabCut segment.  The
-        # segment kept is the one with the strongest contrast along its outline that does not
-        # run into its rectangle's sides (a segment that does was cut off by a too small box).
+        moving = motion_region(img, [cv2.resize(n.image, (w, h), interpolation=cv2.INTER_AREA)
+                                     for n in neighbours[:MAX_NEIGHBOURS]])
+        blob = self._moving_blob(moving, positives, s)
         grad = _gradient(img)
-        # The rectangle is chosen from the positive clicks alone, so that a negative click only
-        # ever takes something away from the object it corrects.
+        if blob is not None:  # the clicked object moves against a still (or aligned) background
+            motion_mask = self._grabcut_seeded(img, blob, positives, negatives, s, seed)
+            if motion_mask is not None and motion_mask.any():
+                return self._finish(motion_mask, s, full_w, full_h)
+        # Rectangles of growing size around the clicks each give a GrabCut segment.  The one kept
+        # has the strongest contrast along its outline, halved when it runs into its rectangle's
+        # sides (cut off by a too small box).  The rectangle is chosen from the positive clicks
+        # alone, so that a negative click only ever subtracts.
         best, best_rect, best_score = None, None, -1.0
         for frac in RECT_SCALES:
             rect = self._rect(positives, s, frac * max(h, w), w, h)
-            candidate = self._grabcut(img, rect, positives, (), moving, s, seed)
+            candidate = self._grabcut(img, rect, positives, (), s, seed)
             if candidate is None or not candidate.any():
                 continue
             score = _outline_contrast(candidate, grad) * (0.5 if self._touches(candidate, rect, w, h) else 1.0)
             if score > best_score:
                 best, best_rect, best_score = candidate, rect, score
-        result = best if best_score >= MIN_CONTRAST else None  # no visible outline: nothing was selected
+        if best_score < MIN_CONTRAST:
+            best = None  # no visible outline: nothing was selected
+        result = best
         if result is not None and negatives:
-            corrected = self._grabcut(img, best_rect, positives, negatives, moving, s, seed)
+            corrected = self._grabcut(img, best_rect, positives, negatives, s, seed)
             result = None if corrected is None else corrected & best
         if result is None or not result.any():
             raise SelectionError(f"the click on frame {frame.index} selected nothing; click inside the object")
+        return self._finish(result, s, full_w, full_h)
+
+    @staticmethod
+    def _finish(mask: np.ndarray, s: float, full_w: int, full_h: int) -> Mask:
         if s != 1.0:
-            result = cv2.resize(result.astype(np.uint8), (full_w, full_h), interpolation=cv2.INTER_LINEAR) > 0
-        return result
+            mask = cv2.resize(mask.astype(np.uint8), (full_w, full_h), interpolation=cv2.INTER_LINEAR) > 0
+        return mask
+
+    @staticmethod
+    def _moving_blob(moving: np.ndarray | None, positives: Sequence[Click], s: float) -> np.ndarray | None:
+        """The moving region under the clicks, if it is a plausible object (not most of the frame)."""
+        if moving is None:
+            return None
+        h, w = moving.shape
+        m = cv2.morphologyEx(moving.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
+        _, labels = cv2.connectedComponents(m)
+        blob = np.zeros((h, w), bool)
+        for c in positives:
+            lab = labels[min(h - 1, int(c.y * s)), min(w - 1, int(c.x * s))]
+            if lab:
+                blob |= labels == lab
+        area = blob.sum()
+        if area < 64 or area > 0.3 * h * w:
+            return None
+        return blob
+
+    def _grabcut_seeded(self, img: np.ndarray, blob: np.ndarray, positives: Sequence[Click],
+                        negatives: Sequence[Click], s: float, seed: int) -> np.ndarray | None:
+        """GrabCut around a moving blob: its core is the object, its surroundings probably not."""
+        h, w = blob.shape
+        ys, xs = np.nonzero(blob)
+        pad = max(8, int(0.25 * max(np.ptp(ys) + 1, np.ptp(xs) + 1)))
+        init = np.full((h, w), cv2.GC_BGD, np.uint8)
+        init[max(0, ys.min() - pad):ys.max() + pad + 1, max(0, xs.min() - pad):xs.max() + pad + 1] = cv2.GC_PR_BGD
+        init[blob] = cv2.GC_PR_FGD
+        core = cv2.erode(blob.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+        init[core] = cv2.GC_FGD
+        return self._solve(img, init, positives, negatives, s, seed)
 
     @staticmethod
     def _rect(positives: Sequence[Click], s: float, half: float, w: int, h: int) -> tuple[int, int, int, int]:
@@ -135,17 +179,15 @@ class ClassicalSegmenter(Segmenter):
         return any(side.mean() > 0.08 for side in sides if side.size)
 
     def _grabcut(self, img: np.ndarray, rect: tuple[int, int, int, int], positives: Sequence[Click],
-                 negatives: Sequence[Click], moving: np.ndarray | None, s: float, seed: int) -> np.ndarray | None:
+                 negatives: Sequence[Click], s: float, seed: int) -> np.ndarray | None:
         h, w = img.shape[:2]
         x0, y0, x1, y1 = rect
         init = np.full((h, w), cv2.GC_BGD, np.uint8)
         init[y0:y1, x0:x1] = cv2.GC_PR_FGD
-        if moving is not None:  # moving pixels connected to a click are probably the object
-            _, labels = cv2.connectedComponents(moving.astype(np.uint8))
-            for c in positives:
-                lab = labels[min(h - 1, int(c.y * s)), min(w - 1, int(c.x * s))]
-                if lab:
-                    init[(labels == lab) & (init == cv2.GC_BGD)] = cv2.GC_PR_BGD
+        return self._solve(img, init, positives, negatives, s, seed)
+
+    def _solve(self, img: np.ndarray, init: np.ndarray, positives: Sequence[Click], negatives: Sequence[Click],
+               s: float, seed: int) -> np.ndarray | None:
         for c in positives:
             _disc(init, c.x * s, c.y * s, seed, cv2.GC_FGD)
         for c in negatives:
