@@ -25,6 +25,8 @@ from .stages import (Click, Frame, Image, InpaintRequest, Inpainter, Mask, Propa
 
 log = logging.getLogger("unseen.pipeline")
 
+MAX_PENDING_PROMPTS = 32  # prompts queued or being segmented per stream (drop policy: refuse new ones)
+
 
 class PromptError(ValueError):
     """A prompt cannot be applied (outside the frame, unknown object, ...)."""
@@ -39,6 +41,7 @@ class PipelineConfig:
     default_effect: Effect = Effect.REMOVE
     max_objects: int = 20
     click_lookahead: int = 12  # a click waits (within the delay) for this many later frames: motion cues
+    segment_async: bool = False  # live: segment clicks on a prompt thread while frames keep flowing
 
 
 @dataclass
@@ -70,6 +73,9 @@ class _Action:
     frame_index: int | None = None
     pts: int | None = None
     effect: Effect | None = None
+    segmentation: concurrent.futures.Future | None = None  # the running segmentation (async prompts)
+    on_frame: Frame | None = None
+    clicks: list[Click] | None = None
 
 
 @dataclass
@@ -110,7 +116,7 @@ class Pipeline:
         if self.delay < 0:
             raise ValueError("delay must be >= 0 frames")
         self.given_masks = given_masks
-        self.objects: dict[int, ObjectState] = {}
+        self.objects: dict[int, ObjectState] = {}  # replaced on change (copy-on-write): safe to read anywhere
         self.times = StageTimes()
         self.frames_in = 0
         self.frames_out = 0
@@ -125,10 +131,16 @@ class Pipeline:
         self._head = -1
         self._next_out = 0
         self._size: tuple[int, int] | None = None  # (width, height) once the first frame arrived
+        self._prompt_thread = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="unseen-prompt")
+                               if self.config.segment_async else None)
+        #: masks of the frame that left the delay line last (what viewers see now); replaced, never mutated
+        self.visible_masks: Mapping[int, Mask] = {}
 
     # ------------------------------------------------------------------ control (any thread)
     def _submit(self, action: _Action) -> concurrent.futures.Future:
         with self._lock:
+            if len(self._actions) + len(self._pending) >= MAX_PENDING_PROMPTS:
+                raise PromptError(f"{MAX_PENDING_PROMPTS} prompts are already waiting; try again in a moment")
             self._actions.append(action)
         return action.future
 
@@ -198,10 +210,15 @@ class Pipeline:
             masks = self.given_masks(frame.index)
             for oid in masks:
                 if oid not in self.objects:
-                    self.objects[oid] = ObjectState(oid, self.config.default_effect)
+                    self.objects = {**self.objects, oid: ObjectState(oid, self.config.default_effect)}
             masks = {k: v for k, v in masks.items() if k in self.objects}
         elif self.propagator is not None and self.objects:
-            masks = self.propagator.step(frame)
+            try:
+                masks = self.propagator.step(frame)
+            except Exception:  # noqa: BLE001 - keep masking with the last masks rather than leak the object
+                log.exception("propagator failed on frame %d; keeping the previous masks", frame.index)
+                previous = self._held.get(frame.index - 1)
+                masks = dict(previous.masks) if previous is not None else {}
         else:
             return {}
         self.times.add("propagate", time.perf_counter() - t0)
@@ -293,7 +310,7 @@ class Pipeline:
 
     def _apply(self, action: _Action, final: bool = False) -> tuple[bool, object]:
         if action.kind == "clear":
-            self.objects.clear()
+            self.objects = {}
             if self.propagator is not None:
                 self.propagator.reset()
             for index in self._held:
@@ -306,7 +323,7 @@ class Pipeline:
             return True, obj.id
         if action.kind == "remove":
             obj = self._object(action.object_id)
-            del self.objects[obj.id]
+            self.objects = {k: v for k, v in self.objects.items() if k != obj.id}
             for index, held in self._held.items():
                 self._set_masks(index, {k: v for k, v in held.masks.items() if k != obj.id})
             if self.propagator is not None and self.given_masks is None:
@@ -324,6 +341,10 @@ class Pipeline:
         return self.objects[object_id]
 
     def _apply_click(self, action: _Action, final: bool = False) -> tuple[bool, object]:
+        if action.segmentation is not None:
+            if final:
+                action.segmentation.result()  # the stream ends: wait for it
+            return self._finish_segmentation(action)
         if self.given_masks is not None or self.segmenter is None or self.propagator is None:
             raise PromptError("this stream takes its masks from files; clicks are not used")
         index = self._frame_for(action, final)
@@ -337,35 +358,68 @@ class Pipeline:
             if len(self.objects) >= self.config.max_objects:
                 raise PromptError(f"this stream already has {len(self.objects)} objects (the limit); "
                                   f"remove one first")
-            oid = self._next_id if action.object_id is None else int(action.object_id)
-            if oid < 1:
-                raise PromptError(f"object ids start at 1, not {oid}; give a positive id or none")
-            obj = ObjectState(oid, self.config.default_effect)
+            if action.object_id is not None and int(action.object_id) < 1:
+                raise PromptError(f"object ids start at 1, not {action.object_id}; give a positive id or none")
+            obj = ObjectState(self._next_id if action.object_id is None else int(action.object_id),
+                              self.config.default_effect)
         else:
             obj = self.objects[int(action.object_id)]
         clicks = (obj.clicks if obj.prompt_frame == index else []) + [action.click]
         neighbours = [self._held[i].frame for i in (index + 12, index - 12, index + 6, index - 6, index + 3, index - 3)
                       if i in self._held]
-        t0 = time.perf_counter()
-        mask = self.segmenter.segment(held.frame, clicks, neighbours=neighbours)
-        self.times.add("segment", time.perf_counter() - t0)
-        if new:
-            self.objects[obj.id] = obj
-            self._next_id = max(self._next_id, obj.id + 1)
-        obj.clicks, obj.prompt_frame = clicks, index
-        masks = dict(held.masks)
-        masks[obj.id] = mask
-        self._reseed(index, masks)
-        log.info("object %d: %s click at (%g,%g) on frame %d", obj.id, "positive" if action.click.positive
-                 else "negative", action.click.x, action.click.y, index)
-        return True, obj.id
+        if self._prompt_thread is not None:  # live: segment off the frame path, apply when done
+            action.on_frame, action.clicks = held.frame, clicks
+            action.segmentation = self._prompt_thread.submit(self._segment, held.frame, clicks, neighbours)
+            return False, None
+        return True, self._place(obj.id, new, held.frame, clicks, self._segment(held.frame, clicks, neighbours),
+                                 action.click)
 
-    def _reseed(self, index: int, masks: dict[int, Mask]) -> None:
-        """Seed the propagator on a held frame and step it again through the frames after it."""
+    def _segment(self, frame: Frame, clicks: list[Click], neighbours: list[Frame]) -> Mask:
+        assert self.segmenter is not None
+        t0 = time.perf_counter()
+        mask = self.segmenter.segment(frame, clicks, neighbours=neighbours)
+        self.times.add("segment", time.perf_counter() - t0)
+        return mask
+
+    def _finish_segmentation(self, action: _Action) -> tuple[bool, object]:
+        """Apply an async segmentation once it is done (on the engine's thread)."""
+        assert action.segmentation is not None and action.on_frame is not None and action.clicks is not None
+        if not action.segmentation.done():
+            return False, None
+        mask = action.segmentation.result()  # re-raises the segmenter's error
+        oid = action.object_id if action.object_id is not None else self._next_id
+        if action.object_id is None:
+            action.object_id = oid
+        new = oid not in self.objects
+        if new and len(self.objects) >= self.config.max_objects:
+            raise PromptError(f"this stream already has {len(self.objects)} objects (the limit); remove one first")
+        return True, self._place(oid, new, action.on_frame, action.clicks, mask, action.click)
+
+    def _place(self, oid: int, new: bool, frame: Frame, clicks: list[Click], mask: Mask, click: Click | None) -> int:
+        """Record the object's mask on ``frame`` and propagate it through the held frames after it."""
+        obj = ObjectState(oid, self.config.default_effect) if new else self.objects[oid]
+        if new:
+            self.objects = {**self.objects, obj.id: obj}
+            self._next_id = max(self._next_id, obj.id + 1)
+        obj.clicks, obj.prompt_frame = clicks, frame.index
+        start = frame.index if frame.index in self._held else min(self._held)
+        masks = dict(self._held[start].masks)
+        masks[obj.id] = mask
+        self._reseed(frame, masks)
+        if click is not None:
+            log.info("object %d: %s click at (%g,%g) on frame %d", obj.id, "positive" if click.positive
+                     else "negative", click.x, click.y, frame.index)
+        return obj.id
+
+    def _reseed(self, frame: Frame, masks: dict[int, Mask]) -> None:
+        """Seed the propagator on ``frame`` and step it again through the held frames after it."""
         assert self.propagator is not None
-        self._set_masks(index, masks)
-        self.propagator.seed(self._held[index].frame, masks)
-        for i in range(index + 1, self._head + 1):
+        if frame.index in self._held:
+            self._set_masks(frame.index, masks)
+        self.propagator.seed(frame, masks)
+        for i in range(frame.index + 1, self._head + 1):
+            if i not in self._held:
+                continue
             t0 = time.perf_counter()
             self._set_masks(i, self.propagator.step(self._held[i].frame))
             self.times.add("propagate", time.perf_counter() - t0)
@@ -384,12 +438,16 @@ class Pipeline:
                 completed={i: img for i, img in self._completed.items() if i >= index - self.inpainter.past},
             )
             t0 = time.perf_counter()
+            if not hurry:
+                try:
+                    image = self.inpainter.inpaint(request)
+                except Exception:  # noqa: BLE001 - one frame's failure must not stop the stream
+                    log.exception("inpainter failed on frame %d; using the cheap fill", index)
+                    hurry = True
             if hurry:
                 image = self.inpainter.cheap(request)
                 degraded = True
                 self.degraded += 1
-            else:
-                image = self.inpainter.inpaint(request)
             self.times.add("inpaint", time.perf_counter() - t0)
         self._completed[index] = image
         for oid, mask in held.masks.items():
@@ -398,11 +456,15 @@ class Pipeline:
                 image = apply_effect(image, mask, obj.effect, object_id=oid)
         self._next_out = index + 1
         self.frames_out += 1
+        self.visible_masks = dict(held.masks)
         return OutputFrame(held.frame, image, dict(held.masks), degraded)
 
     def _trim(self) -> None:
         """Drop frames nobody needs any more; keep references at a stride (bounded)."""
         keep_from = self._next_out - max(self.inpainter.past, self.config.history)
+        for action in self._pending:  # a frame being segmented stays until its mask is placed on it
+            if action.on_frame is not None:
+                keep_from = min(keep_from, action.on_frame.index)
         for index in [i for i in self._held if i < keep_from]:
             held = self._held.pop(index)
             if self.config.ref_stride > 0 and index % self.config.ref_stride == 0 and self._references.maxlen:
@@ -411,6 +473,11 @@ class Pipeline:
             del self._completed[index]
         if self.segmenter is not None and self._held:
             self.segmenter.forget(min(self._held))
+
+    def close(self) -> None:
+        """Stop the prompt thread (idempotent); a segmentation still running is abandoned."""
+        if self._prompt_thread is not None:
+            self._prompt_thread.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------ state
     @property

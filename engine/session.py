@@ -124,6 +124,7 @@ class Session:
             except Exception as exc:  # noqa: BLE001 - close every sink, report the first failure
                 errors.append(exc)
         self.source.close()
+        self.pipeline.close()
         if errors and keep:
             raise errors[0]
 

@@ -255,7 +255,7 @@ class LiveStream:
         self.pipeline = pipeline or build_pipeline(
             Backends(settings.backends.segmenter, settings.backends.propagator, settings.backends.inpainter),
             BackendOptions(device=settings.device),
-            PipelineConfig(delay=settings.delay, default_effect=effect))
+            PipelineConfig(delay=settings.delay, default_effect=effect, segment_async=True))
         self.queue = FrameQueue(settings.limits.queue_frames)
         self.relay = LatestRelay(loop)
         self.sinks: list[ThreadedSink] = []
@@ -308,6 +308,7 @@ class LiveStream:
                 self.metrics.frames_out.labels(self.name).inc()
         except Exception:  # noqa: BLE001 - closing must finish
             log.exception("%s: flushing the delay line failed", self.name)
+        self.pipeline.close()
         for sink in self.sinks:
             sink.close()
         self.relay.publish(None)
@@ -422,30 +423,16 @@ class LiveStream:
             if frame is None:
                 continue
             hurry = len(self.queue) > 1
-            try:
+            try:  # the pipeline itself falls back to the previous masks / the cheap fill per stage
                 outputs = self.pipeline.step(frame, hurry=hurry)
             except Exception as exc:  # noqa: BLE001 - one bad frame must not end the stream
                 log.exception("%s: processing frame failed", self.name)
                 self.last_error = f"processing failed ({str(exc).strip().splitlines()[-1][:200]})"
-                outputs = self._catch_up()
+                outputs = []
             self.metrics.frames_in.labels(self.name).inc()
             self._observe_stages()
             for out in outputs:
                 self._deliver(out)
-
-    def _catch_up(self) -> list[OutputFrame]:
-        """After a failed step, emit the frame that was due with the cheap fill, so the delay stays D.
-
-        Works around a backend failure inside ``Pipeline.step`` (it has no public "emit due
-        frames cheaply" call); counted as degraded like any hurried frame."""
-        p = self.pipeline
-        outputs = []
-        try:
-            while p._head - p._next_out >= p.delay and p._next_out in p._held:
-                outputs.append(p._emit(p._next_out, True))
-        except Exception:  # noqa: BLE001
-            log.exception("%s: the cheap fill failed too", self.name)
-        return outputs
 
     def _observe_stages(self) -> None:
         times = self.pipeline.times
@@ -547,8 +534,7 @@ class LiveStream:
         for _ in range(5):
             try:
                 p = self.pipeline
-                held = p._held.get(p._next_out - 1)  # the frame viewers see now (engine has no accessor)
-                masks = held.masks if held is not None else {}
+                masks = p.visible_masks  # the masks of the frame viewers see now
                 return [dict(o.describe(), area=int(masks[o.id].sum()) if o.id in masks else None)
                         for o in list(p.objects.values())]
             except RuntimeError:  # changed during iteration on the worker thread

@@ -1,6 +1,8 @@
 """The per-frame step: delay line, prompts on held frames, objects, effects, degraded frames."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -182,3 +184,40 @@ def test_a_click_waits_for_later_frames_within_the_delay(clip):
         assert not future.done()
     out = p.step(Frame(4, clip.frames[4]))  # frame 0 leaves now: the click is applied first
     assert future.result(timeout=0) == 1 and 1 in out[0].masks
+
+
+def test_async_segmentation_lets_frames_flow_and_then_applies(clip):
+    """Live streams segment a click on a prompt thread; frames keep leaving meanwhile."""
+    p = _pipeline(delay=3, segment_async=True, click_lookahead=0)
+    outs = []
+    for i in range(3):
+        outs += p.step(Frame(i, clip.frames[i]))
+    future = p.click(*clip.click(2), frame_index=2)
+    def bounce(i):  # play the clip forwards and backwards: the motion stays continuous
+        return i % 118 if i % 118 < 60 else 117 - i % 118
+
+    i, deadline = 3, time.monotonic() + 60
+    while not future.done() and time.monotonic() < deadline:
+        outs += p.step(Frame(i, clip.frames[bounce(i)]))
+        i += 1
+        time.sleep(0.01)
+    assert future.result(timeout=0) == 1
+    assert i > 4  # frames were processed while the click was being segmented
+    outs += p.step(Frame(i, clip.frames[bounce(i)]))
+    assert iou(outs[-1].masks[1], clip.masks[bounce(outs[-1].frame.index)]) > 0.85
+    assert p.visible_masks.keys() == {1}
+    p.close()
+    p.close()
+
+
+def test_a_failing_inpainter_degrades_the_frame_instead_of_stopping(clip):
+    p = _pipeline(delay=1, click_lookahead=0)
+
+    def broken(request):
+        raise RuntimeError("boom")
+
+    p.inpainter.inpaint = broken
+    p.click(*clip.click(0), frame_index=0)
+    p.step(Frame(0, clip.frames[0]))
+    out = p.step(Frame(1, clip.frames[1]))
+    assert out[0].degraded and p.degraded == 1 and p.frames_out == 1
