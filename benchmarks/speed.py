@@ -10,8 +10,12 @@ ms per frame for decode, propagate, inpaint and encode, and ms per click for seg
 ``fps_with_click`` counts it.  Output delay in frames and in seconds at the clip's rate.
 Peak RSS is sampled every frame.  Backends: classical always; the neural ones with
 random weights (same compute as trained ones) where they import, on fewer frames (CPU).
-Long run: the 432x240 clip looped for at least 3,000 frames with the classical backends
-(decode and pipeline, no encoder), sampling RSS, held frames and propagator memory.
+Random weights give arbitrary masks (often empty, so nothing to inpaint): the neural
+inpainter is therefore also timed alone on the holes the classical run found at the same
+size (``hole_fraction`` says how much of the frame each run had to fill).
+Long run (first, in a fresh process): the 432x240 clip looped for at least 3,000 frames
+with the classical backends (decode and pipeline, no encoder), sampling RSS, held frames
+and propagator memory.
 The machine's load average is recorded: other work on the machine slows every figure.
 """
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pathlib import Path
 
 from unseen.engine.backends import registry
 from unseen.engine.media import FileSink, Source, StreamInfo
-from unseen.engine.pipeline import OutputFrame, PipelineConfig
+from unseen.engine.pipeline import OutputFrame, Pipeline, PipelineConfig
 from unseen.engine.session import Backends, build_pipeline
 from unseen.engine.stages import Frame
 
@@ -71,21 +75,31 @@ def scaled(ctx: Context, clip: Clip, size: tuple[int, int], frames: int | None) 
 
 
 def measure(ctx: Context, backends: Backends, opts, path: Path, frames: int, label: str,
-            budget_s: float | None = None) -> dict:
+            budget_s: float | None = None, given: list | None = None, keep: list | None = None) -> dict:
     """Decode -> pipeline (one click) -> encode for ``frames`` frames; times and memory.
 
     With ``budget_s``, no new frame is fed once that many seconds have passed (at least 2
-    frames are fed); the frames still held are then flushed (inpainted) as at the end of a stream."""
+    frames are fed); the frames still held are then flushed (inpainted) as at the end of a stream.
+    With ``given`` (per-frame holes), only the inpainter runs, on those holes (no click).  ``keep``
+    receives the output holes (to give them to another inpainter at the same size)."""
     rss0 = report.rss_mb()
     t_build = time.perf_counter()
-    pipeline = build_pipeline(backends, opts, PipelineConfig())
+    if given is not None:
+        inpainter = registry.create("inpainter", backends.inpainter, opts)
+        pipeline = Pipeline(None, None, inpainter, PipelineConfig(),
+                            given_masks=lambda i: {1: given[min(i, len(given) - 1)]})
+    else:
+        pipeline = build_pipeline(backends, opts, PipelineConfig())
     build_s = time.perf_counter() - t_build
     src = Source(path)
     info = src.info
     out_path = ctx.results / "_cache" / f"speed-out-{os.getpid()}.mp4"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     sink = FileSink(out_path, info)
-    future = pipeline.click(CLICK_REL[0] * info.width, CLICK_REL[1] * info.height, object_id=1, frame_index=0)
+    future = None
+    if given is None:
+        future = pipeline.click(CLICK_REL[0] * info.width, CLICK_REL[1] * info.height, object_id=1, frame_index=0)
+    holes: list = []
     decode_s = encode_s = 0.0
     count = 0
     peak = report.rss_mb()
@@ -106,12 +120,14 @@ def measure(ctx: Context, backends: Backends, opts, path: Path, frames: int, lab
             for o in outs:
                 sink.write(o)
             encode_s += time.perf_counter() - t0
+            holes += [_hole(o) for o in outs]
             peak = max(peak, report.rss_mb())
         outs = pipeline.flush()
         t0 = time.perf_counter()
         for o in outs:
             sink.write(o)
         sink.close()
+        holes += [_hole(o) for o in outs]
         encode_s += time.perf_counter() - t0
     finally:
         src.close()
@@ -119,8 +135,11 @@ def measure(ctx: Context, backends: Backends, opts, path: Path, frames: int, lab
     total = time.perf_counter() - start
     peak = max(peak, report.rss_mb())
     click_error = None
+    if keep is not None:
+        keep[:] = holes
     try:
-        future.result(timeout=0)
+        if future is not None:
+            future.result(timeout=0)
     except Exception as exc:  # noqa: BLE001 - recorded, the timing still stands
         click_error = f"{type(exc).__name__}: {exc}"
     times = pipeline.times
@@ -137,6 +156,8 @@ def measure(ctx: Context, backends: Backends, opts, path: Path, frames: int, lab
                "inpaint": times.mean_ms("inpaint"),
                "encode": 1000 * encode_s / max(1, count)},
         "counts": dict(times.counts),
+        "hole_fraction": float(sum(h.mean() for h in holes) / len(holes)) if holes else 0.0,
+        "masks": "given (the classical run's holes at this size)" if given is not None else "click",
         "fps": count / steady if steady > 0 else None,
         "fps_with_click": count / total if total > 0 else None,
         "seconds": total, "build_s": build_s,
@@ -145,6 +166,15 @@ def measure(ctx: Context, backends: Backends, opts, path: Path, frames: int, lab
         "rss_before_mb": rss0, "peak_rss_mb": peak, "click_error": click_error,
         "loadavg": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def _hole(output) -> "np.ndarray":
+    import numpy as np
+
+    masks = list(output.masks.values())
+    if not masks:
+        return np.zeros(output.image.shape[:2], bool)
+    return np.logical_or.reduce(masks)
 
 
 def neural_backends(ctx: Context) -> tuple[Backends | None, dict]:
@@ -225,11 +255,13 @@ def run(ctx: Context) -> dict:
     result["runs"] = runs
     json_path = ctx.results / "speed.json"
 
-    def one(label, backends, opts, n, size, budget=None):
+    holes_at: dict = {}  # size -> the classical run's output holes (for the neural inpainter)
+
+    def one(label, backends, opts, n, size, budget=None, given=None, keep=None):
         path = scaled(ctx, clip, size, None if not ctx.quick else max(n, 12))
         ctx.say(f"[speed] {label} at {size[0]}x{size[1]}, {n} frames ...")
         try:
-            r = measure(ctx, backends, opts, path, n, label, budget)
+            r = measure(ctx, backends, opts, path, n, label, budget, given, keep)
         except Exception as exc:  # noqa: BLE001 - one failing configuration must not hide the others
             log.exception("speed run failed")
             r = {"label": label, "size": f"{size[0]}x{size[1]}", "error": f"{type(exc).__name__}: {exc}"[:400]}
@@ -240,10 +272,7 @@ def run(ctx: Context) -> dict:
         runs.append(r)
         report.write_json(json_path, result)  # partial results survive an interrupted run
 
-    classical = Backends("classical", "classical", "classical")
-    for size in resolutions if ctx.classical else []:
-        one("classical", classical, ctx.options(), n_classical, size)
-
+    # the long run first: its RSS at the start is then not inflated by the larger frames of the runs below
     long_n = ctx.long_frames if ctx.long_frames is not None else LONG_FRAMES[q]
     if long_n > 0:
         size = resolutions[0]
@@ -255,6 +284,11 @@ def run(ctx: Context) -> dict:
                 f"{lr['held_frames_end']}; {lr['fps']:.1f} fps")
         result["long_run"] = lr
         report.write_json(json_path, result)
+
+    classical = Backends("classical", "classical", "classical")
+    for size in resolutions if ctx.classical else []:
+        holes_at[size] = []
+        one("classical", classical, ctx.options(), n_classical, size, keep=holes_at[size])
 
     result["neural"] = {"requested": ctx.neural}
     on_cpu = ctx.device == "cpu"
@@ -274,6 +308,11 @@ def run(ctx: Context) -> dict:
                      + (f", and no new frame fed after {budget:g} s (CPU), the held ones then flushed" if budget else ""))
             for size in res_neural:
                 one("neural (random weights)", neural, ctx.options(random_weights=True), n_neural, size, budget)
+                # random weights give arbitrary masks (often empty: nothing to inpaint), so the neural
+                # inpainter is also timed on the hole the classical backends found at this size
+                if neural.inpainter != "classical" and holes_at.get(size):
+                    one(f"{neural.inpainter} on the classical holes", neural, ctx.options(random_weights=True),
+                        n_neural, size, budget, given=holes_at[size][:n_neural])
     result["complete"] = True
     ctx.finish("speed", result, started)
     print_table(result)
@@ -281,18 +320,19 @@ def run(ctx: Context) -> dict:
     return result
 
 
-HEADERS = ["backends", "size", "frames", "decode", "segment/click", "propagate", "inpaint", "encode", "fps",
-           "delay", "peak RSS"]
+HEADERS = ["backends", "size", "frames", "hole %", "decode", "segment/click", "propagate", "inpaint", "encode",
+           "fps", "delay", "peak RSS"]
 
 
 def rows(result: dict) -> list[list]:
     out = []
     for r in result["runs"]:
         if "error" in r:
-            out.append([r["label"], r["size"], "-", "-", "-", "-", "-", "-", "failed", "-", "-"])
+            out.append([r["label"], r["size"], "-", "-", "-", "-", "-", "-", "-", "failed", "-", "-"])
             continue
         ms = r["ms"]
-        out.append([r["label"], r["size"], r["frames"], report.fmt(ms["decode"], 1),
+        out.append([r["label"], r["size"], r["frames"], report.fmt(100 * r.get("hole_fraction", 0.0), 1),
+                    report.fmt(ms["decode"], 1),
                     report.fmt(ms["segment_per_click"], 0), report.fmt(ms["propagate"], 1),
                     report.fmt(ms["inpaint"], 1), report.fmt(ms["encode"], 1), report.fmt(r["fps"], 2),
                     f"{r['delay_frames']} fr / {report.fmt(r['delay_s'], 2)} s", f"{r['peak_rss_mb']:.0f} MiB"])

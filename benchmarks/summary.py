@@ -57,6 +57,7 @@ def markdown(results: Path) -> str:
                 continue
             ms = run["ms"]
             rows.append([f"speed: {run['label']} {run['size']}", f"{f(run['fps'], 2)} fps",
+                         f"hole {f(100 * run.get('hole_fraction', 0.0), 1)}% of the frame; "
                          f"ms/frame: decode {f(ms['decode'], 1)}, propagate {f(ms['propagate'], 1)}, inpaint "
                          f"{f(ms['inpaint'], 1)}, encode {f(ms['encode'], 1)}; segment {f(ms['segment_per_click'], 0)} "
                          f"ms/click; delay {run['delay_frames']} frames ({f(run['delay_s'], 2)} s); peak RSS "

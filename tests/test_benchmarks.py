@@ -199,6 +199,24 @@ def test_every_suite_quick(data_dir, tmp_path):
     assert (results / "summary.md").read_text().count("| speed:") == 3  # two sizes and the long run
 
 
+def test_speed_measure_with_given_holes(data_dir, tmp_path):
+    """The inpainter-alone timing (used for neural inpainters) on the holes of a click run."""
+    from unseen.benchmarks import speed
+    from unseen.benchmarks.common import Context
+    from unseen.engine.session import Backends
+
+    ctx = Context(data=data_dir, results=tmp_path, quick=True, quiet=True)
+    clip = speed.source_clip(ctx)
+    path = speed.scaled(ctx, clip, (160, 96), 12)
+    holes: list = []
+    b = Backends("classical", "classical", "classical")
+    first = speed.measure(ctx, b, ctx.options(), path, 8, "click", keep=holes)
+    assert len(holes) == 8 and first["hole_fraction"] > 0 and first["masks"] == "click"
+    again = speed.measure(ctx, b, ctx.options(), path, 8, "given", given=holes)
+    assert again["hole_fraction"] == pytest.approx(first["hole_fraction"])
+    assert again["counts"].get("segment", 0) == 0 and again["counts"]["inpaint"] == 8
+
+
 def test_quick_speed_skips_neural_on_cpu(data_dir, tmp_path):
     rc = commands.main(["-q", "--data", str(data_dir), "--results", str(tmp_path), "--quick", "speed",
                         "--long-frames", "0", "--resolutions", "160x96"])
