@@ -123,7 +123,9 @@ class Pipeline:
         self.degraded = 0
         self._held: dict[int, _Held] = {}
         self._references: collections.deque[WindowEntry] = collections.deque(maxlen=max(0, self.config.ref_count))
-        self._completed: dict[int, Image] = {}
+        # index -> (completed image, hole revision it was completed for): an output whose hole changed
+        # since (an object was added after it left) still shows that object and is no source for fills
+        self._completed: dict[int, tuple[Image, int]] = {}
         self._actions: collections.deque[_Action] = collections.deque()
         self._pending: list[_Action] = []  # clicks on frames that have not arrived yet
         self._lock = threading.Lock()
@@ -435,7 +437,9 @@ class Pipeline:
                 entries={i: self._held[i].window for i in range(index - self.inpainter.past,
                                                                  index + self.delay + 1) if i in self._held},
                 references=list(self._references),
-                completed={i: img for i, img in self._completed.items() if i >= index - self.inpainter.past},
+                completed={i: img for i, (img, rev) in self._completed.items()
+                           if i >= index - self.inpainter.past and i in self._held
+                           and self._held[i].window.revision == rev},
             )
             t0 = time.perf_counter()
             if not hurry:
@@ -449,7 +453,7 @@ class Pipeline:
                 degraded = True
                 self.degraded += 1
             self.times.add("inpaint", time.perf_counter() - t0)
-        self._completed[index] = image
+        self._completed[index] = (image, held.window.revision)
         for oid, mask in held.masks.items():
             obj = self.objects.get(oid)
             if obj is not None and obj.effect is not Effect.REMOVE:

@@ -164,3 +164,4 @@ def test_large_holes_are_filled():
     assert out.shape == clip.frames[3].shape
     hole = dilate_hole(clip.masks[3], inp.dilation)
     assert psnr(out, clip.backgrounds[3], hole) > psnr(clip.frames[3], clip.backgrounds[3], hole)
+

@@ -221,3 +221,19 @@ def test_a_failing_inpainter_degrades_the_frame_instead_of_stopping(clip):
     p.step(Frame(0, clip.frames[0]))
     out = p.step(Frame(1, clip.frames[1]))
     assert out[0].degraded and p.degraded == 1 and p.frames_out == 1
+
+
+def test_outputs_sent_before_an_object_was_known_are_no_fill_source(clip):
+    """A frame that left with the object in it must not paint the object back (cheap fill, live)."""
+    p = _pipeline(delay=2, click_lookahead=0)
+    outs = []
+    for i in range(6):
+        outs += p.step(Frame(i, clip.frames[i]))
+    p.click(*clip.click(3), frame_index=3)  # frame 3 already left, with the object in it
+    for i in range(6, 16):
+        outs += p.step(Frame(i, clip.frames[i]), hurry=True)  # every later frame gets the cheap fill
+    for o in outs[6:]:
+        region = dilate_hole(clip.masks[o.frame.index], 4)
+        # the object's colours are gone from its region: much closer to the background than the input
+        assert psnr(o.image, clip.backgrounds[o.frame.index], region) > \
+            psnr(clip.frames[o.frame.index], clip.backgrounds[o.frame.index], region) + 6, o.frame.index

@@ -18,7 +18,10 @@ from .registry import BackendOptions
 
 FLOW_SIZE = 480  # long side the flow is computed at
 REFINE_SIZE = 256  # long side of the region the refinement runs at
-MIN_AGREEMENT = 0.75  # IoU the refined mask must keep with the warped one to be used
+MIN_AGREEMENT = 0.8  # IoU the refined mask must keep with the warped one to be used ...
+MAX_GROWTH = 1.1  # ... and the area ratio it may change by in one frame ...
+MAX_DRIFT = 1.3  # ... and by against the object's slowly adapting area (seeded on the reference frame)
+AREA_ADAPT = 0.05  # how fast that area follows the object (scale changes as it comes closer or leaves)
 
 
 def _gray(image: np.ndarray, scale: float) -> np.ndarray:
@@ -37,7 +40,7 @@ class FlowPropagator(Propagator):
         self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
         self._prev_gray: np.ndarray | None = None
         self._soft: dict[int, np.ndarray] = {}  # object id -> float32 mask at full size
-        self._area: dict[int, float] = {}  # area on the reference frame, to catch runaway growth
+        self._area: dict[int, float] = {}  # slowly adapting area per object, to catch runaway growth
 
     @property
     def objects(self) -> list[int]:
@@ -75,8 +78,12 @@ class FlowPropagator(Propagator):
             soft = warped  # carried unthresholded: thresholding every step would bias the edges
             if self.refine and mask.any():
                 refined = self._refine(frame.image, warped, mask)
-                if refined is not mask:
+                area = float(refined.sum())
+                anchor = self._area.get(oid, area)
+                # the refinement may follow the object's outline, but not creep out over many frames
+                if refined is not mask and anchor / MAX_DRIFT <= area <= anchor * MAX_DRIFT:
                     mask, soft = refined, refined.astype(np.float32)
+                self._area[oid] = (1 - AREA_ADAPT) * anchor + AREA_ADAPT * float(mask.sum())
             out[oid] = mask
             self._soft[oid] = soft
         self._resolve_overlaps(out)
@@ -119,8 +126,9 @@ class FlowPropagator(Propagator):
         out = np.zeros_like(mask)
         out[y0:y1, x0:x1] = refined
         overlap = np.logical_and(out, mask).sum() / max(1, np.logical_or(out, mask).sum())
-        if overlap < MIN_AGREEMENT:  # the colour models disagree with the motion: trust the flow
-            return mask
+        growth = out.sum() / max(1, mask.sum())
+        if overlap < MIN_AGREEMENT or not 1 / MAX_GROWTH <= growth <= MAX_GROWTH:
+            return mask  # the colour models disagree with the motion: trust the flow (no runaway growth)
         return out
 
     def _resolve_overlaps(self, masks: dict[int, Mask]) -> None:

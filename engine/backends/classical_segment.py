@@ -18,6 +18,7 @@ from .registry import BackendOptions
 
 WORK_SIZE = 480  # long side the segmentation runs at
 MAX_NEIGHBOURS = 4  # frames compared for the motion cue
+MAX_FRACTION = 0.25  # a click selects an object, not most of the frame
 MIN_CONTRAST = 4.0  # mean gradient along an outline below which there is no object to select
 RECT_SCALES = (0.08, 0.13, 0.2, 0.3, 0.45)  # half-sizes of the tried rectangles, x the long side
 
@@ -91,10 +92,9 @@ class ClassicalSegmenter(Segmenter):
                                      for n in neighbours[:MAX_NEIGHBOURS]])
         blob = self._moving_blob(moving, positives, s)
         grad = _gradient(img)
+        motion_mask = None
         if blob is not None:  # the clicked object moves against a still (or aligned) background
             motion_mask = self._grabcut_seeded(img, blob, positives, negatives, s, seed)
-            if motion_mask is not None and motion_mask.any():
-                return self._finish(motion_mask, s, full_w, full_h)
         # Rectangles of growing size around the clicks each give a GrabCut segment.  The one kept
         # has the strongest contrast along its outline, halved when it runs into its rectangle's
         # sides (cut off by a too small box).  The rectangle is chosen from the positive clicks
@@ -103,15 +103,19 @@ class ClassicalSegmenter(Segmenter):
         for frac in RECT_SCALES:
             rect = self._rect(positives, s, frac * max(h, w), w, h)
             candidate = self._grabcut(img, rect, positives, (), s, seed)
-            if candidate is None or not candidate.any():
-                continue
+            if candidate is None or not candidate.any() or candidate.mean() > MAX_FRACTION:
+                continue  # nothing, or most of the frame: not an object a click selects
             score = _outline_contrast(candidate, grad) * (0.5 if self._touches(candidate, rect, w, h) else 1.0)
             if score > best_score:
                 best, best_rect, best_score = candidate, rect, score
+        if motion_mask is not None and motion_mask.any():  # the motion cue competes on the same score
+            score = _outline_contrast(motion_mask, grad)
+            if score > best_score:
+                best, best_rect, best_score = motion_mask, None, score
         if best_score < MIN_CONTRAST:
             best = None  # no visible outline: nothing was selected
         result = best
-        if result is not None and negatives:
+        if result is not None and negatives and best_rect is not None:
             corrected = self._grabcut(img, best_rect, positives, negatives, s, seed)
             result = None if corrected is None else corrected & best
         if result is None or not result.any():
