@@ -100,14 +100,16 @@ class ClassicalSegmenter(Segmenter):
         # sides (cut off by a too small box).  The rectangle is chosen from the positive clicks
         # alone, so that a negative click only ever subtracts.
         best, best_rect, best_score = None, None, -1.0
+        smooth = cv2.cvtColor(cv2.GaussianBlur(img, (5, 5), 0), cv2.COLOR_RGB2BGR)
         for frac in RECT_SCALES:
             rect = self._rect(positives, s, frac * max(h, w), w, h)
-            candidate = self._grabcut(img, rect, positives, (), s, seed)
-            if candidate is None or not candidate.any() or candidate.mean() > MAX_FRACTION:
-                continue  # nothing, or most of the frame: not an object a click selects
-            score = _outline_contrast(candidate, grad) * (0.5 if self._touches(candidate, rect, w, h) else 1.0)
-            if score > best_score:
-                best, best_rect, best_score = candidate, rect, score
+            for candidate in (self._grabcut(img, rect, positives, (), s, seed),
+                              self._watershed(smooth, rect, positives, (), s, seed)):
+                if candidate is None or not candidate.any() or candidate.mean() > MAX_FRACTION:
+                    continue  # nothing, or most of the frame: not an object a click selects
+                score = _outline_contrast(candidate, grad) * (0.5 if self._touches(candidate, rect, w, h) else 1.0)
+                if score > best_score:
+                    best, best_rect, best_score = candidate, rect, score
         if motion_mask is not None and motion_mask.any():  # the motion cue competes on the same score
             score = _outline_contrast(motion_mask, grad)
             if score > best_score:
@@ -189,6 +191,20 @@ class ClassicalSegmenter(Segmenter):
         init = np.full((h, w), cv2.GC_BGD, np.uint8)
         init[y0:y1, x0:x1] = cv2.GC_PR_FGD
         return self._solve(img, init, positives, negatives, s, seed)
+
+    def _watershed(self, smooth_bgr: np.ndarray, rect: tuple[int, int, int, int], positives: Sequence[Click],
+                   negatives: Sequence[Click], s: float, seed: int) -> np.ndarray | None:
+        """Marker watershed: the region the clicks reach before the rectangle's border does."""
+        h, w = smooth_bgr.shape[:2]
+        x0, y0, x1, y1 = rect
+        markers = np.ones((h, w), np.int32)
+        markers[y0 + 1:y1 - 1, x0 + 1:x1 - 1] = 0
+        for c in negatives:
+            cv2.circle(markers, (int(c.x * s), int(c.y * s)), 2 * seed, 1, -1)
+        for c in positives:
+            cv2.circle(markers, (int(c.x * s), int(c.y * s)), seed, 2, -1)
+        cv2.watershed(smooth_bgr, markers)
+        return self._keep_clicked(markers == 2, positives, negatives, s)
 
     def _solve(self, img: np.ndarray, init: np.ndarray, positives: Sequence[Click], negatives: Sequence[Click],
                s: float, seed: int) -> np.ndarray | None:
