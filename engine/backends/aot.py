@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from ..models.aot import AOT, aot_config, aot_input_size, build_aot
 from ..models.aot_memory import AOTInference
 from ..stages import Frame, Mask, Propagator
+from .neural import compile_module, load_weights
 from .registry import BackendError, BackendOptions
 
 DEFAULT_VARIANT = "r50_deaotl"
@@ -119,23 +120,6 @@ class AOTPropagator(Propagator):
         return {object_id: label_np == slot for object_id, slot in self._slots.items()}
 
 
-def _load(variant: str, options: BackendOptions) -> AOT:
-    try:
-        from unseen.weights import store
-        from unseen.weights.loading import load_model
-    except ImportError as exc:  # pragma: no cover - the weights package ships with unseen
-        raise BackendError(f"the weights package is unavailable ({exc})") from exc
-    path = store.find(variant, options.weights_dir)
-    if path is None:
-        raise BackendError(f"AOT weights {variant!r} not found: run `unseen weights fetch {variant}` "
-                           f"or `unseen weights import {variant} FILE`")
-    try:
-        return load_model(variant, path, device="cpu")
-    except Exception as exc:  # noqa: BLE001 - a bad file must surface as a backend error
-        raise BackendError(f"AOT weights {variant!r} could not be loaded ({exc}); "
-                           f"re-fetch with `unseen weights fetch {variant}`") from exc
-
-
 def create(variant: str | None, options: BackendOptions) -> AOTPropagator:
     """Factory for the registry: ``aot`` or ``aot:<variant>`` (e.g. ``aot:deaott``).
 
@@ -149,7 +133,8 @@ def create(variant: str | None, options: BackendOptions) -> AOTPropagator:
         cfg = aot_config(variant)
     except KeyError as exc:
         raise BackendError(str(exc.args[0])) from None
-    model = build_aot(variant) if options.extra.get("random_weights") else _load(variant, options)
+    model = build_aot(variant) if options.extra.get("random_weights") else load_weights(variant, options)
+    model.encoder = compile_module(model.encoder, options.compile)  # the encoder dominates the cost
     gap = options.extra.get("memory_gap", options.memory_gap if cfg.long_term_gap < 9999 else cfg.long_term_gap)
     return AOTPropagator(model, device=options.device, precision=options.precision,
                          memory_cap=options.memory_cap, memory_gap=int(gap),

@@ -14,8 +14,6 @@ so the cost per frame is two flows plus sampling, whatever the window length.
 from __future__ import annotations
 
 import collections
-from typing import Mapping
-
 import cv2
 import numpy as np
 

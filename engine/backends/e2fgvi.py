@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from ..models.e2fgvi import E2FGVI_SIZE, PAD_MULTIPLE, build_e2fgvi
-from ..stages import Image, Inpainter, InpaintRequest, Mask, WindowEntry, dilate_hole
+from ..stages import Image, Inpainter, InpaintRequest, Mask, dilate_hole
+from .neural import compile_module, load_weights
 from .registry import BackendError, BackendOptions
 
 log = logging.getLogger("unseen.e2fgvi")
@@ -252,34 +253,9 @@ class E2FGVIInpainter(Inpainter):
 
 
 def _load(hq: bool, options: BackendOptions) -> nn.Module:
-    name = "e2fgvi_hq" if hq else "e2fgvi"
     if options.extra.get("random_weights"):
         return build_e2fgvi(hq).eval().to(options.device)
-    from unseen.weights import store
-    from unseen.weights.loading import load_model
-
-    path = store.find(name, options.weights_dir)
-    if path is None:
-        raise BackendError(f"{name} weights not found; run `unseen weights fetch {name}` or "
-                           f"`unseen weights import {name} FILE`")
-    try:
-        return load_model(name, path, device=options.device)
-    except Exception as exc:  # noqa: BLE001 - any unreadable or mismatching file
-        raise BackendError(f"{name} weights at {path} cannot be loaded ({exc}); run "
-                           f"`unseen weights fetch {name}` or `unseen weights import {name} FILE`") from exc
-
-
-def _compile(model: nn.Module, how: str) -> nn.Module:
-    if how == "torch":
-        return torch.compile(model, dynamic=True)
-    if how == "tensorrt":
-        try:
-            import torch_tensorrt  # noqa: F401 - registers the backend
-        except ImportError as exc:
-            raise BackendError("compile=tensorrt needs torch_tensorrt, which is not installed; "
-                               "`pip install torch-tensorrt` or use compile=torch") from exc
-        return torch.compile(model, backend="torch_tensorrt", dynamic=True)
-    return model
+    return load_weights("e2fgvi_hq" if hq else "e2fgvi", options)
 
 
 def create(variant: str | None, options: BackendOptions) -> E2FGVIInpainter:
@@ -287,6 +263,6 @@ def create(variant: str | None, options: BackendOptions) -> E2FGVIInpainter:
     if variant not in _VARIANTS:
         raise BackendError(f"unknown e2fgvi variant {variant!r}; use hq or base")
     hq = _VARIANTS[variant]
-    model = _compile(_load(hq, options), options.compile)
+    model = compile_module(_load(hq, options), options.compile)
     log.info("e2fgvi%s on %s (%s)", "-hq" if hq else "", options.device, options.precision)
     return E2FGVIInpainter(model, hq, options)

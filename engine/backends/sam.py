@@ -23,6 +23,7 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from ..stages import Click, Frame, Mask, Segmenter, SelectionError
+from .neural import compile_module, load_weights
 from .registry import BackendError, BackendOptions
 
 VARIANTS = ("vit_h", "vit_l", "vit_b")
@@ -178,12 +179,7 @@ def create(variant: str | None, options: BackendOptions) -> SamSegmenter:
     elif extra.get("random_weights"):
         model = sam_model_registry[kind](checkpoint=None)
     else:
-        from unseen.weights.loading import load_model
-        from unseen.weights.registry import WeightsError
-
-        try:
-            model = load_model(f"sam_{kind}", device=options.device, weights_dir=options.weights_dir)
-        except WeightsError as exc:
-            raise BackendError(str(exc)) from exc
+        model = load_weights(f"sam_{kind}", options)
+    model.image_encoder = compile_module(model.image_encoder, options.compile)  # the per-click cost
     return SamSegmenter(model, device=options.device, precision=options.precision, box=extra.get("box"),
                         cache_frames=int(extra.get("cache_frames", 4)))

@@ -10,7 +10,6 @@ import math
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import deform_conv2d
 
