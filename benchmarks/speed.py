@@ -13,7 +13,7 @@ random weights (same compute as trained ones) where they import, on fewer frames
 Random weights give arbitrary masks (often empty, so nothing to inpaint): the neural
 inpainter is therefore also timed alone on the holes the classical run found at the same
 size (``hole_fraction`` says how much of the frame each run had to fill).
-Long run (first, in a fresh process): the 432x240 clip looped for at least 3,000 frames
+Long run (first, in a fresh process): the clip at the first resolution (432x240) looped for at least 3,000 frames
 with the classical backends (decode and pipeline, no encoder), sampling RSS, held frames
 and propagator memory.
 The machine's load average is recorded: other work on the machine slows every figure.
@@ -158,6 +158,9 @@ def measure(ctx: Context, backends: Backends, opts, path: Path, frames: int, lab
         "counts": dict(times.counts),
         "hole_fraction": float(sum(h.mean() for h in holes) / len(holes)) if holes else 0.0,
         "masks": "given (the classical run's holes at this size)" if given is not None else "click",
+        "warning": ("the hole covers under 1% of the frame (the tracker lost or barely selected the object): "
+                    "little to inpaint, so this fps is optimistic") if holes and
+                   sum(h.mean() for h in holes) / len(holes) < 0.01 else None,
         "fps": count / steady if steady > 0 else None,
         "fps_with_click": count / total if total > 0 else None,
         "seconds": total, "build_s": build_s,
@@ -238,6 +241,10 @@ def long_run(ctx: Context, path: Path, frames: int) -> dict:
             "rss_growth_after_warmup_mb": samples[-1]["rss_mb"] - warm["rss_mb"],
             "held_frames_end": samples[-1]["held_frames"], "held_frames_max": max(s["held_frames"] for s in samples),
             "propagator_memory_frames_end": samples[-1]["propagator_memory_frames"],
+            "inpainted_frames": pipeline.times.counts.get("inpaint", 0),
+            "warning": ("the object was lost early (fewer than half the frames had a hole): memory was measured "
+                        "mostly without a tracked object; rerun with --resolutions 854x480,... for a long run "
+                        "that keeps it") if pipeline.times.counts.get("inpaint", 0) < count / 2 else None,
             "samples": samples, "backends": pipeline.describe()["backends"], "encoder": False}
 
 
@@ -281,7 +288,7 @@ def run(ctx: Context) -> dict:
         lr = long_run(ctx, path, long_n)
         ctx.say(f"[speed] long run: RSS {lr['rss_start_mb']:.0f} MiB at frame 1, {lr['rss_warm_mb']:.0f} MiB at frame "
                 f"{lr['rss_warm_frame']}, {lr['rss_end_mb']:.0f} MiB at frame {lr['frames']}; held frames "
-                f"{lr['held_frames_end']}; {lr['fps']:.1f} fps")
+                f"{lr['held_frames_end']}; {lr['inpainted_frames']} frames had a hole; {lr['fps']:.1f} fps")
         result["long_run"] = lr
         report.write_json(json_path, result)
 
@@ -343,6 +350,9 @@ def print_table(result: dict) -> None:
     print(f"\nspeed (ms per frame; segment ms per click; load average {result['loadavg_start']}"
           f"{', quick' if result['quick'] else ''})")
     print(report.table(HEADERS, rows(result)))
+    for r in result["runs"]:
+        if r.get("warning"):
+            print(f"  {r['label']} {r['size']}: {r['warning']}")
     if result["neural"].get("skipped"):
         print(f"  neural backends skipped: {result['neural']['skipped']}")
     for stage, note in result["neural"].get("backends", {}).items():
@@ -354,6 +364,8 @@ def print_table(result: dict) -> None:
               f"RSS {lr['rss_start_mb']:.0f} MiB at start, {lr['rss_end_mb']:.0f} MiB at end "
               f"(max {lr['rss_max_mb']:.0f}); held frames {lr['held_frames_end']} (max {lr['held_frames_max']}), "
               f"propagator memory {lr['propagator_memory_frames_end']} frame(s); {lr['fps']:.1f} fps")
+        if lr.get("warning"):
+            print(f"  long run: {lr['warning']}")
 
 
 def chart(ctx: Context, result: dict) -> None:

@@ -56,7 +56,8 @@ def markdown(results: Path) -> str:
                 rows.append([f"speed: {run['label']} {run['size']}", "failed", run["error"][:80]])
                 continue
             ms = run["ms"]
-            rows.append([f"speed: {run['label']} {run['size']}", f"{f(run['fps'], 2)} fps",
+            flag = " (object lost: optimistic)" if run.get("warning") else ""
+            rows.append([f"speed: {run['label']} {run['size']}", f"{f(run['fps'], 2)} fps{flag}",
                          f"hole {f(100 * run.get('hole_fraction', 0.0), 1)}% of the frame; "
                          f"ms/frame: decode {f(ms['decode'], 1)}, propagate {f(ms['propagate'], 1)}, inpaint "
                          f"{f(ms['inpaint'], 1)}, encode {f(ms['encode'], 1)}; segment {f(ms['segment_per_click'], 0)} "
@@ -64,11 +65,13 @@ def markdown(results: Path) -> str:
                          f"{run['peak_rss_mb']:.0f} MiB; {run['frames']} frames"])
         lr = s.get("long_run")
         if lr:
+            if lr.get("warning"):
+                notes.append(f"long run: {lr['warning']}")
             rows.append([f"speed: long run, {lr['frames']} frames at {lr['size']}",
                          f"RSS {lr['rss_start_mb']:.0f} -> {lr['rss_end_mb']:.0f} MiB",
                          f"max {lr['rss_max_mb']:.0f} MiB; held frames {lr['held_frames_end']} (max "
                          f"{lr['held_frames_max']}); propagator memory {lr['propagator_memory_frames_end']} frame(s); "
-                         f"{f(lr['fps'], 1)} fps"])
+                         f"{lr.get('inpainted_frames', '?')} of {lr['frames']} frames had a hole to fill; {f(lr['fps'], 1)} fps"])
         notes.append(f"speed: load average {s['loadavg_start']} at the start (other work shared the CPU)")
     out = [f"Machine: {report.machine_line(machine)}; {machine.get('platform', '')}",
            "", report.table(["measure", "value", "details"], rows), ""]
