@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
+import cv2
 import numpy as np
 
 from .effects import Effect, apply_effect
@@ -25,6 +26,7 @@ from .stages import (Click, Frame, Image, InpaintRequest, Inpainter, Mask, Propa
 
 log = logging.getLogger("unseen.pipeline")
 
+HURRY_MARGIN = 0.02  # a hurried frame reuses the last masks grown by this fraction of the frame size
 MAX_PENDING_PROMPTS = 32  # prompts queued or being segmented per stream (drop policy: refuse new ones)
 
 
@@ -121,6 +123,7 @@ class Pipeline:
         self.frames_in = 0
         self.frames_out = 0
         self.degraded = 0
+        self.propagation_skipped = 0
         self._held: dict[int, _Held] = {}
         self._references: collections.deque[WindowEntry] = collections.deque(maxlen=max(0, self.config.ref_count))
         # index -> (completed image, hole revision it was completed for): an output whose hole changed
@@ -176,8 +179,10 @@ class Pipeline:
     def step(self, frame: Frame, *, hurry: bool = False) -> list[OutputFrame]:
         """Feed the next frame; returns the frame leaving the delay line (if any).
 
-        ``hurry`` asks for the cheap fill of the outgoing frame (the live runner sets
-        it when processing falls behind), so the delay never grows.
+        ``hurry`` (the live runner sets it when processing falls behind) makes this step
+        cheap: the incoming frame reuses the last masks (slightly grown) instead of a
+        propagation step, and the outgoing frame gets the inpainter's cheap fill.  So the
+        delay never grows and no frame has to be dropped.
         """
         if self._size is None:
             self._size = (frame.width, frame.height)
@@ -188,7 +193,7 @@ class Pipeline:
             frame.index = self._head + 1  # the pipeline's own clock: strictly consecutive
         self._head = frame.index
         self.frames_in += 1
-        masks = self._track(frame)
+        masks = self._track(frame, hurry)
         self._held[frame.index] = _Held(frame, masks, WindowEntry(frame, self._hole(masks)))
         self._apply_actions()
         out: list[OutputFrame] = []
@@ -206,7 +211,7 @@ class Pipeline:
         self._trim()
         return out
 
-    def _track(self, frame: Frame) -> dict[int, Mask]:
+    def _track(self, frame: Frame, hurry: bool = False) -> dict[int, Mask]:
         t0 = time.perf_counter()
         if self.given_masks is not None:
             masks = self.given_masks(frame.index)
@@ -214,6 +219,14 @@ class Pipeline:
                 if oid not in self.objects:
                     self.objects = {**self.objects, oid: ObjectState(oid, self.config.default_effect)}
             masks = {k: v for k, v in masks.items() if k in self.objects}
+        elif self.propagator is not None and self.objects and hurry and (frame.index - 1) in self._held:
+            # behind schedule: reuse the last masks, grown to cover the object's motion meanwhile;
+            # the propagator catches up from its last frame on the next unhurried step
+            self.propagation_skipped += 1
+            grow = max(3, round(HURRY_MARGIN * max(frame.width, frame.height)))
+            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
+            return {oid: cv2.dilate(m.astype(np.uint8), kernel).astype(bool)
+                    for oid, m in self._held[frame.index - 1].masks.items()}
         elif self.propagator is not None and self.objects:
             try:
                 masks = self.propagator.step(frame)
@@ -495,6 +508,7 @@ class Pipeline:
             "frames_in": self.frames_in,
             "frames_out": self.frames_out,
             "degraded": self.degraded,
+            "propagation_skipped": self.propagation_skipped,
             "held_frames": len(self._held),
             "references": len(self._references),
             "backends": {

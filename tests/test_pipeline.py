@@ -140,6 +140,12 @@ def test_hurry_uses_the_cheap_fill_and_counts_it(clip):
     assert out[0].degraded and p.degraded == 1
     out = p.step(Frame(2, clip.frames[2]))
     assert not out[0].degraded and p.degraded == 1
+    # frame 1 was tracked cheaply: the last masks, grown, still cover the moving object
+    assert p.propagation_skipped == 1
+    covered = (out[0].masks[1] & clip.masks[1]).sum() / clip.masks[1].sum()
+    assert covered > 0.99
+    out = p.step(Frame(3, clip.frames[3]))  # the propagator catches up from frame 0
+    assert iou(out[0].masks[1], clip.masks[2]) > 0.85
 
 
 def test_memory_stays_bounded_on_a_long_stream(clip):
