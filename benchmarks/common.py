@@ -10,7 +10,7 @@ from pathlib import Path
 from unseen.engine.backends.registry import BackendOptions
 from unseen.engine.session import Backends
 
-from . import compat, report
+from . import report
 from .data import Clip, discover
 
 log = logging.getLogger("unseen.benchmarks")
@@ -63,7 +63,7 @@ class Context:
         if self.machine is None:
             self.machine = report.machine_info()
         return {"suite": suite, "quick": self.quick, "created": report.stamp(), "data": str(self.data),
-                "machine": self.machine, "code": report.code_state(), "engine_patches": compat.apply(),
+                "machine": self.machine, "code": report.code_state(),
                 "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
 
     def finish(self, suite: str, result: dict, started: float) -> Path:

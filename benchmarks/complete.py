@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import time
 
-import numpy as np
 
 from unseen.engine.backends import registry
 from unseen.engine.pipeline import Pipeline, PipelineConfig

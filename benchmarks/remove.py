@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import time
 
-import cv2
 import numpy as np
 
 from unseen.engine.pipeline import PipelineConfig

@@ -25,6 +25,8 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
+
 from unseen.engine.backends import registry
 from unseen.engine.media import FileSink, Source, StreamInfo
 from unseen.engine.pipeline import OutputFrame, Pipeline, PipelineConfig
@@ -171,9 +173,7 @@ def measure(ctx: Context, backends: Backends, opts, path: Path, frames: int, lab
     }
 
 
-def _hole(output) -> "np.ndarray":
-    import numpy as np
-
+def _hole(output) -> np.ndarray:
     masks = list(output.masks.values())
     if not masks:
         return np.zeros(output.image.shape[:2], bool)
