@@ -1,10 +1,11 @@
 """Click segmentation with classical computer vision (the embedded default).
 
-GrabCut seeded at the clicks: sure foreground discs at positive clicks, sure
-background discs at negative ones, a probable-foreground region grown from the
-click in colour space, and, where the camera is still, the moving region around
-the click.  Colour models are learned per click; the component connected to the
-positive clicks is kept and its holes filled.
+Candidate segments around the positive clicks: GrabCut (colour models learned in a margin around
+the box) and marker watershed over rectangles of several sizes and shapes, plus, where the camera is
+still, GrabCut seeded with the moving region under the click.  A candidate is scored by the contrast
+along its outline, the colour difference between it and a ring around it, and its agreement with the
+other candidates; the best one is kept.  Negative clicks then subtract through a GrabCut with sure
+background at them.
 """
 from __future__ import annotations
 
@@ -20,7 +21,14 @@ WORK_SIZE = 480  # long side the segmentation runs at
 MAX_NEIGHBOURS = 4  # frames compared for the motion cue
 MAX_FRACTION = 0.25  # a click selects an object, not most of the frame
 MIN_CONTRAST = 4.0  # mean gradient along an outline below which there is no object to select
-RECT_SCALES = (0.08, 0.13, 0.2, 0.3, 0.45)  # half-sizes of the tried rectangles, x the long side
+CROP_MARGIN = 0.5  # GrabCut's background model: a margin this fraction of the rectangle around it
+GRABCUT_PIXELS = 40000  # larger GrabCut crops are solved downscaled to about this many pixels
+RECT_SCALES = (0.05, 0.08, 0.13, 0.2, 0.3)  # half-sizes of the tried rectangles, x the long side
+RECT_ASPECTS = ((1.0, 1.0), (0.55, 1.5), (1.5, 0.6))  # (width, height) factors: square, upright, lying
+RING_WIDTH = 0.15  # colour ring around a candidate, x the square root of its area
+HIST_BINS = 8  # per Lab channel, for the inside/ring colour comparison
+AGREEMENT_STEP = 4  # candidates are compared at this subsampling
+AREA_PRIOR = 0.1  # exponent of a mild preference for larger candidates (parts of an object are sharp too)
 
 
 def _scale(image: np.ndarray) -> float:
@@ -71,6 +79,31 @@ def _outline_contrast(mask: np.ndarray, grad: np.ndarray) -> float:
     return float(grad[edge].mean()) if edge.any() else 0.0
 
 
+def _distinctness(mask: np.ndarray, lab: np.ndarray) -> float:
+    """Bhattacharyya distance between the Lab colours inside the mask and in a ring around it."""
+    inside = mask.astype(np.uint8)
+    r = max(3, int(RING_WIDTH * np.sqrt(inside.sum())))
+    ring = cv2.dilate(inside, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))) - inside
+    if not ring.any():
+        return 0.0
+    hists = []
+    for region in (inside, ring):
+        hist = cv2.calcHist([lab], [0, 1, 2], region, [HIST_BINS] * 3, [0, 256] * 3)
+        hists.append(cv2.normalize(hist, None, 1, 0, cv2.NORM_L1))
+    return float(cv2.compareHist(hists[0], hists[1], cv2.HISTCMP_BHATTACHARYYA))
+
+
+def _agreement(masks: Sequence[np.ndarray]) -> np.ndarray:
+    """Each mask's mean IoU with the others: segments that many cues and boxes reproduce are trusted."""
+    if len(masks) < 2:
+        return np.ones(len(masks))
+    flat = np.array([m[::AGREEMENT_STEP, ::AGREEMENT_STEP].ravel() for m in masks], np.float32)
+    inter = flat @ flat.T
+    area = flat.sum(1)
+    iou = inter / np.maximum(area[:, None] + area[None, :] - inter, 1.0)
+    return (iou.sum(1) - 1.0) / (len(masks) - 1)
+
+
 class ClassicalSegmenter(Segmenter):
     name = "classical"
 
@@ -95,27 +128,29 @@ class ClassicalSegmenter(Segmenter):
         motion_mask = None
         if blob is not None:  # the clicked object moves against a still (or aligned) background
             motion_mask = self._grabcut_seeded(img, blob, positives, negatives, s, seed)
-        # Rectangles of growing size around the clicks each give a GrabCut segment.  The one kept
-        # has the strongest contrast along its outline, halved when it runs into its rectangle's
-        # sides (cut off by a too small box).  The rectangle is chosen from the positive clicks
-        # alone, so that a negative click only ever subtracts.
-        best, best_rect, best_score = None, None, -1.0
+        # Rectangles of growing size and three shapes around the clicks each give a GrabCut and a
+        # watershed segment; the motion cue adds one more.  The rectangles come from the positive
+        # clicks alone, so that a negative click only ever subtracts.
         smooth = cv2.cvtColor(cv2.GaussianBlur(img, (5, 5), 0), cv2.COLOR_RGB2BGR)
+        candidates: list[tuple[np.ndarray, tuple[int, int, int, int] | None]] = []
         for frac in RECT_SCALES:
-            rect = self._rect(positives, s, frac * max(h, w), w, h)
-            for candidate in (self._grabcut(img, rect, positives, (), s, seed),
-                              self._watershed(smooth, rect, positives, (), s, seed)):
-                if candidate is None or not candidate.any() or candidate.mean() > MAX_FRACTION:
-                    continue  # nothing, or most of the frame: not an object a click selects
-                score = _outline_contrast(candidate, grad) * (0.5 if self._touches(candidate, rect, w, h) else 1.0)
-                if score > best_score:
+            for ax, ay in RECT_ASPECTS:
+                rect = self._rect(positives, s, frac * max(h, w) * ax, frac * max(h, w) * ay, w, h)
+                for candidate in (self._grabcut(img, rect, positives, (), s, seed),
+                                  self._watershed(smooth, rect, positives, (), s, seed)):
+                    candidates.append((candidate, rect))
+        candidates.append((motion_mask, None))
+        candidates = [(c, r) for c, r in candidates
+                      if c is not None and c.any() and c.mean() <= MAX_FRACTION]  # a click selects an object
+        best, best_rect, best_score = None, None, 0.0
+        if candidates:
+            lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB)
+            agreement = _agreement([c for c, _ in candidates])
+            for (candidate, rect), agree in zip(candidates, agreement):
+                contrast = _outline_contrast(candidate, grad)
+                score = contrast * _distinctness(candidate, lab) * agree * candidate.mean() ** AREA_PRIOR
+                if contrast >= MIN_CONTRAST and score > best_score:
                     best, best_rect, best_score = candidate, rect, score
-        if motion_mask is not None and motion_mask.any():  # the motion cue competes on the same score
-            score = _outline_contrast(motion_mask, grad)
-            if score > best_score:
-                best, best_rect, best_score = motion_mask, None, score
-        if best_score < MIN_CONTRAST:
-            best = None  # no visible outline: nothing was selected
         result = best
         if result is not None and negatives and best_rect is not None:
             corrected = self._grabcut(img, best_rect, positives, negatives, s, seed)
@@ -162,35 +197,42 @@ class ClassicalSegmenter(Segmenter):
         return self._solve(img, init, positives, negatives, s, seed)
 
     @staticmethod
-    def _rect(positives: Sequence[Click], s: float, half: float, w: int, h: int) -> tuple[int, int, int, int]:
+    def _rect(positives: Sequence[Click], s: float, half_w: float, half_h: float, w: int,
+              h: int) -> tuple[int, int, int, int]:
         xs = [c.x * s for c in positives]
         ys = [c.y * s for c in positives]
-        x0, x1 = max(0, int(min(xs) - half)), min(w, int(max(xs) + half) + 1)
-        y0, y1 = max(0, int(min(ys) - half)), min(h, int(max(ys) + half) + 1)
+        x0, x1 = max(0, int(min(xs) - half_w)), min(w, int(max(xs) + half_w) + 1)
+        y0, y1 = max(0, int(min(ys) - half_h)), min(h, int(max(ys) + half_h) + 1)
         return x0, y0, x1, y1
-
-    @staticmethod
-    def _touches(mask: np.ndarray, rect: tuple[int, int, int, int], w: int, h: int) -> bool:
-        """Does the segment press against a rectangle side that is not the image border?"""
-        x0, y0, x1, y1 = rect
-        sides = []
-        if x0 > 0:
-            sides.append(mask[y0:y1, x0 + 1])
-        if x1 < w:
-            sides.append(mask[y0:y1, x1 - 2])
-        if y0 > 0:
-            sides.append(mask[y0 + 1, x0:x1])
-        if y1 < h:
-            sides.append(mask[y1 - 2, x0:x1])
-        return any(side.mean() > 0.08 for side in sides if side.size)
 
     def _grabcut(self, img: np.ndarray, rect: tuple[int, int, int, int], positives: Sequence[Click],
                  negatives: Sequence[Click], s: float, seed: int) -> np.ndarray | None:
+        """GrabCut inside the rectangle, its colour models learned from a margin around it only.
+
+        Large crops are solved at a reduced size (GrabCut's cost grows with the pixel count)."""
         h, w = img.shape[:2]
         x0, y0, x1, y1 = rect
-        init = np.full((h, w), cv2.GC_BGD, np.uint8)
-        init[y0:y1, x0:x1] = cv2.GC_PR_FGD
-        return self._solve(img, init, positives, negatives, s, seed)
+        m = max(8, int(CROP_MARGIN * max(x1 - x0, y1 - y0)))
+        cx0, cy0, cx1, cy1 = max(0, x0 - m), max(0, y0 - m), min(w, x1 + m), min(h, y1 + m)
+        cw, ch = cx1 - cx0, cy1 - cy0
+        f = min(1.0, float(np.sqrt(GRABCUT_PIXELS / (cw * ch))))
+        size = (max(1, round(cw * f)), max(1, round(ch * f)))
+        init = np.full((ch, cw), cv2.GC_BGD, np.uint8)
+        init[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0] = cv2.GC_PR_FGD
+        crop = np.ascontiguousarray(img[cy0:cy1, cx0:cx1])
+        if f < 1.0:
+            crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
+            init = cv2.resize(init, size, interpolation=cv2.INTER_NEAREST)
+        shift = [Click(c.x - cx0 / s, c.y - cy0 / s, c.positive) for c in (*positives, *negatives)]
+        solved = self._solve(crop, init, [c for c in shift if c.positive], [c for c in shift if not c.positive],
+                             s * f, max(1, round(seed * f)))
+        if solved is None:
+            return None
+        if f < 1.0:
+            solved = cv2.resize(solved.astype(np.uint8), (cw, ch), interpolation=cv2.INTER_LINEAR) > 0
+        out = np.zeros((h, w), bool)
+        out[cy0:cy1, cx0:cx1] = solved
+        return out
 
     def _watershed(self, smooth_bgr: np.ndarray, rect: tuple[int, int, int, int], positives: Sequence[Click],
                    negatives: Sequence[Click], s: float, seed: int) -> np.ndarray | None:
