@@ -27,8 +27,9 @@ RECT_SCALES = (0.05, 0.08, 0.13, 0.2, 0.3)  # half-sizes of the tried rectangles
 RECT_ASPECTS = ((1.0, 1.0), (0.55, 1.5), (1.5, 0.6))  # (width, height) factors: square, upright, lying
 RING_WIDTH = 0.15  # colour ring around a candidate, x the square root of its area
 HIST_BINS = 8  # per Lab channel, for the inside/ring colour comparison
+DISTINCTNESS_POWER = 2.0  # weight of the inside/ring colour difference in the score
 AGREEMENT_STEP = 4  # candidates are compared at this subsampling
-AREA_PRIOR = 0.1  # exponent of a mild preference for larger candidates (parts of an object are sharp too)
+AREA_PRIOR = 0.2  # exponent of a mild preference for larger candidates (parts of an object are sharp too)
 
 
 def _scale(image: np.ndarray) -> float:
@@ -148,7 +149,8 @@ class ClassicalSegmenter(Segmenter):
             agreement = _agreement([c for c, _ in candidates])
             for (candidate, rect), agree in zip(candidates, agreement):
                 contrast = _outline_contrast(candidate, grad)
-                score = contrast * _distinctness(candidate, lab) * agree * candidate.mean() ** AREA_PRIOR
+                score = (contrast * _distinctness(candidate, lab) ** DISTINCTNESS_POWER * agree
+                         * candidate.mean() ** AREA_PRIOR)
                 if contrast >= MIN_CONTRAST and score > best_score:
                     best, best_rect, best_score = candidate, rect, score
         result = best
