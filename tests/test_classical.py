@@ -38,6 +38,12 @@ def test_negative_click_excludes_a_region(clip):
     assert corrected.sum() < first.sum()
 
 
+def test_one_click_is_deterministic(clip):
+    frame = Frame(5, clip.frames[5])
+    first = ClassicalSegmenter().segment(frame, [Click(*clip.click(5))])
+    assert np.array_equal(first, ClassicalSegmenter().segment(frame, [Click(*clip.click(5))]))
+
+
 def test_flat_frame_selects_nothing():
     with pytest.raises(SelectionError, match="selected nothing"):
         ClassicalSegmenter().segment(Frame(3, np.full((64, 64, 3), 128, np.uint8)), [Click(32, 32)])

@@ -4,8 +4,8 @@ Candidate segments around the positive clicks: GrabCut (colour models learned in
 the box) and marker watershed over rectangles of several sizes and shapes, plus, where the camera is
 still, GrabCut seeded with the moving region under the click.  A candidate is scored by the contrast
 along its outline, the colour difference between it and a ring around it, and its agreement with the
-other candidates; the best one is kept.  Negative clicks then subtract through a GrabCut with sure
-background at them.
+other candidates; the best one seeds a last GrabCut.  Negative clicks then subtract through a
+GrabCut with sure background at them.
 """
 from __future__ import annotations
 
@@ -153,6 +153,10 @@ class ClassicalSegmenter(Segmenter):
                          * candidate.mean() ** AREA_PRIOR)
                 if contrast >= MIN_CONTRAST and score > best_score:
                     best, best_rect, best_score = candidate, rect, score
+        if best is not None and best_rect is not None:  # re-solve with the winner as the object's seed
+            refined = self._grabcut_seeded(img, best, positives, (), s, seed)
+            if refined is not None and refined.any() and refined.mean() <= MAX_FRACTION:
+                best = refined
         result = best
         if result is not None and negatives and best_rect is not None:
             corrected = self._grabcut(img, best_rect, positives, negatives, s, seed)
@@ -187,7 +191,8 @@ class ClassicalSegmenter(Segmenter):
 
     def _grabcut_seeded(self, img: np.ndarray, blob: np.ndarray, positives: Sequence[Click],
                         negatives: Sequence[Click], s: float, seed: int) -> np.ndarray | None:
-        """GrabCut around a moving blob: its core is the object, its surroundings probably not."""
+        """GrabCut around a blob (moving, or the best candidate): its core is the object, its surroundings
+        probably not."""
         h, w = blob.shape
         ys, xs = np.nonzero(blob)
         pad = max(8, int(0.25 * max(np.ptp(ys) + 1, np.ptp(xs) + 1)))
