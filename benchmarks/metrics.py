@@ -15,16 +15,10 @@ import math
 import cv2
 import numpy as np
 
-PSNR_CAP = 100.0  # dB reported for identical images (an infinite PSNR would break the means)
+from unseen.engine.synthetic import PSNR_CAP, iou, psnr  # noqa: F401 - re-exported for the suites
 
-
-def jaccard(pred: np.ndarray, gt: np.ndarray) -> float:
-    """IoU of two boolean masks; two empty masks score 1 (as in DAVIS)."""
-    pred, gt = pred.astype(bool), gt.astype(bool)
-    union = np.logical_or(pred, gt).sum()
-    if union == 0:
-        return 1.0
-    return float(np.logical_and(pred, gt).sum() / union)
+# PSNR and IoU (the DAVIS J) are the engine's own, so the demo, the tests and the benchmarks agree.
+jaccard = iou
 
 
 def seg2bmap(seg: np.ndarray) -> np.ndarray:
@@ -75,19 +69,6 @@ def f_measure(pred: np.ndarray, gt: np.ndarray, bound_th: float = 0.008) -> floa
     if precision + recall == 0:
         return 0.0
     return 2.0 * precision * recall / (precision + recall)
-
-
-def psnr(a: np.ndarray, b: np.ndarray, region: np.ndarray | None = None) -> float:
-    """PSNR (dB, peak 255) between uint8 images, optionally inside a boolean region; capped at 100."""
-    diff = a.astype(np.float64) - b.astype(np.float64)
-    if region is not None:
-        diff = diff[region.astype(bool)]
-    if diff.size == 0:
-        return float("nan")
-    mse = float(np.mean(diff * diff))
-    if mse == 0:
-        return PSNR_CAP
-    return min(PSNR_CAP, 10.0 * math.log10(255.0 ** 2 / mse))
 
 
 def _ssim_map(a: np.ndarray, b: np.ndarray, sigma: float = 1.5, data_range: float = 255.0) -> np.ndarray:

@@ -99,15 +99,24 @@ def make_clip(frames: int = 60, width: int = 320, height: int = 192, *, seed: in
     return out
 
 
+PSNR_CAP = 100.0  # dB reported for identical images (an infinite PSNR would break the means)
+
+
 def psnr(a: np.ndarray, b: np.ndarray, region: np.ndarray | None = None) -> float:
-    """PSNR in dB between two uint8 images, optionally inside a boolean region."""
+    """PSNR (dB, peak 255) between uint8 images, optionally inside a boolean region; capped at 100.
+
+    An empty region gives NaN (nothing was measured)."""
     diff = a.astype(np.float64) - b.astype(np.float64)
     if region is not None:
-        diff = diff[region]
-    mse = float(np.mean(diff ** 2)) if diff.size else 0.0
-    return float("inf") if mse == 0 else 10.0 * np.log10(255.0 ** 2 / mse)
+        diff = diff[region.astype(bool)]
+    if diff.size == 0:
+        return float("nan")
+    mse = float(np.mean(diff * diff))
+    return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10.0 * np.log10(255.0 ** 2 / mse))
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two boolean masks; two empty masks score 1 (as in DAVIS)."""
+    a, b = a.astype(bool), b.astype(bool)
     union = np.logical_or(a, b).sum()
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
