@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(200)]
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 W, H, FPS = 320, 192, 15
-REMOVED = 0.9  # object pixels left after the click, as a fraction of its area (see the test)
+REMOVED = 0.5  # object pixels left after the click, as a fraction of its area (see the test)
 ENV = {"UNSEEN_DEMO": "false", "UNSEEN_ICE__LOOPBACK": "true", "UNSEEN_BACKENDS__SEGMENTER": "classical",
        "UNSEEN_BACKENDS__PROPAGATOR": "classical", "UNSEEN_BACKENDS__INPAINTER": "classical", "UNSEEN_DELAY": "4"}
 
@@ -131,10 +131,9 @@ def test_webcam_click_removes_object_in_page(playwright_browser, tmp_path):
             print(f"\nbrowser webcam {W}x{H}: object px before {int(obj.sum())}, after {residual} (area {area}); "
                   f"rest mean abs diff {max(rest):.2f}; shown fps {stats['fps']:.1f}; "
                   f"server->page delay median {stats['g2g_median']}; screenshot {ARTIFACTS / 'browser_client.png'}")
-            # KNOWN GAP: through VP8 (browser) + classical backends the object is only partly removed
-            # (about 75-80 % of its pixels still differ from the background here); the check is that the
-            # clicked region changed.  Tighten REMOVED to 0.5 once the engine removes it fully.
-            assert np.median(residual) < REMOVED * area, f"the clicked region did not change: {residual} of {area}"
+            # most of the object is gone from the page (VP8 both ways and the classical backends leave
+            # a faint remainder that fades over the following frames)
+            assert np.median(residual) < REMOVED * area, f"the object is still in the page: {residual} of {area}"
             assert max(rest) < 12.0, f"the background changed: {rest}"
             assert stats["info"]["objects"] and stats["error"] == ""
         finally:
