@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -99,7 +97,7 @@ def test_webcam_click_removes_object_in_page(playwright_browser, tmp_path):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with running(unseen_cmd("serve", "--port", str(port)), tmp_path / "serve.log", env=ENV, port=port,
-                 timeout=60) as serve:
+                 timeout=60):
         page = browser.new_page(viewport={"width": 1100, "height": 700})
         page.on("console", lambda m: print("page:", m.text) if m.type == "error" else None)
         try:
@@ -148,7 +146,7 @@ def test_glass_to_glass_854x480(playwright_browser, tmp_path):
                                                 "width": 854, "height": 480, "fps": 15}]))
     env.pop("UNSEEN_DELAY")
     with running(unseen_cmd("serve", "--port", str(port)), tmp_path / "serve.log", env=env, port=port,
-                 timeout=60) as serve:
+                 timeout=60):
         page = browser.new_page(viewport={"width": 1100, "height": 700})
         try:
             page.goto(f"http://127.0.0.1:{port}/?stream=big&autoplay=1", timeout=30000)
