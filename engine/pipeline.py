@@ -488,7 +488,8 @@ class Pipeline:
                 self._references.append(held.window)
         for index in [i for i in self._completed if i < self._next_out - self.inpainter.past]:
             del self._completed[index]
-        if self.segmenter is not None and self._held:
+        busy = any(a.segmentation is not None for a in self._pending)  # the prompt thread uses the segmenter
+        if self.segmenter is not None and self._held and not busy:
             self.segmenter.forget(min(self._held))
 
     def close(self) -> None:
