@@ -222,3 +222,20 @@ def test_token_and_origins():
             r = await c.get("/ws", headers={"Origin": "http://allowed.example"})
             assert r.status == 401
     run(body())
+
+
+def test_recording_a_live_stream_to_a_file(tmp_path):
+    """`[outputs.NAME] record = FILE`: the processed stream is also written to a file, complete on close."""
+    from unseen.engine.media import probe
+
+    path = tmp_path / "cam.mp4"
+
+    async def body():
+        async with client(settings(sources=[SYNTH], outputs={"cam": {"record": str(path)}})) as c:
+            await wait_frames(c, "cam", 20)
+            stream = c.server.app[SERVER].streams["cam"]
+        return stream.pipeline.frames_out
+    frames_out = run(body())
+    info = probe(path)
+    assert (info["width"], info["height"]) == (192, 112)
+    assert frames_out >= 20 and info["frames"] == frames_out  # every output frame was recorded
