@@ -27,6 +27,7 @@ from .stages import (Click, Frame, Image, InpaintRequest, Inpainter, Mask, Propa
 log = logging.getLogger("unseen.pipeline")
 
 HURRY_MARGIN = 0.02  # a hurried frame reuses the last masks grown by this fraction of the frame size
+MAX_CATCHUP_STRIDE = 2  # frames skipped at most when re-propagating through frames already sent
 MAX_PENDING_PROMPTS = 32  # prompts queued or being segmented per stream (drop policy: refuse new ones)
 
 
@@ -427,14 +428,20 @@ class Pipeline:
         return obj.id
 
     def _reseed(self, frame: Frame, masks: dict[int, Mask]) -> None:
-        """Seed the propagator on ``frame`` and step it again through the held frames after it."""
+        """Seed the propagator on ``frame`` and step it again through the held frames after it.
+
+        Frames already sent only carry the propagator to the first unsent one, so a click that
+        landed long ago (a slow live segmentation) strides through them (every ``MAX_CATCHUP_STRIDE``-th
+        frame at most), then steps every unsent frame: the stream is held up less.
+        """
         assert self.propagator is not None
         if frame.index in self._held:
             self._set_masks(frame.index, masks)
         self.propagator.seed(frame, masks)
-        for i in range(frame.index + 1, self._head + 1):
-            if i not in self._held:
-                continue
+        sent = [i for i in range(frame.index + 1, self._next_out) if i in self._held]
+        stride = min(MAX_CATCHUP_STRIDE, max(1, -(-len(sent) // max(1, self.delay))))
+        for i in sent[stride - 1::stride] + [i for i in range(max(frame.index + 1, self._next_out), self._head + 1)
+                                             if i in self._held]:
             t0 = time.perf_counter()
             self._set_masks(i, self.propagator.step(self._held[i].frame))
             self.times.add("propagate", time.perf_counter() - t0)
