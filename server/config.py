@@ -72,7 +72,9 @@ class LimitsConfig(BaseModel):
     max_message_bytes: int = Field(65536, ge=256)  # WebSocket messages and HTTP bodies
     origins: list[str] = Field(default_factory=list)  # allowed Origins besides the server's own; "*" = any
     token: str | None = None  # when set: control and publish need "Authorization: Bearer TOKEN" or ?token=
-    queue_frames: int = Field(4, ge=1)  # decoded frames waiting for the worker (drop-oldest beyond)
+    # decoded frames waiting for the worker (drop-oldest beyond): room for a click's catch-up (about
+    # 2 s at 15 fps), which hurried (cheap) steps then drain, so frames are not dropped
+    queue_frames: int = Field(32, ge=1)
 
 
 class IceConfig(BaseModel):
@@ -166,7 +168,7 @@ max_viewers = 8           # per stream; the next viewer is refused
 max_message_bytes = 65536 # WebSocket messages and request bodies
 origins = []              # allowed browser Origins besides this server's own; ["*"] = any
 # token = "secret"        # control and publish then need "Authorization: Bearer secret" (or ?token=)
-queue_frames = 4          # decoded frames waiting for processing; the oldest is dropped (and counted)
+queue_frames = 32         # decoded frames waiting for processing (a click's catch-up); beyond, the oldest is dropped (and counted)
 
 [ice]
 loopback = false          # also offer a 127.0.0.1 ICE candidate (same-host browsers, tests)
