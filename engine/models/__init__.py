@@ -5,8 +5,6 @@ has exactly the key layout of the official released checkpoint ``name``.
 """
 from __future__ import annotations
 
-from typing import Callable
-
 MODEL_NAMES_AOT = (
     "aott", "aots", "aotb", "aotl", "r50_aotl", "swinb_aotl",
     "deaott", "deaots", "deaotb", "deaotl", "r50_deaotl", "swinb_deaotl",
@@ -27,5 +25,3 @@ def build_model(name: str):
         return build_e2fgvi(hq=name == "e2fgvi_hq")
     raise KeyError(f"unknown model {name!r}; known: {', '.join(MODEL_NAMES_AOT + MODEL_NAMES_E2FGVI)}")
 
-
-BUILDERS: dict[str, Callable[[], object]] = {n: (lambda n=n: build_model(n)) for n in MODEL_NAMES_AOT + MODEL_NAMES_E2FGVI}
