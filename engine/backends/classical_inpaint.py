@@ -83,6 +83,12 @@ def _sample(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return out.reshape(rows * cols, -1)[:n] if image.ndim == 3 else out.reshape(-1)[:n]
 
 
+def _displacement(flow: np.ndarray, x: np.ndarray, y: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """The flow (computed at ``scale``) at full-size positions, in full-size pixels."""
+    return (_sample(flow[..., 0], x * scale, y * scale) / scale,
+            _sample(flow[..., 1], x * scale, y * scale) / scale)
+
+
 class FlowGuidedInpainter(Inpainter):
     name = "classical"
 
@@ -122,7 +128,9 @@ class FlowGuidedInpainter(Inpainter):
         return self._holes[key]
 
     def _flow(self, a: WindowEntry, b: WindowEntry) -> np.ndarray:
-        """Flow from frame a to frame b (at flow size), completed inside a's hole."""
+        """Flow from frame a to frame b (at flow size), completed inside a's hole; cached.
+
+        Used for consecutive frames, for the previous output and for the (older) reference frames."""
         i, j = a.frame.index, b.frame.index
         key = (i, j, a.revision)
         if key in self._completed:
@@ -193,9 +201,7 @@ class FlowGuidedInpainter(Inpainter):
                 if j not in entries or prev not in entries or not wk["alive"].any():
                     wk["alive"][:] = False
                     continue
-                flow = self._flow(entries[prev], entries[j])
-                fx = _sample(flow[..., 0], wk["x"] * s, wk["y"] * s) / s
-                fy = _sample(flow[..., 1], wk["x"] * s, wk["y"] * s) / s
+                fx, fy = _displacement(self._flow(entries[prev], entries[j]), wk["x"], wk["y"], s)
                 wk["x"], wk["y"], wk["at"] = wk["x"] + fx, wk["y"] + fy, j
                 wk["alive"] &= (wk["x"] >= 0) & (wk["y"] >= 0) & (wk["x"] <= w - 1) & (wk["y"] <= h - 1)
                 take(entries[j].frame.image, wk["x"], wk["y"], wk["alive"], self._hole_of(entries[j]))
@@ -203,15 +209,11 @@ class FlowGuidedInpainter(Inpainter):
         for ref in reversed(list(request.references)):
             if done.all():
                 break
-            flow = self._direct_flow(target, ref)
-            fx = _sample(flow[..., 0], xs * s, ys * s) / s
-            fy = _sample(flow[..., 1], xs * s, ys * s) / s
+            fx, fy = _displacement(self._flow(target, ref), xs, ys, s)
             take(ref.frame.image, xs + fx, ys + fy, np.ones(n, bool), dilate_hole(ref.hole, self.dilation))
         # the previous completed output: keeps what was filled before stable
         if not done.all() and (t - 1) in request.completed and (t - 1) in entries:
-            flow = self._flow(target, entries[t - 1])
-            fx = _sample(flow[..., 0], xs * s, ys * s) / s
-            fy = _sample(flow[..., 1], xs * s, ys * s) / s
+            fx, fy = _displacement(self._flow(target, entries[t - 1]), xs, ys, s)
             take(request.completed[t - 1], xs + fx, ys + fy, np.ones(n, bool), None)
         out = image.copy()
         out[ys[done], xs[done]] = np.clip(colour[done] + 0.5, 0, 255).astype(np.uint8)
@@ -224,16 +226,6 @@ class FlowGuidedInpainter(Inpainter):
         oldest = min(entries)
         self._forget(oldest)
         return out
-
-    def _direct_flow(self, a: WindowEntry, b: WindowEntry) -> np.ndarray:
-        key = (a.frame.index, b.frame.index, a.revision)
-        if key not in self._completed:
-            flow = self._dis.calc(self._gray_of(a), self._gray_of(b), None)
-            hole = self._hole_of(a)
-            small = cv2.resize(hole.astype(np.uint8), (flow.shape[1], flow.shape[0]), interpolation=cv2.INTER_NEAREST)
-            small = cv2.dilate(small, np.ones((2 * HOLE_GROW + 1, 2 * HOLE_GROW + 1), np.uint8))
-            self._completed[key] = fill_invalid(flow, small == 0)
-        return self._completed[key]
 
     def _feather(self, original: Image, filled: Image, hole: Mask) -> Image:
         """Blend the outermost ``feather`` pixels of the (dilated) hole; nothing outside it changes."""
