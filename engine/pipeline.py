@@ -369,25 +369,16 @@ class Pipeline:
         assert action.click is not None
         self._check_inside(action.click.x, action.click.y)
         held = self._held[index]
-        new = action.object_id is None or action.object_id not in self.objects
-        if new:
-            if len(self.objects) >= self.config.max_objects:
-                raise PromptError(f"this stream already has {len(self.objects)} objects (the limit); "
-                                  f"remove one first")
-            if action.object_id is not None and int(action.object_id) < 1:
-                raise PromptError(f"object ids start at 1, not {action.object_id}; give a positive id or none")
-            obj = ObjectState(self._next_id if action.object_id is None else int(action.object_id),
-                              self.config.default_effect)
-        else:
-            obj = self.objects[int(action.object_id)]
-        clicks = (obj.clicks if obj.prompt_frame == index else []) + [action.click]
+        oid = self._target(action.object_id)
+        obj = self.objects.get(oid)
+        clicks = (obj.clicks if obj is not None and obj.prompt_frame == index else []) + [action.click]
         neighbours = [self._held[i].frame for i in (index + 12, index - 12, index + 6, index - 6, index + 3, index - 3)
                       if i in self._held]
         if self._prompt_thread is not None:  # live: segment off the frame path, apply when done
             action.on_frame, action.clicks = held.frame, clicks
             action.segmentation = self._prompt_thread.submit(self._segment, held.frame, clicks, neighbours)
             return False, None
-        return True, self._place(obj.id, new, held.frame, clicks, self._segment(held.frame, clicks, neighbours),
+        return True, self._place(oid, held.frame, clicks, self._segment(held.frame, clicks, neighbours),
                                  action.click)
 
     def _segment(self, frame: Frame, clicks: list[Click], neighbours: list[Frame]) -> Mask:
@@ -403,16 +394,23 @@ class Pipeline:
         if not action.segmentation.done():
             return False, None
         mask = action.segmentation.result()  # re-raises the segmenter's error
-        oid = action.object_id if action.object_id is not None else self._next_id
-        if action.object_id is None:
-            action.object_id = oid
-        new = oid not in self.objects
-        if new and len(self.objects) >= self.config.max_objects:
-            raise PromptError(f"this stream already has {len(self.objects)} objects (the limit); remove one first")
-        return True, self._place(oid, new, action.on_frame, action.clicks, mask, action.click)
+        oid = self._target(action.object_id)  # checked again: objects may have changed meanwhile
+        action.object_id = oid
+        return True, self._place(oid, action.on_frame, action.clicks, mask, action.click)
 
-    def _place(self, oid: int, new: bool, frame: Frame, clicks: list[Click], mask: Mask, click: Click | None) -> int:
+    def _target(self, object_id: int | None) -> int:
+        """The id a click adds to: an existing object, or a new one within the limit."""
+        if object_id is not None and int(object_id) in self.objects:
+            return int(object_id)
+        if len(self.objects) >= self.config.max_objects:
+            raise PromptError(f"this stream already has {len(self.objects)} objects (the limit); remove one first")
+        if object_id is not None and int(object_id) < 1:
+            raise PromptError(f"object ids start at 1, not {object_id}; give a positive id or none")
+        return self._next_id if object_id is None else int(object_id)
+
+    def _place(self, oid: int, frame: Frame, clicks: list[Click], mask: Mask, click: Click | None) -> int:
         """Record the object's mask on ``frame`` and propagate it through the held frames after it."""
+        new = oid not in self.objects
         obj = ObjectState(oid, self.config.default_effect) if new else self.objects[oid]
         if new:
             self.objects = {**self.objects, obj.id: obj}
