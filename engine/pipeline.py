@@ -35,6 +35,12 @@ class PromptError(ValueError):
     """A prompt cannot be applied (outside the frame, unknown object, ...)."""
 
 
+def check_inside(x: float, y: float, width: int, height: int) -> None:
+    """Raise :class:`PromptError` unless the click lies inside a ``width`` x ``height`` frame."""
+    if not (0 <= x < width and 0 <= y < height):
+        raise PromptError(f"click ({x:g},{y:g}) is outside the {width}x{height} frame; click inside the video")
+
+
 @dataclass
 class PipelineConfig:
     delay: int | None = None  # output delay D in frames; None -> what the inpainter needs
@@ -172,9 +178,7 @@ class Pipeline:
 
     def _check_inside(self, x: float, y: float) -> None:
         assert self._size is not None
-        w, h = self._size
-        if not (0 <= x < w and 0 <= y < h):
-            raise PromptError(f"click ({x:g},{y:g}) is outside the {w}x{h} frame; click inside the video")
+        check_inside(x, y, *self._size)
 
     # ------------------------------------------------------------------ the step
     def step(self, frame: Frame, *, hurry: bool = False) -> list[OutputFrame]:

@@ -69,7 +69,7 @@ def cmd_run(args) -> int:
     from unseen.engine.effects import Effect
     from unseen.engine.masks import MaskFolder, MaskWriter
     from unseen.engine.media import FileSink, MediaError, Source
-    from unseen.engine.pipeline import PipelineConfig
+    from unseen.engine.pipeline import PipelineConfig, check_inside
     from unseen.engine.session import Backends, Session, build_pipeline
 
     clicks: list[ClickArg] = list(args.click or []) + list(args.negative or [])
@@ -81,9 +81,7 @@ def cmd_run(args) -> int:
     info = source.info
     try:
         for c in clicks:
-            if not (0 <= c.x < info.width and 0 <= c.y < info.height):
-                raise UsageError(f"click ({c.x:g},{c.y:g}) is outside the {info.width}x{info.height} frame; "
-                                 f"click inside the video")
+            check_inside(c.x, c.y, info.width, info.height)
             if info.frames is not None and c.frame >= info.frames:
                 raise UsageError(f"click on frame {c.frame} is beyond the last frame ({info.frames - 1}); "
                                  f"click on a frame of the video")
