@@ -100,7 +100,7 @@ def _run_pair(ctx: Context, a, b, limit: int | None) -> dict:
         "psnr_region_input": mean(psnr(frames[t], gt[t], regions[t]) for t in range(n)),
         "flicker_output": f_out, "flicker_gt": f_gt, "flicker_diff": f_out - f_gt,
         "fps": n / seconds if seconds > 0 else None,
-        "stage_ms": {k: round(pipeline.times.mean_ms(k), 2) for k in list(pipeline.times.counts)},
+        "stage_ms": pipeline.times.means(),
         "delay_frames": pipeline.delay,
         "backends": pipeline.describe()["backends"],
     }

@@ -98,17 +98,27 @@ class _Held:
 
 @dataclass
 class StageTimes:
-    """Milliseconds spent per stage (totals and counts) for metrics and benchmarks."""
+    """Milliseconds spent per stage (totals and counts) for metrics and benchmarks.
 
-    totals: dict[str, float] = field(default_factory=lambda: collections.defaultdict(float))
-    counts: dict[str, int] = field(default_factory=lambda: collections.defaultdict(int))
+    Written by the engine and prompt threads, read from any thread: the dicts are replaced, never
+    mutated, so a reader always iterates a consistent snapshot."""
+
+    totals: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, stage: str, seconds: float) -> None:
-        self.totals[stage] += seconds * 1000.0
-        self.counts[stage] += 1
+        with self._lock:
+            self.totals = {**self.totals, stage: self.totals.get(stage, 0.0) + seconds * 1000.0}
+            self.counts = {**self.counts, stage: self.counts.get(stage, 0) + 1}
 
     def mean_ms(self, stage: str) -> float:
-        return self.totals[stage] / self.counts[stage] if self.counts[stage] else 0.0
+        count = self.counts.get(stage, 0)
+        return self.totals.get(stage, 0.0) / count if count else 0.0
+
+    def means(self) -> dict[str, float]:
+        """Mean milliseconds per call of every stage seen so far (rounded to 0.01)."""
+        return {stage: round(self.mean_ms(stage), 2) for stage in self.counts}
 
 
 class Pipeline:
@@ -526,5 +536,5 @@ class Pipeline:
                 "propagator": getattr(self.propagator, "name", None) if self.given_masks is None else "masks-in",
                 "inpainter": self.inpainter.name,
             },
-            "stage_ms": {k: round(self.times.mean_ms(k), 2) for k in list(self.times.counts)},
+            "stage_ms": self.times.means(),
         }

@@ -109,7 +109,7 @@ class Session:
             self.close(keep=ok)
         p = self.pipeline
         return RunResult(p.frames_in, p.frames_out, time.perf_counter() - start, p.degraded,
-                         {k: round(p.times.mean_ms(k), 2) for k in p.times.counts})
+                         p.times.means())
 
     def close(self, *, keep: bool = True) -> None:
         """Close sinks and source once; ``keep=False`` discards what the sinks wrote."""

@@ -436,8 +436,10 @@ class LiveStream:
 
     def _observe_stages(self) -> None:
         times = self.pipeline.times
-        for stage, count in list(times.counts.items()):
-            total = times.totals[stage]
+        counts = times.counts  # snapshots (replaced, never mutated); totals is updated first, so it
+        totals = times.totals  # holds every stage that counts holds
+        for stage, count in counts.items():
+            total = totals[stage]
             seen_total, seen_count = self._stage_seen.get(stage, (0.0, 0))
             if count > seen_count:
                 mean = (total - seen_total) / (count - seen_count)
@@ -531,24 +533,13 @@ class LiveStream:
 
     # ------------------------------------------------------------------ state
     def objects(self) -> list[dict]:
-        for _ in range(5):
-            try:
-                p = self.pipeline
-                masks = p.visible_masks  # the masks of the frame viewers see now
-                return [dict(o.describe(), area=int(masks[o.id].sum()) if o.id in masks else None)
-                        for o in list(p.objects.values())]
-            except RuntimeError:  # changed during iteration on the worker thread
-                time.sleep(0.001)
-        return []
+        p = self.pipeline  # objects and visible masks are replaced, never mutated: safe to read here
+        masks = p.visible_masks  # the masks of the frame viewers see now
+        return [dict(o.describe(), area=int(masks[o.id].sum()) if o.id in masks else None)
+                for o in p.objects.values()]
 
     def describe(self) -> dict:
-        desc: dict = {}
-        for _ in range(5):
-            try:
-                desc = self.pipeline.describe()
-                break
-            except RuntimeError:
-                time.sleep(0.001)
+        desc = self.pipeline.describe()
         rate = float(self.rate) if self.rate else 0.0
         delay = self.pipeline.delay
         return {
