@@ -19,6 +19,10 @@ from .registry import BackendOptions
 
 WORK_SIZE = 480  # long side the segmentation runs at
 MAX_NEIGHBOURS = 4  # frames compared for the motion cue
+MOTION_MIN = 0.5  # px of flow, beyond the camera's own motion, that count as moving ...
+MOTION_NOISE = 4.0  # ... and at least this many times the frame's median residual flow
+MOTION_REACH = 0.03  # a moving region this far from the click (x the long side) is still under it
+MOTION_POWER = 2.0  # weight of a candidate's agreement with the moving region in the score
 MAX_FRACTION = 0.25  # a click selects an object, not most of the frame
 MIN_CONTRAST = 4.0  # mean gradient along an outline below which there is no object to select
 CROP_MARGIN = 0.5  # GrabCut's background model: a margin this fraction of the rectangle around it
@@ -41,28 +45,36 @@ def _disc(mask: np.ndarray, x: float, y: float, r: int, value: int) -> None:
 
 
 def motion_region(frame: np.ndarray, neighbours: Sequence[np.ndarray]) -> np.ndarray | None:
-    """Pixels that move relative to the (globally aligned) neighbours; None if nothing usable."""
+    """Pixels of ``frame`` that move against the camera; None if nothing usable.
+
+    Dense flow from the frame to each neighbour, less the camera's motion (an affine fit to the flow by
+    RANSAC, identity for a still camera): what is left moves by itself.  The flow is defined on this
+    frame's pixels, so the object shows where it is now, with no ghost where it was or will be."""
     if not neighbours:
         return None
     gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
-    votes = np.zeros(gray.shape, np.float32)
+    h, w = gray.shape
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    step = max(4, min(h, w) // 40)
+    gy, gx = np.mgrid[step // 2:h:step, step // 2:w:step]
+    points = np.stack([gx.ravel(), gy.ravel()], 1).astype(np.float32)
+    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    moving = np.zeros((h, w), bool)
+    used = 0
     for other in neighbours:
-        og = cv2.cvtColor(other, cv2.COLOR_RGB2GRAY)
-        warp = np.eye(2, 3, dtype=np.float32)
-        try:  # compensate a camera pan/zoom (affine); a still camera converges at identity
-            _, warp = cv2.findTransformECC(gray, og, warp, cv2.MOTION_AFFINE,
-                                           (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 1e-4), None, 5)
-        except cv2.error:
+        flow = dis.calc(gray, cv2.cvtColor(other, cv2.COLOR_RGB2GRAY), None)
+        affine, _ = cv2.estimateAffine2D(points, points + flow[gy.ravel(), gx.ravel()],
+                                         ransacReprojThreshold=1.0)
+        if affine is None:
             continue
-        aligned = cv2.warpAffine(og, warp, gray.shape[::-1], flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                 borderMode=cv2.BORDER_REPLICATE)
-        diff = cv2.GaussianBlur(cv2.absdiff(gray, aligned).astype(np.float32), (0, 0), 2)
-        votes += diff > 18
-    if not votes.any():
+        camera_x = affine[0, 0] * xs + affine[0, 1] * ys + affine[0, 2] - xs
+        camera_y = affine[1, 0] * xs + affine[1, 1] * ys + affine[1, 2] - ys
+        residual = cv2.magnitude(flow[..., 0] - camera_x, flow[..., 1] - camera_y)
+        moving |= residual > max(MOTION_MIN, MOTION_NOISE * float(np.median(residual)))
+        used += 1
+    if not used or not moving.any():
         return None
-    # the object at this frame shows in every comparison; its ghost at another frame's position in one
-    n = len(neighbours)
-    return votes >= (n if n <= 2 else n - 1)
+    return moving
 
 
 def _gradient(img: np.ndarray) -> np.ndarray:
@@ -92,6 +104,10 @@ def _distinctness(mask: np.ndarray, lab: np.ndarray) -> float:
         hist = cv2.calcHist([lab], [0, 1, 2], region, [HIST_BINS] * 3, [0, 256] * 3)
         hists.append(cv2.normalize(hist, None, 1, 0, cv2.NORM_L1))
     return float(cv2.compareHist(hists[0], hists[1], cv2.HISTCMP_BHATTACHARYYA))
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.logical_and(a, b).sum() / max(1, np.logical_or(a, b).sum()))
 
 
 def _agreement(masks: Sequence[np.ndarray]) -> np.ndarray:
@@ -127,8 +143,8 @@ class ClassicalSegmenter(Segmenter):
         blob = self._moving_blob(moving, positives, s)
         grad = _gradient(img)
         motion_mask = None
-        if blob is not None:  # the clicked object moves against a still (or aligned) background
-            motion_mask = self._grabcut_seeded(img, blob, positives, negatives, s, seed)
+        if blob is not None:  # the clicked object moves against the (still or followed) background
+            motion_mask = self._grabcut_moving(img, blob, positives, negatives, s, seed)
         # Rectangles of growing size and three shapes around the clicks each give a GrabCut and a
         # watershed segment; the motion cue adds one more.  The rectangles come from the positive
         # clicks alone, so that a negative click only ever subtracts.
@@ -151,6 +167,8 @@ class ClassicalSegmenter(Segmenter):
                 contrast = _outline_contrast(candidate, grad)
                 score = (contrast * _distinctness(candidate, lab) ** DISTINCTNESS_POWER * agree
                          * candidate.mean() ** AREA_PRIOR)
+                if blob is not None:  # an object moves as one: parts of it and its surroundings do not
+                    score *= (0.1 + _iou(candidate, blob)) ** MOTION_POWER
                 if contrast >= MIN_CONTRAST and score > best_score:
                     best, best_rect, best_score = candidate, rect, score
         if best is not None and best_rect is not None:  # re-solve with the winner as the object's seed
@@ -173,21 +191,40 @@ class ClassicalSegmenter(Segmenter):
 
     @staticmethod
     def _moving_blob(moving: np.ndarray | None, positives: Sequence[Click], s: float) -> np.ndarray | None:
-        """The moving region under the clicks, if it is a plausible object (not most of the frame)."""
+        """The moving region under (or just beside) the clicks, if it is a plausible object."""
         if moving is None:
             return None
         h, w = moving.shape
         m = cv2.morphologyEx(moving.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
         _, labels = cv2.connectedComponents(m)
+        ys, xs = np.nonzero(labels)
+        if not ys.size:
+            return None
+        reach = MOTION_REACH * max(h, w)
         blob = np.zeros((h, w), bool)
         for c in positives:
-            lab = labels[min(h - 1, int(c.y * s)), min(w - 1, int(c.x * s))]
-            if lab:
-                blob |= labels == lab
+            d2 = (xs - c.x * s) ** 2 + (ys - c.y * s) ** 2
+            i = int(np.argmin(d2))
+            if d2[i] <= reach ** 2:
+                blob |= labels == labels[ys[i], xs[i]]
         area = blob.sum()
-        if area < 64 or area > 0.3 * h * w:
+        if area < 64 or area > MAX_FRACTION * h * w:
             return None
         return blob
+
+    def _grabcut_moving(self, img: np.ndarray, blob: np.ndarray, positives: Sequence[Click],
+                        negatives: Sequence[Click], s: float, seed: int) -> np.ndarray | None:
+        """GrabCut around the moving region: its core is the object, the rest of it probably, a ring
+        around it maybe, everything further away not."""
+        size = float(np.sqrt(blob.sum()))
+        blob8 = blob.astype(np.uint8)
+        ring = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * int(0.25 * size) + 1,) * 2)
+        core = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * max(2, int(0.2 * size)) + 1,) * 2)
+        init = np.full(blob.shape, cv2.GC_BGD, np.uint8)
+        init[cv2.dilate(blob8, ring) > 0] = cv2.GC_PR_BGD
+        init[blob] = cv2.GC_PR_FGD
+        init[cv2.erode(blob8, core) > 0] = cv2.GC_FGD
+        return self._solve(img, init, positives, negatives, s, seed)
 
     def _grabcut_seeded(self, img: np.ndarray, blob: np.ndarray, positives: Sequence[Click],
                         negatives: Sequence[Click], s: float, seed: int) -> np.ndarray | None:
