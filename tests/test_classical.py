@@ -60,7 +60,7 @@ def test_propagation_iou_every_frame_of_a_panning_sequence(clip):
     for i in range(1, 60):
         masks = prop.step(Frame(i, clip.frames[i]))
         assert iou(masks[1], clip.masks[i]) >= 0.85, f"frame {i}"
-        assert prop.memory_frames() == 1  # constant memory: the previous frame only
+        assert prop.memory_frames() <= 2  # constant memory: the previous frame (and a background model)
 
 
 def test_propagation_of_two_objects_and_reseed(clip):
@@ -171,3 +171,38 @@ def test_large_holes_are_filled():
     hole = dilate_hole(clip.masks[3], inp.dilation)
     assert psnr(out, clip.backgrounds[3], hole) > psnr(clip.frames[3], clip.backgrounds[3], hole)
 
+
+
+@pytest.fixture(scope="module")
+def still_clip():
+    return make_clip(40, pan=(0.0, 0.0), seed=5)
+
+
+def _block_beside(mask, size=24):
+    """A block of background to the right of the object's box (never covered by the object later on)."""
+    ys, xs = np.nonzero(mask)
+    block = np.zeros_like(mask)
+    block[ys.min():ys.min() + size, xs.max() + 4:xs.max() + 4 + size] = True
+    return block & ~mask
+
+
+@pytest.mark.parametrize("case", ["leak", "lost part"])
+def test_still_camera_background_model_mends_a_wrong_mask(still_clip, case):
+    """Still camera: pixels known to be background leave an object; object pixels beside it join."""
+    frames, masks = still_clip.frames, still_clip.masks
+    prop = FlowPropagator()
+    prop.seed(Frame(0, frames[0]), {1: masks[0]})
+    for i in range(1, 12):  # the background model learns the scenery around the moving object
+        prop.step(Frame(i, frames[i]))
+    assert prop.memory_frames() == 2  # the previous frame and the background model
+    truth = masks[12]
+    if case == "leak":  # the mask took in background the camera saw free before
+        wrong = truth | _block_beside(truth)
+    else:  # the mask lost the object's lower part
+        ys, _ = np.nonzero(truth)
+        wrong = truth.copy()
+        wrong[ys.min() + int(0.7 * np.ptp(ys)):] = False
+    assert iou(wrong, truth) < 0.8
+    prop.seed(Frame(12, frames[12]), {1: wrong})  # a re-seed keeps the background model
+    scores = [iou(prop.step(Frame(i, frames[i]))[1], masks[i]) for i in range(13, 20)]
+    assert scores[-1] >= 0.85 and max(scores[-3:]) >= 0.85, np.round(scores, 2)

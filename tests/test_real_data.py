@@ -29,26 +29,34 @@ def _masks(folder):
     return [np.array(Image.open(p).convert("L")) > 127 for p in sorted(glob.glob(str(folder / "*.png")))]
 
 
-def test_schoolgirls_click_on_a_girl_keeps_frames_and_duration(shared_data, tmp_path):
+def test_schoolgirls_one_click_removes_most_of_a_girl(shared_data, tmp_path):
+    """`unseen run schoolgirls.mp4 out.mp4 --click X,Y` on the girl at the right (id 7, her backpack 6)."""
     clip = shared_data / "schoolgirls"
-    girl = np.array(Image.open(clip / "masks" / "00000.png")) == 5
-    x, y = interior_point(girl)
+    labels = [np.array(Image.open(p)) for p in sorted((clip / "masks").glob("*.png"))]
+    her = [(lab == 7) | (lab == 6) for lab in labels]  # DAVIS labels her backpack as an object of its own
+    x, y = interior_point(labels[0] == 7)
     out = tmp_path / "out.mp4"
     assert main(["-q", "run", str(clip / "schoolgirls.mp4"), str(out), "--click", f"{x},{y}",
                  "--masks-out", str(tmp_path / "masks")]) == 0
     src, dst = probe(clip / "schoolgirls.mp4"), probe(out)
     assert dst["frames"] == src["frames"] == 80
     assert dst["last_pts"] * dst["time_base"] == src["last_pts"] * src["time_base"]
+    exported = [np.array(Image.open(tmp_path / "masks" / f"{i:05d}.png")) > 0 for i in range(80)]
+    # the one click selects her with her backpack (measured IoU 0.76), not a part of her
+    assert iou(exported[0], her[0]) >= 0.7
+    # the replaced region (the dilated hole) covers her on every frame: measured 88% on average, 77% at
+    # worst (her feet behind the flower pot, frames 25-45); the classical tracker's limit, stated in the note
+    covered = [(dilate_hole(m, 4) & h).sum() / h.sum() for m, h in zip(exported, her)]
+    assert np.mean(covered) >= 0.85 and min(covered) >= 0.7, np.round(covered, 2)
     with av.open(str(out)) as c:
-        first = next(c.decode(video=0)).to_ndarray(format="rgb24")
+        result = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     with av.open(str(clip / "schoolgirls.mp4")) as c:
-        original = next(c.decode(video=0)).to_ndarray(format="rgb24")
-    exported = np.array(Image.open(tmp_path / "masks" / "00000.png")) > 0
-    hole = dilate_hole(exported, 4)
-    change = np.abs(first.astype(int) - original.astype(int)).max(axis=2)
-    assert change[hole].mean() > 10 * max(1.0, change[~hole].mean())  # only the selected region changed
-    # what the click selected lies on the girl (how much of her it covers is a benchmark figure: `track`)
-    assert (exported & girl).sum() >= 0.8 * exported.sum()
+        original = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    for i in (0, 40, 79):  # where she was the picture changed; far from the hole it did not
+        change = np.abs(result[i].astype(int) - original[i].astype(int)).max(axis=2)
+        hole = dilate_hole(exported[i], 4)
+        far = ~dilate_hole(exported[i], 12)
+        assert change[her[i] & hole].mean() > 5 * max(1.0, change[far].mean()), i
 
 
 def test_blackswan_propagation_from_the_first_mask(shared_data):

@@ -3,7 +3,11 @@
 Each step computes DIS optical flow from the new frame back to the previous one,
 warps every object's soft mask along it, and refines the warped mask with a
 narrow-band GrabCut whose colour models come from the object itself, so masks
-neither drift off nor erode away.  Memory: the previous frame and one mask per
+neither drift off nor erode away.  While the camera is still, a background model
+is learned where no object is: masked pixels that show that known background leave
+the object (a mask dragged along by a passing object, or slid onto the scenery),
+and pixels just outside it that are known not to be background join it (a limb
+the flow lost).  Memory: the previous frame, the background model and one mask per
 object (constant on an endless stream).
 """
 from __future__ import annotations
@@ -22,6 +26,12 @@ MIN_AGREEMENT = 0.8  # IoU the refined mask must keep with the warped one to be 
 MAX_GROWTH = 1.1  # ... and the area ratio it may change by in one frame ...
 MAX_DRIFT = 1.3  # ... and by against the object's slowly adapting area (seeded on the reference frame)
 AREA_ADAPT = 0.05  # how fast that area follows the object (scale changes as it comes closer or leaves)
+STILL_FLOW = 0.3  # px (flow size): median flow below this means a still camera, and a background model is kept
+BG_RATE = 0.1  # how fast the background model follows the background where no object is
+BG_SEEN = 5  # frames a pixel must be seen free of objects before its background is trusted
+BG_MATCH = 14  # colour difference (0-255) under which a masked pixel is the known background: dropped
+BG_DIFF = 40  # colour difference over which a pixel next to an object is not background: joined
+BG_BAND = 0.06  # how far from an object (x its size) such pixels join it
 
 
 def _gray(image: np.ndarray, scale: float) -> np.ndarray:
@@ -41,18 +51,22 @@ class FlowPropagator(Propagator):
         self._prev_gray: np.ndarray | None = None
         self._soft: dict[int, np.ndarray] = {}  # object id -> float32 mask at full size
         self._area: dict[int, float] = {}  # slowly adapting area per object, to catch runaway growth
+        self._bg: np.ndarray | None = None  # still camera: background colour per pixel (flow size)
+        self._seen: np.ndarray | None = None  # frames each pixel was seen free of objects (capped)
 
     @property
     def objects(self) -> list[int]:
         return sorted(self._soft)
 
     def memory_frames(self) -> int:
-        return 0 if self._prev_gray is None else 1
+        """The previous frame, and the background model (one frame's worth) while the camera is still."""
+        return (self._prev_gray is not None) + (self._bg is not None)
 
     def reset(self) -> None:
         self._prev_gray = None
         self._soft.clear()
         self._area.clear()
+        self._bg = self._seen = None
 
     def seed(self, frame: Frame, masks: Mapping[int, Mask]) -> None:
         self._scale = min(1.0, FLOW_SIZE / max(frame.image.shape[:2]))
@@ -65,7 +79,9 @@ class FlowPropagator(Propagator):
             self.seed(frame, {})
             return {}
         gray = _gray(frame.image, self._scale)
+        small = self._small(frame.image)
         flow = self._dis.calc(gray, self._prev_gray, None)  # for each new pixel: where it was before
+        still = float(np.median(np.abs(flow))) < STILL_FLOW
         h, w = frame.image.shape[:2]
         if self._scale != 1.0:
             flow = cv2.resize(flow, (w, h), interpolation=cv2.INTER_LINEAR) / self._scale
@@ -83,12 +99,74 @@ class FlowPropagator(Propagator):
                 # the refinement may follow the object's outline, but not creep out over many frames
                 if refined is not mask and anchor / MAX_DRIFT <= area <= anchor * MAX_DRIFT:
                     mask, soft = refined, refined.astype(np.float32)
+                if still and self._bg is not None and self._bg.shape == small.shape:
+                    gated = self._gate(small, mask)
+                    if gated is not mask and gated.sum() <= anchor * MAX_DRIFT:  # shrinking to the known
+                        # background is always right; growing only as far as the refinement may
+                        mask, soft = gated, gated.astype(np.float32)
                 self._area[oid] = (1 - AREA_ADAPT) * anchor + AREA_ADAPT * float(mask.sum())
             out[oid] = mask
             self._soft[oid] = soft
         self._resolve_overlaps(out)
         self._prev_gray = gray
+        self._learn_background(small, out, still)
         return out
+
+    def _small(self, image: np.ndarray) -> np.ndarray:
+        if self._scale == 1.0:
+            return image
+        h, w = image.shape[:2]
+        return cv2.resize(image, (round(w * self._scale), round(h * self._scale)), interpolation=cv2.INTER_AREA)
+
+    def _difference(self, small: np.ndarray) -> np.ndarray:
+        assert self._bg is not None
+        return cv2.GaussianBlur(np.abs(small.astype(np.float32) - self._bg).max(axis=2), (5, 5), 0)
+
+    def _gate(self, small: np.ndarray, mask: Mask) -> Mask:
+        """Still camera: masked pixels that show the known background leave the object; pixels just
+        outside it that are known not to be background join it."""
+        assert self._seen is not None
+        h, w = mask.shape
+        sh, sw = small.shape[:2]
+        m = mask if (sh, sw) == (h, w) else cv2.resize(mask.astype(np.uint8), (sw, sh),
+                                                        interpolation=cv2.INTER_NEAREST) > 0
+        diff = self._difference(small)
+        known = self._seen >= BG_SEEN
+        ys, xs = np.nonzero(m)
+        size = max(np.ptp(ys) + 1, np.ptp(xs) + 1)
+        r = max(1, int(BG_BAND * size))
+        near = cv2.dilate(m.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2)) > 0
+        gated = (m & ~(known & (diff < BG_MATCH))) | (near & known & (diff > BG_DIFF))
+        gated = cv2.morphologyEx(gated.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+        n, labels = cv2.connectedComponents(gated)  # the parts that keep most of the object
+        if n <= 1:
+            return mask
+        counts = np.bincount(labels[m].ravel(), minlength=n)
+        counts[0] = 0
+        keep = counts >= 0.1 * max(1, counts.max())
+        gated = keep[labels]
+        if (sh, sw) != (h, w):
+            gated = cv2.resize(gated.astype(np.uint8), (w, h), interpolation=cv2.INTER_LINEAR) > 0
+        return gated
+
+    def _learn_background(self, small: np.ndarray, masks: Mapping[int, Mask], still: bool) -> None:
+        """Follow the background where no object is (still camera only; a moving camera starts it over)."""
+        sh, sw = small.shape[:2]
+        frame = small.astype(np.float32)
+        if not still or self._bg is None or self._seen is None or self._bg.shape != frame.shape:
+            self._bg, self._seen = frame, np.zeros((sh, sw), np.uint16)
+            if not still:
+                return
+        taken = np.zeros((sh, sw), np.uint8)
+        for mask in masks.values():
+            if mask.any():
+                taken |= cv2.resize(mask.astype(np.uint8), (sw, sh), interpolation=cv2.INTER_NEAREST)
+        free = cv2.dilate(taken, np.ones((7, 7), np.uint8)) == 0
+        first = free & (self._seen == 0)
+        self._bg[first] = frame[first]
+        follow = free & ~first
+        self._bg[follow] += BG_RATE * (frame[follow] - self._bg[follow])
+        self._seen[free] = np.minimum(self._seen[free] + 1, 1000)
 
     def _refine(self, image: np.ndarray, warped: np.ndarray, mask: Mask) -> Mask:
         """Narrow-band GrabCut around the warped outline: sure inside, sure outside, unsure in the band."""
