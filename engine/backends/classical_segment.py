@@ -1,10 +1,11 @@
 """Click segmentation with classical computer vision (the embedded default).
 
 Candidate segments around the positive clicks: GrabCut (colour models learned in a margin around
-the box) and marker watershed over rectangles of several sizes and shapes, plus, where the camera is
-still, GrabCut seeded with the moving region under the click.  A candidate is scored by the contrast
-along its outline, the colour difference between it and a ring around it, and its agreement with the
-other candidates; the best one seeds a last GrabCut.  Negative clicks then subtract through a
+the box) and marker watershed over rectangles of several sizes and shapes, plus GrabCut seeded with
+the region beside the click that moves against the camera (from the neighbour frames).  A candidate is
+scored by the contrast along its outline, the colour difference between it and a ring around it, its
+agreement with the other candidates and, when something moves there, with the moving region; the
+best one seeds a last GrabCut.  Negative clicks then subtract through a
 GrabCut with sure background at them.
 """
 from __future__ import annotations
@@ -228,8 +229,7 @@ class ClassicalSegmenter(Segmenter):
 
     def _grabcut_seeded(self, img: np.ndarray, blob: np.ndarray, positives: Sequence[Click],
                         negatives: Sequence[Click], s: float, seed: int) -> np.ndarray | None:
-        """GrabCut around a blob (moving, or the best candidate): its core is the object, its surroundings
-        probably not."""
+        """GrabCut around the best candidate: its core is the object, its surroundings probably not."""
         h, w = blob.shape
         ys, xs = np.nonzero(blob)
         pad = max(8, int(0.25 * max(np.ptp(ys) + 1, np.ptp(xs) + 1)))
