@@ -143,8 +143,12 @@ class ClassicalSegmenter(Segmenter):
                                      for n in neighbours[:MAX_NEIGHBOURS]])
         blob = self._moving_blob(moving, positives, s)
         grad = _gradient(img)
-        motion_mask = None
-        if blob is not None:  # the clicked object moves against the (still or followed) background
+        motion_mask, core = None, None
+        if blob is not None:
+            size = max(2, int(0.2 * np.sqrt(blob.sum())))
+            core = cv2.erode(blob.astype(np.uint8), cv2.getStructuringElement(
+                cv2.MORPH_ELLIPSE, (2 * size + 1, 2 * size + 1))).astype(bool)
+            core = core if core.any() else blob  # the clicked object moves against the (still or followed) background
             motion_mask = self._grabcut_moving(img, blob, positives, negatives, s, seed)
         # Rectangles of growing size and three shapes around the clicks each give a GrabCut and a
         # watershed segment; the motion cue adds one more.  The rectangles come from the positive
@@ -168,8 +172,8 @@ class ClassicalSegmenter(Segmenter):
                 contrast = _outline_contrast(candidate, grad)
                 score = (contrast * _distinctness(candidate, lab) ** DISTINCTNESS_POWER * agree
                          * candidate.mean() ** AREA_PRIOR)
-                if blob is not None:  # an object moves as one: parts of it and its surroundings do not
-                    score *= (0.1 + _iou(candidate, blob)) ** MOTION_POWER
+                if core is not None:  # an object moves as one: a part of it leaves some of the core out
+                    score *= (0.1 + float(candidate[core].mean())) ** MOTION_POWER
                 if contrast >= MIN_CONTRAST and score > best_score:
                     best, best_rect, best_score = candidate, rect, score
         if best is not None and best_rect is not None:  # re-solve with the winner as the object's seed
