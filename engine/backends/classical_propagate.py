@@ -81,7 +81,7 @@ class FlowPropagator(Propagator):
         gray = _gray(frame.image, self._scale)
         small = self._small(frame.image)
         flow = self._dis.calc(gray, self._prev_gray, None)  # for each new pixel: where it was before
-        still = float(np.median(np.abs(flow))) < STILL_FLOW
+        still = float(np.median(cv2.magnitude(flow[..., 0], flow[..., 1]))) < STILL_FLOW
         h, w = frame.image.shape[:2]
         if self._scale != 1.0:
             flow = cv2.resize(flow, (w, h), interpolation=cv2.INTER_LINEAR) / self._scale

@@ -22,8 +22,11 @@ WORK_SIZE = 480  # long side the segmentation runs at
 MAX_NEIGHBOURS = 4  # frames compared for the motion cue
 MOTION_MIN = 0.5  # px of flow, beyond the camera's own motion, that count as moving ...
 MOTION_NOISE = 4.0  # ... and at least this many times the frame's median residual flow
+MOTION_MIN_AREA = 1500  # px at work size: the flow is smoothed over 8-px patches, a smaller moving region
+# is mostly that blur (a small object's region is several times the object), so it is not used
 MOTION_REACH = 0.03  # a moving region this far from the click (x the long side) is still under it
-MOTION_POWER = 2.0  # weight of a candidate's agreement with the moving region in the score
+MOTION_POWER = 2.0  # weight of a candidate's agreement with the moving region in the score ...
+MOTION_FLOOR = 0.5  # ... which can change a score at most ((1 + floor) / floor) ** power times (a cue, not a veto)
 MAX_FRACTION = 0.25  # a click selects an object, not most of the frame
 MIN_CONTRAST = 4.0  # mean gradient along an outline below which there is no object to select
 CROP_MARGIN = 0.5  # GrabCut's background model: a margin this fraction of the rectangle around it
@@ -173,7 +176,7 @@ class ClassicalSegmenter(Segmenter):
                 score = (contrast * _distinctness(candidate, lab) ** DISTINCTNESS_POWER * agree
                          * candidate.mean() ** AREA_PRIOR)
                 if core is not None:  # an object moves as one: a part of it leaves some of the core out
-                    score *= (0.1 + float(candidate[core].mean())) ** MOTION_POWER
+                    score *= (MOTION_FLOOR + float(candidate[core].mean())) ** MOTION_POWER
                 if contrast >= MIN_CONTRAST and score > best_score:
                     best, best_rect, best_score = candidate, rect, score
         if best is not None and best_rect is not None:  # re-solve with the winner as the object's seed
@@ -213,7 +216,7 @@ class ClassicalSegmenter(Segmenter):
             if d2[i] <= reach ** 2:
                 blob |= labels == labels[ys[i], xs[i]]
         area = blob.sum()
-        if area < 64 or area > MAX_FRACTION * h * w:
+        if area < MOTION_MIN_AREA or area > MAX_FRACTION * h * w:
             return None
         return blob
 
