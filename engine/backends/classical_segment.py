@@ -110,8 +110,11 @@ def _distinctness(mask: np.ndarray, lab: np.ndarray) -> float:
     return float(cv2.compareHist(hists[0], hists[1], cv2.HISTCMP_BHATTACHARYYA))
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.logical_and(a, b).sum() / max(1, np.logical_or(a, b).sum()))
+def _core(blob: np.ndarray) -> np.ndarray:
+    """The inside of a moving region (eroded by a fifth of its size): the flow's blur does not reach it."""
+    r = max(2, int(0.2 * np.sqrt(blob.sum())))
+    core = cv2.erode(blob.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2))
+    return core.astype(bool)
 
 
 def _agreement(masks: Sequence[np.ndarray]) -> np.ndarray:
@@ -147,12 +150,10 @@ class ClassicalSegmenter(Segmenter):
         blob = self._moving_blob(moving, positives, s)
         grad = _gradient(img)
         motion_mask, core = None, None
-        if blob is not None:
-            size = max(2, int(0.2 * np.sqrt(blob.sum())))
-            core = cv2.erode(blob.astype(np.uint8), cv2.getStructuringElement(
-                cv2.MORPH_ELLIPSE, (2 * size + 1, 2 * size + 1))).astype(bool)
-            core = core if core.any() else blob  # the clicked object moves against the (still or followed) background
-            motion_mask = self._grabcut_moving(img, blob, positives, negatives, s, seed)
+        if blob is not None:  # the clicked object moves against the (still or followed) background
+            core = _core(blob)
+            motion_mask = self._grabcut_moving(img, blob, core, positives, negatives, s, seed)
+            core = core if core.any() else blob
         # Rectangles of growing size and three shapes around the clicks each give a GrabCut and a
         # watershed segment; the motion cue adds one more.  The rectangles come from the positive
         # clicks alone, so that a negative click only ever subtracts.
@@ -220,18 +221,15 @@ class ClassicalSegmenter(Segmenter):
             return None
         return blob
 
-    def _grabcut_moving(self, img: np.ndarray, blob: np.ndarray, positives: Sequence[Click],
+    def _grabcut_moving(self, img: np.ndarray, blob: np.ndarray, core: np.ndarray, positives: Sequence[Click],
                         negatives: Sequence[Click], s: float, seed: int) -> np.ndarray | None:
         """GrabCut around the moving region: its core is the object, the rest of it probably, a ring
         around it maybe, everything further away not."""
-        size = float(np.sqrt(blob.sum()))
-        blob8 = blob.astype(np.uint8)
-        ring = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * int(0.25 * size) + 1,) * 2)
-        core = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * max(2, int(0.2 * size)) + 1,) * 2)
+        ring = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * int(0.25 * np.sqrt(blob.sum())) + 1,) * 2)
         init = np.full(blob.shape, cv2.GC_BGD, np.uint8)
-        init[cv2.dilate(blob8, ring) > 0] = cv2.GC_PR_BGD
+        init[cv2.dilate(blob.astype(np.uint8), ring) > 0] = cv2.GC_PR_BGD
         init[blob] = cv2.GC_PR_FGD
-        init[cv2.erode(blob8, core) > 0] = cv2.GC_FGD
+        init[core] = cv2.GC_FGD
         return self._solve(img, init, positives, negatives, s, seed)
 
     def _grabcut_seeded(self, img: np.ndarray, blob: np.ndarray, positives: Sequence[Click],
