@@ -206,3 +206,16 @@ def test_still_camera_background_model_mends_a_wrong_mask(still_clip, case):
     prop.seed(Frame(12, frames[12]), {1: wrong})  # a re-seed keeps the background model
     scores = [iou(prop.step(Frame(i, frames[i]))[1], masks[i]) for i in range(13, 20)]
     assert scores[-1] >= 0.85 and max(scores[-3:]) >= 0.85, np.round(scores, 2)
+
+
+def test_still_camera_object_smaller_than_a_flow_pixel_is_tracked_not_an_error():
+    """A 1-pixel object on a frame larger than the flow size vanishes at flow size: no crash
+    (seen on a GPU run: the gate failed on every frame of a lost object)."""
+    clip = make_clip(6, 960, 540, pan=(0.0, 0.0), seed=3)
+    prop = FlowPropagator()
+    tiny = np.zeros(clip.frames[0].shape[:2], bool)
+    tiny[301, 501] = True
+    prop.seed(Frame(0, clip.frames[0]), {1: tiny})
+    for i in range(1, 6):
+        out = prop.step(Frame(i, clip.frames[i]))
+        assert set(out) == {1} and out[1].shape == tiny.shape and out[1].sum() <= 4

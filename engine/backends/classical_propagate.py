@@ -132,6 +132,8 @@ class FlowPropagator(Propagator):
                                                         interpolation=cv2.INTER_NEAREST) > 0
         diff = self._difference(small)
         known = self._seen >= BG_SEEN
+        if not m.any():  # smaller than one pixel at the flow's size: nothing to gate
+            return mask
         ys, xs = np.nonzero(m)
         size = max(np.ptp(ys) + 1, np.ptp(xs) + 1)
         r = max(1, int(BG_BAND * size))
