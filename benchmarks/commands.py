@@ -31,6 +31,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--propagator", default="classical", help="propagator backend (default classical)")
     p.add_argument("--inpainter", default="classical", help="inpainter backend (default classical)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] for the neural backends")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
+                   help="neural backends: autocast precision on CUDA (default fp32)")
     p.add_argument("--weights-dir", type=Path, default=None, help="weights folder (default $UNSEEN_WEIGHTS)")
     p.add_argument("--frames", type=int, default=None, help="cap frames per clip (overrides the suite's default)")
     p.add_argument("--no-neural", dest="neural", action="store_false",
@@ -68,6 +70,7 @@ def cmd_bench(args) -> int:
         raise FileNotFoundError(f"data folder {str(args.data)!r} does not exist; give --data DIR")
     ctx = Context(data=Path(args.data), results=Path(args.results), quick=args.quick,
                   backends=Backends(args.segmenter, args.propagator, args.inpainter), device=args.device,
+                  precision=args.precision,
                   weights_dir=args.weights_dir, frames=args.frames, neural=args.neural, classical=args.classical,
                   long_frames=args.long_frames, resolutions=args.resolutions,
                   quiet=getattr(args, "quiet", False))

@@ -25,6 +25,7 @@ class Context:
     quick: bool = False
     backends: Backends = field(default_factory=lambda: Backends("classical", "classical", "classical"))
     device: str = "cpu"
+    precision: str = "fp32"  # neural backends: fp32, or fp16/bf16 autocast on CUDA
     weights_dir: Path | None = None
     frames: int | None = None  # cap on frames per clip (overrides the suite's default)
     neural: bool = True  # speed: also time the neural backends (random weights) where they import
@@ -42,7 +43,7 @@ class Context:
         return self._clips
 
     def options(self, **extra) -> BackendOptions:
-        opts = BackendOptions(device=self.device, weights_dir=self.weights_dir)
+        opts = BackendOptions(device=self.device, weights_dir=self.weights_dir, precision=self.precision)
         for k, v in extra.items():
             if hasattr(opts, k):
                 setattr(opts, k, v)
@@ -64,6 +65,7 @@ class Context:
             self.machine = report.machine_info()
         return {"suite": suite, "quick": self.quick, "created": report.stamp(), "data": str(self.data),
                 "machine": self.machine, "code": report.code_state(),
+                "device": self.device, "precision": self.precision,
                 "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
 
     def finish(self, suite: str, result: dict, started: float) -> Path:

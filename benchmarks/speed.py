@@ -313,12 +313,13 @@ def run(ctx: Context) -> dict:
                 frames_cap=n_neural, budget_s=budget, resolutions=[f"{w}x{h}" for w, h in res_neural],
                 note=f"random weights (same compute, meaningless output); at most {n_neural} frames per resolution"
                      + (f", and no new frame fed after {budget:g} s (CPU), the held ones then flushed" if budget else ""))
+            tag = f"{ctx.device}" + (f" {ctx.precision}" if ctx.precision != "fp32" else "")
             for size in res_neural:
-                one("neural (random weights)", neural, ctx.options(random_weights=True), n_neural, size, budget)
+                one(f"neural (random weights, {tag})", neural, ctx.options(random_weights=True), n_neural, size, budget)
                 # random weights give arbitrary masks (often empty: nothing to inpaint), so the neural
                 # inpainter is also timed on the hole the classical backends found at this size
                 if neural.inpainter != "classical" and holes_at.get(size):
-                    one(f"{neural.inpainter} on the classical holes", neural, ctx.options(random_weights=True),
+                    one(f"{neural.inpainter} on the classical holes ({tag})", neural, ctx.options(random_weights=True),
                         n_neural, size, budget, given=holes_at[size][:n_neural])
     result["complete"] = True
     ctx.finish("speed", result, started)
