@@ -103,7 +103,16 @@ def _run_pair(ctx: Context, a, b, limit: int | None) -> dict:
         "stage_ms": pipeline.times.means(),
         "delay_frames": pipeline.delay,
         "backends": pipeline.describe()["backends"],
+        "fill_sources": _fill_sources(pipeline.inpainter),
     }
+
+
+def _fill_sources(inpainter) -> dict | None:
+    """Where the filled pixels came from, as fractions (classical inpainter: the window's frames,
+    the past references, the previous output, made up spatially); None for an inpainter without it."""
+    filled = getattr(inpainter, "filled", None)
+    total = sum(filled.values()) if filled else 0
+    return {k: round(v / total, 4) for k, v in filled.items()} if total else None
 
 
 def run(ctx: Context) -> dict:
@@ -121,6 +130,8 @@ def run(ctx: Context) -> dict:
         ctx.say(f"[remove] {a.name} -> {b.name}: PSNR region {r['psnr_region']:.2f} dB "
                 f"(input {r['psnr_region_input']:.2f}), SSIM region {r['ssim_region']:.3f}, "
                 f"frame {r['psnr_frame']:.2f} dB, flicker {r['flicker_output']:.2f} vs {r['flicker_gt']:.2f}"
+                + (", filled from " + ", ".join(f"{k} {v:.0%}" for k, v in r["fill_sources"].items())
+                   if r["fill_sources"] else "")
                 + (f", click failed: {r['click_error']}" if r["click_error"] else ""))
         rows_.append(r)
     result["backends"] = backends or {}
