@@ -254,3 +254,26 @@ def test_still_camera_object_smaller_than_a_flow_pixel_is_tracked_not_an_error()
     for i in range(1, 6):
         out = prop.step(Frame(i, clip.frames[i]))
         assert set(out) == {1} and out[1].shape == tiny.shape and out[1].sum() <= 4
+
+
+def test_still_camera_gate_changes_only_what_the_background_model_knows():
+    """Thin parts (legs, straps) where no background is known yet are kept as the flow carried
+    them (an opening of the whole mask used to cut them off at frame 2 of schoolgirls); a part
+    over known, matching background is dropped."""
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 255, (90, 120, 3)).astype(np.uint8)
+    body = np.zeros((90, 120), bool)
+    body[20:50, 40:70] = True
+    legs = np.zeros_like(body)
+    legs[50:75, 45:47] = legs[50:75, 62:64] = True  # two legs, 2 px wide
+    prop = FlowPropagator()
+    prop._bg = small.astype(np.float32)
+    prop._seen = np.zeros(body.shape, np.uint16)  # nothing known yet
+    mask = body | legs
+    assert np.array_equal(prop._gate(small, mask), mask)
+    # a slab over the background the model knows well is dropped; the unknown legs stay
+    slab = np.zeros_like(body)
+    slab[20:50, 70:90] = True
+    prop._seen[20:50, 70:90] = 100
+    gated = prop._gate(small, mask | slab)
+    assert not gated[slab].any() and gated[legs].all() and gated[body].all()

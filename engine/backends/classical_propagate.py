@@ -138,8 +138,14 @@ class FlowPropagator(Propagator):
         size = max(np.ptp(ys) + 1, np.ptp(xs) + 1)
         r = max(1, int(BG_BAND * size))
         near = cv2.dilate(m.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2)) > 0
-        gated = (m & ~(known & (diff < BG_MATCH))) | (near & known & (diff > BG_DIFF))
-        gated = cv2.morphologyEx(gated.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+        # only what the model has evidence for changes (an opening of the whole mask would cut off
+        # its thin parts, legs and straps, where nothing is known yet); specks of either are ignored
+        speck = np.ones((3, 3), np.uint8)
+        drop = cv2.morphologyEx((m & known & (diff < BG_MATCH)).astype(np.uint8), cv2.MORPH_OPEN, speck) > 0
+        join = cv2.morphologyEx((near & ~m & known & (diff > BG_DIFF)).astype(np.uint8), cv2.MORPH_OPEN, speck) > 0
+        if not drop.any() and not join.any():
+            return mask
+        gated = ((m & ~drop) | join).astype(np.uint8)
         n, labels = cv2.connectedComponents(gated)  # the parts that keep most of the object
         if n <= 1:
             return mask
