@@ -44,10 +44,10 @@ def test_schoolgirls_one_click_removes_most_of_a_girl(shared_data, tmp_path):
     exported = [np.array(Image.open(tmp_path / "masks" / f"{i:05d}.png")) > 0 for i in range(80)]
     # the one click selects her with her backpack (measured IoU 0.76), not a part of her
     assert iou(exported[0], her[0]) >= 0.7
-    # the replaced region (the dilated hole) covers her on every frame: measured 88% on average, 77% at
-    # worst (her feet behind the flower pot, frames 25-45); the classical tracker's limit, stated in the note
+    # the replaced region (the dilated hole) covers her on every frame: measured 89.5% on average, 83% at
+    # worst; what is left is her lower legs and shoes, which the click does not select (frames 0-45)
     covered = [(dilate_hole(m, 4) & h).sum() / h.sum() for m, h in zip(exported, her)]
-    assert np.mean(covered) >= 0.85 and min(covered) >= 0.7, np.round(covered, 2)
+    assert np.mean(covered) >= 0.87 and min(covered) >= 0.78, np.round(covered, 2)
     with av.open(str(out)) as c:
         result = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     with av.open(str(clip / "schoolgirls.mp4")) as c:
