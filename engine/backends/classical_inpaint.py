@@ -307,11 +307,17 @@ class FlowGuidedInpainter(Inpainter):
 
     def _feather(self, original: Image, filled: Image, hole: Mask) -> Image:
         """Blend the outermost ``feather`` pixels of the (dilated) hole; nothing outside it changes."""
-        dist = cv2.distanceTransform(hole.astype(np.uint8), cv2.DIST_L2, 3)
+        ys, xs = np.nonzero(hole)  # work on the hole's box (plus the ring of background around it)
+        h, w = hole.shape
+        y0, y1, x0, x1 = max(0, ys.min() - 1), min(h, ys.max() + 2), max(0, xs.min() - 1), min(w, xs.max() + 2)
+        box = hole[y0:y1, x0:x1]
+        dist = cv2.distanceTransform(box.astype(np.uint8), cv2.DIST_L2, 3)
         alpha = np.clip(dist / (self.feather + 1), 0, 1)[..., None]
-        inside = hole[..., None]
-        blend = alpha * filled.astype(np.float32) + (1 - alpha) * original.astype(np.float32)
-        return np.where(inside, np.clip(blend + 0.5, 0, 255).astype(np.uint8), original)
+        orig = original[y0:y1, x0:x1]
+        blend = alpha * filled[y0:y1, x0:x1].astype(np.float32) + (1 - alpha) * orig.astype(np.float32)
+        out = original.copy()
+        out[y0:y1, x0:x1] = np.where(box[..., None], np.clip(blend + 0.5, 0, 255).astype(np.uint8), orig)
+        return out
 
     def cheap(self, request: InpaintRequest) -> Image:
         """Degraded fill: the previous completed frame's pixels (still camera) or Telea."""
