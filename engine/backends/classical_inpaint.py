@@ -126,11 +126,11 @@ def texture_fill(image: Image, hole: Mask) -> Image:
             cost = float(((src[ring] - target[ring]) ** 2).sum(axis=1).mean())
             cost *= 1.0 + 0.05 * np.hypot(dy, dx) / max(ww, hh)  # nearer sources are likelier the same surface
             if cost < best_cost:
-                best, best_cost = (sy0, sx0, src, src_hole), cost
+                best, best_cost = (src, src_hole), cost
         if best is None:
             rest |= labels == k
             continue
-        _, _, src, src_hole = best
+        src, src_hole = best
         valid = ~hole[y0:y1, x0:x1] & ~src_hole
         correction = fill_invalid(np.where(valid[..., None], target - src, 0).astype(np.float32), valid)
         patch = np.clip(src + correction + 0.5, 0, 255).astype(np.uint8)
@@ -320,7 +320,7 @@ class FlowGuidedInpainter(Inpainter):
         return out
 
     def cheap(self, request: InpaintRequest) -> Image:
-        """Degraded fill: the previous completed frame's pixels (still camera) or Telea."""
+        """Degraded fill: the previous completed frame's pixels (still camera) or the texture fill."""
         target = request.entries[request.target]
         hole = self._hole_of(target)
         prev = request.completed.get(request.target - 1)
