@@ -148,10 +148,10 @@ class Inpainter(abc.ABC):
 
     def cheap(self, request: InpaintRequest) -> Image:
         """A fast fallback used when the session is behind its deadline (counted as degraded)."""
-        from .backends.classical_inpaint import spatial_fill
+        from .backends.classical_inpaint import texture_fill
 
         entry = request.entries[request.target]
-        return spatial_fill(entry.frame.image, dilate_hole(entry.hole, self.dilation))
+        return texture_fill(entry.frame.image, dilate_hole(entry.hole, self.dilation))
 
     def reset(self) -> None:
         """Forget any cached state."""
