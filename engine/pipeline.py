@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from .effects import Effect, apply_effect
+from .holes import BELOW_REACH, removal_hole
 from .stages import (Click, Frame, Image, InpaintRequest, Inpainter, Mask, Propagator, Segmenter,
                      SelectionError, WindowEntry)
 
@@ -51,6 +52,8 @@ class PipelineConfig:
     max_objects: int = 20
     click_lookahead: int = 12  # a click waits (within the delay) for this many later frames: motion cues
     segment_async: bool = False  # live: segment clicks on a prompt thread while frames keep flowing
+    hole_below: float = BELOW_REACH  # a removed object's hole also takes what hangs below it (feet, shadow)
+    # this far under it (x its height); 0: the hole is the mask.  Never applied to given masks (--masks-in)
 
 
 @dataclass
@@ -209,7 +212,7 @@ class Pipeline:
         self._head = frame.index
         self.frames_in += 1
         masks = self._track(frame, hurry)
-        self._held[frame.index] = _Held(frame, masks, WindowEntry(frame, self._hole(masks)))
+        self._held[frame.index] = _Held(frame, masks, WindowEntry(frame, self._hole(masks, frame.image)))
         self._apply_actions()
         out: list[OutputFrame] = []
         if self._head - self._next_out >= self.delay:
@@ -254,19 +257,21 @@ class Pipeline:
         self.times.add("propagate", time.perf_counter() - t0)
         return masks
 
-    def _hole(self, masks: Mapping[int, Mask]) -> Mask:
+    def _hole(self, masks: Mapping[int, Mask], image: Image) -> Mask:
+        """What the inpainter fills: each removed object with what hangs below it (see holes.py)."""
         assert self._size is not None
+        reach = self.config.hole_below if self.given_masks is None else 0.0
         hole = np.zeros((self._size[1], self._size[0]), bool)
         for oid, m in masks.items():
             obj = self.objects.get(oid)
             if obj is not None and obj.effect is Effect.REMOVE:
-                hole |= m
+                hole |= removal_hole(image, m, reach)
         return hole
 
     def _set_masks(self, index: int, masks: dict[int, Mask]) -> None:
         held = self._held[index]
         held.masks = masks
-        hole = self._hole(masks)
+        hole = self._hole(masks, held.frame.image)
         if not np.array_equal(hole, held.window.hole):
             held.window.hole = hole
             held.window.revision += 1

@@ -12,6 +12,7 @@ from PIL import Image
 
 from unseen.engine.backends.classical_inpaint import FlowGuidedInpainter
 from unseen.engine.backends.classical_propagate import FlowPropagator
+from unseen.engine.holes import removal_hole
 from unseen.engine.media import Source, probe
 from unseen.engine.pipeline import Pipeline, PipelineConfig
 from unseen.engine.stages import Frame, dilate_hole
@@ -44,19 +45,19 @@ def test_schoolgirls_one_click_removes_most_of_a_girl(shared_data, tmp_path):
     exported = [np.array(Image.open(tmp_path / "masks" / f"{i:05d}.png")) > 0 for i in range(80)]
     # the one click selects her with her backpack (measured IoU 0.76), not a part of her
     assert iou(exported[0], her[0]) >= 0.7
-    # the replaced region (the dilated hole) covers her on every frame: measured 89.5% on average, 83% at
-    # worst; what is left is her lower legs and shoes, which the click does not select (frames 0-45)
-    covered = [(dilate_hole(m, 4) & h).sum() / h.sum() for m, h in zip(exported, her)]
-    assert np.mean(covered) >= 0.87 and min(covered) >= 0.78, np.round(covered, 2)
-    with av.open(str(out)) as c:
-        result = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     with av.open(str(clip / "schoolgirls.mp4")) as c:
         original = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    # the replaced region (her mask with what hangs below it, dilated) covers her on every frame: measured
+    # 96.5% on average, 85% at worst (the mask alone: 89.5%, 83%; it misses her lower legs and shoes)
+    holes = [dilate_hole(removal_hole(img, m), 4) for img, m in zip(original, exported)]
+    covered = [(hole & h).sum() / h.sum() for hole, h in zip(holes, her)]
+    assert np.mean(covered) >= 0.95 and min(covered) >= 0.82, np.round(covered, 2)
+    with av.open(str(out)) as c:
+        result = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     for i in (0, 40, 79):  # where she was the picture changed; far from the hole it did not
         change = np.abs(result[i].astype(int) - original[i].astype(int)).max(axis=2)
-        hole = dilate_hole(exported[i], 4)
-        far = ~dilate_hole(exported[i], 12)
-        assert change[her[i] & hole].mean() > 5 * max(1.0, change[far].mean()), i
+        far = ~dilate_hole(holes[i], 8)
+        assert change[her[i] & holes[i]].mean() > 5 * max(1.0, change[far].mean()), i
 
 
 def test_blackswan_propagation_from_the_first_mask(shared_data):

@@ -1,0 +1,101 @@
+"""The hole a removed object leaves: its mask, and what hangs below it.
+
+Removing an object but leaving its feet, its shadow or its reflection on the ground looks
+worse than not removing it.  A mask often stops above them: thin legs and shoes are closer in
+colour to the ground than to the rest of the object, and a shadow or a reflection is not part of
+the object at all.  So the hole of a removed object also takes the pixels in a band under the
+object that the ground beside them, at the same height, does not explain, where they hang from the
+object (connected to it).  The ground is modelled per row from two strips left and right of the
+band (the ground changes with depth, that is with the row, much more than along it); a pixel is
+explained when some strip pixel in the nearby rows has its colour.  The tracked masks are not
+changed (exported masks and segmentation metrics stay the object's own): only the hole is.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from .stages import Image, Mask
+
+BELOW_REACH = 0.3  # how far under the object the band reaches (x the object's height)
+FOOT_ROWS = 0.15  # the object's lowest rows (x its height) whose columns the band spans ...
+FOOT_PAD = 0.15  # ... widened by this fraction of their span on each side
+BAND_WIDTH = 48  # px: the band is examined at a scale where it is at most this wide (cost stays flat)
+STRIP = 0.3  # width of each ground strip beside the band (x the band's width) ...
+STRIP_GAP = 2  # ... this many px away from it
+ROW_SPAN = 2  # ground pixels from this many rows above and below a pixel's row explain it
+WEAK = 8.0  # Lab distance to the nearest ground colour over which a pixel may be the object's ...
+STRONG = 24.0  # ... and over which it surely is not the ground
+MIN_STRONG = 3  # a hanging part needs this many sure pixels
+MAX_ADDED = 0.6  # the band adds at most this fraction of the object's area (else: no evidence, nothing)
+
+
+def below_object(image: Image, mask: Mask, reach: float = BELOW_REACH) -> Mask:
+    """Pixels under ``mask`` that hang from it and differ from the ground beside them (not in ``mask``)."""
+    h, w = mask.shape
+    empty = np.zeros((h, w), bool)
+    ys, xs = np.nonzero(mask)
+    if reach <= 0 or ys.size < 16:
+        return empty
+    height = int(np.ptp(ys)) + 1
+    bottom = int(ys.max())
+    top = max(0, bottom - max(2, int(FOOT_ROWS * height)))
+    cols = np.nonzero(mask[top:bottom + 1].any(axis=0))[0]
+    pad = max(2, int(FOOT_PAD * (np.ptp(cols) + 1)))
+    c0, c1 = max(0, int(cols.min()) - pad), min(w, int(cols.max()) + pad + 1)
+    y1 = min(h, bottom + 1 + int(reach * height))
+    if y1 <= bottom + 1 or c1 - c0 < 2:
+        return empty
+    # the region: the band with its ground strips beside it, scaled so the band is at most BAND_WIDTH wide
+    k = min(1.0, BAND_WIDTH / (c1 - c0))
+    strip = max(3, round(STRIP * (c1 - c0)))
+    rx0, rx1 = max(0, c0 - STRIP_GAP - strip), min(w, c1 + STRIP_GAP + strip)
+    ry0, ry1 = top, y1
+    size = (max(1, round((rx1 - rx0) * k)), max(1, round((ry1 - ry0) * k)))
+    crop = cv2.GaussianBlur(np.ascontiguousarray(image[ry0:ry1, rx0:rx1]), (3, 3), 0)
+    lab = cv2.cvtColor(cv2.resize(crop, size, interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2LAB).astype(np.float32)
+    obj = cv2.resize(mask[ry0:ry1, rx0:rx1].astype(np.uint8), size, interpolation=cv2.INTER_NEAREST_EXACT) > 0
+    sh, sw = obj.shape
+    b0, b1 = round((c0 - rx0) * k), max(round((c0 - rx0) * k) + 1, round((c1 - rx0) * k))
+    left = slice(0, max(0, round((c0 - STRIP_GAP - rx0) * k)))
+    right = slice(min(sw, round((c1 + STRIP_GAP - rx0) * k)), sw)
+    if left.stop - left.start + right.stop - right.start < 2:
+        return empty  # no ground beside the band (the object spans the frame): no evidence
+    dist = np.zeros((sh, sw), np.float32)
+    for y in range(sh):
+        r0, r1 = max(0, y - ROW_SPAN), min(sh, y + ROW_SPAN + 1)
+        ground = np.concatenate([lab[r0:r1, left][~obj[r0:r1, left]], lab[r0:r1, right][~obj[r0:r1, right]]])
+        if len(ground) < 4:
+            continue
+        row = lab[y, b0:b1]
+        dist[y, b0:b1] = np.sqrt(((row[:, None, :] - ground[None]) ** 2).sum(axis=2)).min(axis=1)
+    # the object's own edge, blurred by the resampling, is not a part of it: a pixel ring is ignored
+    edge = cv2.dilate(obj.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    dist[edge] = 0
+    # hanging parts are upright (legs, the shadow's edge): close vertical gaps before joining them up
+    weak = (dist > WEAK).astype(np.uint8)
+    tall = max(3, round(0.08 * height * k)) | 1  # odd kernels: no shift
+    weak = cv2.morphologyEx(weak, cv2.MORPH_CLOSE, np.ones((tall, 1), np.uint8))
+    weak = cv2.morphologyEx(weak, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    n, labels = cv2.connectedComponents(weak)
+    sure = np.bincount(labels[dist > STRONG], minlength=n)
+    keep = np.zeros(n, bool)
+    touch = cv2.dilate(obj.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0  # across the ignored ring
+    keep[np.unique(labels[touch])] = True  # hangs from the object ...
+    keep &= sure >= MIN_STRONG  # ... and surely is not the ground
+    keep[0] = False
+    added = keep[labels] & (weak > 0)
+    added |= edge & ~obj & (cv2.dilate(added.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0)  # where it hangs
+    if not added.any() or added.sum() > MAX_ADDED * ys.size * k * k:
+        return empty
+    out = empty
+    out[ry0:ry1, rx0:rx1] = cv2.resize(added.astype(np.uint8), (rx1 - rx0, ry1 - ry0),
+                                       interpolation=cv2.INTER_NEAREST_EXACT) > 0
+    return out & ~mask
+
+
+def removal_hole(image: Image, mask: Mask, reach: float = BELOW_REACH) -> Mask:
+    """The hole removing one object leaves: its mask and what hangs below it."""
+    if reach <= 0 or not mask.any():
+        return mask.astype(bool, copy=False)
+    return mask | below_object(image, mask, reach)

@@ -1,0 +1,124 @@
+"""The hole a removed object leaves: its mask and what hangs below it (feet, shadow), nothing else."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from unseen.engine.holes import below_object, removal_hole
+from unseen.engine.backends.classical_inpaint import FlowGuidedInpainter
+from unseen.engine.pipeline import Pipeline, PipelineConfig
+from unseen.engine.stages import Frame, Propagator, Segmenter
+
+H, W = 240, 320
+BODY = (slice(60, 150), slice(140, 190))  # the mask: a standing figure's body, without its legs
+LEGS = [(slice(150, 172), slice(148, 155)), (slice(150, 172), slice(174, 181))]  # thin, down to the ground
+FEET = [(slice(168, 174), slice(145, 158)), (slice(168, 174), slice(171, 184))]
+
+
+def _grow(mask: np.ndarray, px: int) -> np.ndarray:
+    return cv2.dilate(mask.astype(np.uint8), np.ones((2 * px + 1, 2 * px + 1), np.uint8)) > 0
+
+
+def _ground(seed: int = 0) -> np.ndarray:
+    """Rows of ground whose colour changes with depth (the row), plus pixel noise."""
+    rng = np.random.default_rng(seed)
+    rows = np.linspace(70, 150, H)[:, None, None] * np.array([1.0, 0.8, 0.55])
+    img = rows + rng.normal(0, 6, (H, W, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _scene(parts: dict[str, tuple[int, int, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Image, the body mask and the true hanging parts (legs/feet/shadow painted with the given colours)."""
+    img = _ground()
+    img[BODY] = (40, 60, 160)
+    truth = np.zeros((H, W), bool)
+    for name, colour in parts.items():
+        regions = {"legs": LEGS, "feet": FEET, "shadow": [(slice(150, 165), slice(137, 193))],
+                   "apart": [(slice(215, 235), slice(150, 180))]}[name]
+        for r in regions:
+            img[r] = colour
+            if name != "apart":
+                truth[r] = True
+    mask = np.zeros((H, W), bool)
+    mask[BODY] = True
+    return img, mask, truth
+
+
+@pytest.mark.parametrize("parts,expect", [
+    ({"legs": (200, 160, 140), "feet": (235, 235, 235)}, "all"),  # skin legs, white shoes
+    ({"shadow": (25, 22, 18)}, "all"),  # a dark shadow under it
+    ({}, "none"),  # nothing hangs below: ground only
+    ({"apart": (235, 235, 235)}, "none"),  # something distinct below, but not hanging from it
+])
+def test_what_hangs_below_joins_the_hole(parts, expect):
+    img, mask, truth = _scene(parts)
+    added = below_object(img, mask)
+    assert not (added & mask).any()
+    if expect == "all":
+        assert (added & truth).sum() >= 0.9 * truth.sum()
+        # the ground beside them stays: at most a rim of the image's blur around them
+        assert not (added & ~_grow(truth, 3)).any()
+    else:
+        assert not added.any()
+
+
+@pytest.mark.parametrize("case", ["empty", "tiny", "bottom", "off"])
+def test_no_band_no_change(case):
+    img, mask, _ = _scene({"legs": (200, 160, 140)})
+    reach = 0.3
+    if case == "empty":
+        mask[:] = False
+    elif case == "tiny":
+        mask[:] = False
+        mask[100:103, 100:103] = True
+    elif case == "bottom":  # nothing under an object that reaches the frame's lower edge
+        mask[:] = False
+        mask[150:, 140:190] = True
+    else:
+        reach = 0.0
+    assert np.array_equal(removal_hole(img, mask, reach), mask)
+
+
+class _Body(Segmenter, Propagator):
+    """Segments and tracks the body only (as a colour model that misses the legs would)."""
+    name = "body"
+
+    def __init__(self, mask: np.ndarray) -> None:
+        self.mask, self.ids = mask, []
+
+    def segment(self, frame, clicks, *, neighbours=()):
+        return self.mask.copy()
+
+    def seed(self, frame, masks):
+        self.ids = list(masks)
+
+    def step(self, frame):
+        return {oid: self.mask.copy() for oid in self.ids}
+
+    def reset(self):
+        self.ids = []
+
+
+@pytest.mark.parametrize("how,gone", [("click", True), ("click, hole_below=0", False), ("masks-in", False)])
+def test_a_clicked_object_leaves_with_its_legs(how, gone):
+    skin = np.array([200, 160, 140])
+    img, mask, _ = _scene({"legs": tuple(skin), "feet": (235, 235, 235)})
+    legs = np.zeros_like(mask)
+    for r in LEGS:
+        legs[r] = True
+    config = PipelineConfig(delay=2, hole_below=0.0 if "=0" in how else PipelineConfig.hole_below)
+    if how == "masks-in":  # the user's masks are taken as they are
+        pipeline = Pipeline(None, None, FlowGuidedInpainter(), config, given_masks=lambda i: {1: mask})
+    else:
+        body = _Body(mask)
+        pipeline = Pipeline(body, body, FlowGuidedInpainter(), config)
+        pipeline.click(165, 100, frame_index=0)
+    outs = []
+    for i in range(4):
+        outs += pipeline.step(Frame(i, img.copy()))
+    outs += pipeline.flush()
+    assert len(outs) == 4 and all(np.array_equal(o.masks[1], mask) for o in outs)  # masks stay the body's
+    for o in outs:
+        left = np.abs(o.image[legs].astype(int) - skin).sum(axis=1)
+        assert (np.median(left) > 60) if gone else (np.median(left) < 10)
