@@ -277,3 +277,52 @@ def test_still_camera_gate_changes_only_what_the_background_model_knows():
     prop._seen[20:50, 70:90] = 100
     gated = prop._gate(small, mask | slab)
     assert not gated[slab].any() and gated[legs].all() and gated[body].all()
+
+
+def _texture(h, w, seed):
+    blocks = np.random.default_rng(seed).integers(0, 255, (h // 4 + 1, w // 4 + 1, 3)).astype(np.uint8)
+    return cv2.GaussianBlur(cv2.resize(blocks, (w, h), interpolation=cv2.INTER_CUBIC), (3, 3), 0)[:h, :w]
+
+
+@pytest.mark.parametrize("look_alike,tracked_speed", [
+    (True, -1),  # a look-alike (same uniform) walks behind the tracked one, which walks the other way
+    (True, 0),  # ... behind a tracked one standing still
+    pytest.param(False, -1, marks=pytest.mark.xfail(strict=True, reason=(
+        "known limit: here DIS smooths the tracked object's flow over the thin strip of the other one "
+        "coming out, so the strip is confirmed and moves with the mask: it is taken (up to 2,300 px)"))),
+])
+def test_an_object_passing_behind_is_not_taken(look_alike, tracked_speed):
+    """Another object (the same uniform, or not) walks behind the tracked one and comes out on the
+    other side: where it comes out, the backward flow points into the tracked mask, but the forward
+    flow does not confirm it and it does not move with the tracked object, so the mask stays its
+    own (before: the look-alike was taken, 2,579 px of it, mask IoU 0.36 by frame 44, when the tracked one walks)."""
+    h, w = 160, 256
+    background = _texture(h, w, 0)
+    tracked = _texture(70, 40, 1)
+    other = cv2.resize(tracked, (50, 60)) if look_alike else _texture(60, 50, 2)
+
+    def scene(t):
+        img = background.copy()
+        bx = 40 + 3 * t  # the other object, behind, walking right
+        x0, x1 = max(0, bx), min(w, bx + 50)
+        img[60:120, x0:x1] = other[:, x0 - bx:x1 - bx]
+        ax = 150 + tracked_speed * t  # the tracked one, in front
+        img[50:120, ax:ax + 40] = tracked
+        mine = np.zeros((h, w), bool)
+        mine[50:120, ax:ax + 40] = True
+        theirs = np.zeros((h, w), bool)
+        theirs[60:120, x0:x1] = True
+        return img, mine, theirs & ~mine
+
+    prop = FlowPropagator()
+    img, mine, _ = scene(0)
+    prop.seed(Frame(0, img), {1: mine})
+    scores, taken = [], []
+    for t in range(1, 60):  # it has come out by frame 52
+        img, mine, theirs = scene(t)
+        mask = prop.step(Frame(t, img))[1]
+        scores.append(iou(mask, mine))
+        taken.append(int((mask & theirs).sum()))
+    # while it comes out, a strip may be taken for a frame or two (measured: 300 px); then none is
+    assert min(scores) >= 0.85 and max(taken) <= 400, (np.round(scores, 2), taken)
+    assert min(scores[-10:]) >= 0.95 and max(taken[-10:]) <= 20, (np.round(scores, 2), taken)

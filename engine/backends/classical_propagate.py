@@ -1,7 +1,11 @@
 """Mask propagation by dense optical flow (the embedded default).
 
 Each step computes DIS optical flow from the new frame back to the previous one,
-warps every object's soft mask along it, and refines the warped mask with a
+warps every object's soft mask along it (with a still camera, except where that flow is a guess:
+pixels just disoccluded, whose backward flow the forward flow does not confirm, which show
+something else than where it points and which do not move with the object, take nothing from
+it: the background a moving object uncovers, or another object coming out from behind it, is not
+the object), and refines the warped mask with a
 narrow-band GrabCut whose colour models come from the object itself, so masks
 neither drift off nor erode away.  While the camera is still, a background model
 is learned where no object is: masked pixels that show that known background leave
@@ -32,6 +36,13 @@ BG_SEEN = 5  # frames a pixel must be seen free of objects before its background
 BG_MATCH = 14  # colour difference (0-255) under which a masked pixel is the known background: dropped
 BG_DIFF = 40  # colour difference over which a pixel next to an object is not background: joined
 BG_BAND = 0.06  # how far from an object (x its size) such pixels join it
+FB_RATIO, FB_SLACK = 0.01, 0.5  # forward-backward check (Sundaram et al. 2010): |b + f(p + b)|^2 over
+# FB_RATIO (|b|^2 + |f|^2) + FB_SLACK px^2 means the backward flow b at p is not confirmed: p was not visible
+COHERENCE = 1.0  # px (flow size): a pixel whose flow is this far (or half the object's speed) from the
+# object's own (median) flow does not move with it: it is not disoccluded object, nor may it join the object
+CHANGED = 10  # grey levels: a disoccluded pixel also shows something else than what was where it comes from
+MAX_DISOCCLUDED = 0.2  # more of the mask than this unconfirmed in one frame is the flow failing, not a
+# disocclusion (motion blur, a fast turn): then the warp is kept as it is
 
 
 def _gray(image: np.ndarray, scale: float) -> np.ndarray:
@@ -82,7 +93,12 @@ class FlowPropagator(Propagator):
         small = self._small(frame.image)
         flow = self._dis.calc(gray, self._prev_gray, None)  # for each new pixel: where it was before
         still = float(np.median(cv2.magnitude(flow[..., 0], flow[..., 1]))) < STILL_FLOW
+        # still camera: what moving objects uncover (disocclusions) is told apart; a moving camera's
+        # clips (DAVIS) were tracked as well or better without it
+        unconfirmed = (self._unconfirmed(flow, self._dis.calc(self._prev_gray, gray, None), gray, self._prev_gray)
+                       if still else None)
         h, w = frame.image.shape[:2]
+        small_flow = flow
         if self._scale != 1.0:
             flow = cv2.resize(flow, (w, h), interpolation=cv2.INTER_LINEAR) / self._scale
         gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
@@ -90,6 +106,11 @@ class FlowPropagator(Propagator):
         out: dict[int, Mask] = {}
         for oid, soft in self._soft.items():
             warped = cv2.remap(soft, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            apart = None if unconfirmed is None else self._apart(small_flow, unconfirmed, warped > 0.5)
+            if apart is not None:
+                uncovered = apart[1] & (warped > 0.5)  # disoccluded and not moving with it: not the object
+                if uncovered.sum() <= MAX_DISOCCLUDED * (warped > 0.5).sum():
+                    warped[uncovered] = 0
             mask = warped > 0.5
             soft = warped  # carried unthresholded: thresholding every step would bias the edges
             if self.refine and mask.any():
@@ -100,7 +121,7 @@ class FlowPropagator(Propagator):
                 if refined is not mask and anchor / MAX_DRIFT <= area <= anchor * MAX_DRIFT:
                     mask, soft = refined, refined.astype(np.float32)
                 if still and self._bg is not None and self._bg.shape == small.shape:
-                    gated = self._gate(small, mask)
+                    gated = self._gate(small, mask, None if apart is None else apart[0])
                     if gated is not mask and gated.sum() <= anchor * MAX_DRIFT:  # shrinking to the known
                         # background is always right; growing only as far as the refinement may
                         mask, soft = gated, gated.astype(np.float32)
@@ -112,6 +133,43 @@ class FlowPropagator(Propagator):
         self._learn_background(small, out, still)
         return out
 
+    @staticmethod
+    def _unconfirmed(backward: np.ndarray, forward: np.ndarray, gray: np.ndarray, prev: np.ndarray) -> np.ndarray:
+        """Pixels (flow size) just disoccluded: the forward flow does not confirm their backward flow, and
+        what was where it points is not what they show (a part that moves fast but is tracked is not)."""
+        h, w = backward.shape[:2]
+        gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+        map_x, map_y = gx + backward[..., 0], gy + backward[..., 1]
+        there = cv2.remap(forward, map_x, map_y, cv2.INTER_LINEAR)
+        error = ((backward + there) ** 2).sum(axis=2)
+        unconfirmed = error > FB_RATIO * ((backward ** 2).sum(axis=2) + (there ** 2).sum(axis=2)) + FB_SLACK
+        was = cv2.remap(cv2.GaussianBlur(prev, (3, 3), 0), map_x, map_y, cv2.INTER_LINEAR).astype(np.int16)
+        changed = np.abs(cv2.GaussianBlur(gray, (3, 3), 0).astype(np.int16) - was) > CHANGED
+        return unconfirmed & changed
+
+    def _apart(self, flow: np.ndarray, unconfirmed: np.ndarray,
+               mask: Mask) -> tuple[Mask, Mask] | None:
+        """Full-size masks of the pixels that do not move with the object, and of those of them that were
+        just disoccluded; None for an object too small to have a flow of its own."""
+        sh, sw = flow.shape[:2]
+        m = cv2.resize(mask.astype(np.uint8), (sw, sh), interpolation=cv2.INTER_NEAREST_EXACT) > 0
+        inner = cv2.erode(m.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+        sure = inner & ~unconfirmed
+        if sure.sum() < 10:
+            sure = m
+            if sure.sum() < 10:
+                return None
+        own = np.median(flow[sure], axis=0)
+        off = np.sqrt(((flow - own) ** 2).sum(axis=2)) > max(COHERENCE, 0.5 * float(np.hypot(*own)))
+        # a thin rim along the outline is the flow's blur at a fast edge, not a disocclusion: only a
+        # region of some width (what comes out from behind, or the background a moving object leaves) is
+        uncovered = cv2.morphologyEx((off & unconfirmed).astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+        apart = np.stack([off.astype(np.uint8), uncovered])
+        h, w = mask.shape
+        if (sh, sw) != (h, w):
+            apart = np.stack([cv2.resize(a, (w, h), interpolation=cv2.INTER_NEAREST_EXACT) for a in apart])
+        return apart[0] > 0, apart[1] > 0
+
     def _small(self, image: np.ndarray) -> np.ndarray:
         if self._scale == 1.0:
             return image
@@ -122,9 +180,9 @@ class FlowPropagator(Propagator):
         assert self._bg is not None
         return cv2.GaussianBlur(np.abs(small.astype(np.float32) - self._bg).max(axis=2), (5, 5), 0)
 
-    def _gate(self, small: np.ndarray, mask: Mask) -> Mask:
+    def _gate(self, small: np.ndarray, mask: Mask, apart: Mask | None = None) -> Mask:
         """Still camera: masked pixels that show the known background leave the object; pixels just
-        outside it that are known not to be background join it."""
+        outside it that are known not to be background, and that move with it, join it."""
         assert self._seen is not None
         h, w = mask.shape
         sh, sw = small.shape[:2]
@@ -155,6 +213,8 @@ class FlowPropagator(Propagator):
         gated = keep[labels]
         if (sh, sw) != (h, w):
             gated = cv2.resize(gated.astype(np.uint8), (w, h), interpolation=cv2.INTER_LINEAR) > 0
+        if apart is not None:  # another object passing by is not background either: it must not join
+            gated &= mask | ~apart
         return gated
 
     def _learn_background(self, small: np.ndarray, masks: Mapping[int, Mask], still: bool) -> None:
