@@ -41,7 +41,7 @@ FB_RATIO, FB_SLACK = 0.01, 0.5  # forward-backward check (Sundaram et al. 2010):
 COHERENCE = 1.0  # px (flow size): a pixel whose flow is this far (or half the object's speed) from the
 # object's own (median) flow does not move with it: it is not disoccluded object, nor may it join the object
 CHANGED = 10  # grey levels: a disoccluded pixel also shows something else than what was where it comes from
-MAX_DISOCCLUDED = 0.2  # more of the mask than this unconfirmed in one frame is the flow failing, not a
+MAX_DISOCCLUDED = 0.05  # more of the mask than this unconfirmed in one frame is the flow failing, not a
 # disocclusion (motion blur, a fast turn): then the warp is kept as it is
 
 
