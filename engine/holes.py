@@ -56,6 +56,8 @@ def below_object(image: Image, mask: Mask, reach: float = BELOW_REACH) -> Mask:
     lab = cv2.cvtColor(cv2.resize(crop, size, interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2LAB).astype(np.float32)
     obj = cv2.resize(mask[ry0:ry1, rx0:rx1].astype(np.uint8), size, interpolation=cv2.INTER_NEAREST_EXACT) > 0
     sh, sw = obj.shape
+    if not obj.any():  # the object's lowest rows are thinner than a pixel at this scale: nothing to hang from
+        return empty
     b0, b1 = round((c0 - rx0) * k), max(round((c0 - rx0) * k) + 1, round((c1 - rx0) * k))
     left = slice(0, max(0, round((c0 - STRIP_GAP - rx0) * k)))
     right = slice(min(sw, round((c1 + STRIP_GAP - rx0) * k)), sw)
@@ -86,6 +88,16 @@ def below_object(image: Image, mask: Mask, reach: float = BELOW_REACH) -> Mask:
     keep[0] = False
     added = keep[labels] & (weak > 0)
     added |= edge & ~obj & (cv2.dilate(added.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0)  # where it hangs
+    # what stands under it with a gap of ground-coloured legs between (feet, seen sure, under the legs the
+    # colour of the ground) joins with the gap: the columns it spans, from the object's bottom down to it
+    lowest = int(np.nonzero(obj.any(axis=1))[0].max())
+    for i in np.nonzero(~keep & (sure >= 2 * MIN_STRONG))[0]:
+        if i == 0:
+            continue
+        py, px = np.nonzero(labels == i)
+        if py.min() > lowest:
+            added[lowest + 1:py.min(), px.min():px.max() + 1] = True
+            added |= (labels == i) & (weak > 0)
     if not added.any() or added.sum() > MAX_ADDED * ys.size * k * k:
         return empty
     out = empty

@@ -265,7 +265,11 @@ class Pipeline:
         for oid, m in masks.items():
             obj = self.objects.get(oid)
             if obj is not None and obj.effect is Effect.REMOVE:
-                hole |= removal_hole(image, m, reach)
+                try:
+                    hole |= removal_hole(image, m, reach)
+                except Exception:  # noqa: BLE001 - a live stream keeps removing the object with its mask
+                    log.exception("hole below object %d failed; removing its mask alone", oid)
+                    hole |= m
         return hole
 
     def _set_masks(self, index: int, masks: dict[int, Mask]) -> None:

@@ -8,7 +8,7 @@ import pytest
 from unseen.engine.holes import below_object, removal_hole
 from unseen.engine.backends.classical_inpaint import FlowGuidedInpainter
 from unseen.engine.pipeline import Pipeline, PipelineConfig
-from unseen.engine.stages import Frame, Propagator, Segmenter
+from unseen.engine.stages import Frame, Propagator, Segmenter, dilate_hole
 
 H, W = 240, 320
 BODY = (slice(60, 150), slice(140, 190))  # the mask: a standing figure's body, without its legs
@@ -63,7 +63,26 @@ def test_what_hangs_below_joins_the_hole(parts, expect):
         assert not added.any()
 
 
-@pytest.mark.parametrize("case", ["empty", "tiny", "bottom", "off"])
+def test_feet_under_legs_the_colour_of_the_ground_join_with_the_legs():
+    """Legs the ground explains (they are its colour) leave a gap; the feet under them are sure: they
+    join the hole with the gap's columns (schoolgirls: the girl's feet while she walks)."""
+    img, mask, _ = _scene({"feet": (235, 235, 235)})
+    legs = np.zeros_like(mask)
+    for r in LEGS:
+        legs[r] = True
+    img[legs] = _ground()[legs]  # the legs look like the ground beside them
+    feet = np.zeros_like(mask)
+    for r in FEET:
+        feet[r] = True
+    added = below_object(img, mask)
+    replaced = dilate_hole(mask | added, 4)  # what the inpainter replaces
+    assert (added & feet).sum() >= 0.8 * feet.sum() and replaced[feet].all() and replaced[legs].all()
+    span = np.zeros_like(mask)
+    span[150:174, 145:184] = True  # from the body down to the feet, over the feet's columns
+    assert not (added & ~_grow(span, 3)).any()
+
+
+@pytest.mark.parametrize("case", ["empty", "tiny", "bottom", "off", "sparse"])
 def test_no_band_no_change(case):
     img, mask, _ = _scene({"legs": (200, 160, 140)})
     reach = 0.3
@@ -75,6 +94,11 @@ def test_no_band_no_change(case):
     elif case == "bottom":  # nothing under an object that reaches the frame's lower edge
         mask[:] = False
         mask[150:, 140:190] = True
+    elif case == "sparse":  # wide and made of thin pieces (seen in the remove suite): at the band's scale
+        # none of it is left
+        img = np.random.default_rng(1).integers(0, 255, (480, 854, 3)).astype(np.uint8)
+        mask = np.zeros((480, 854), bool)
+        mask[240:267, 0:400:3] = True
     else:
         reach = 0.0
     assert np.array_equal(removal_hole(img, mask, reach), mask)
@@ -122,3 +146,20 @@ def test_a_clicked_object_leaves_with_its_legs(how, gone):
     for o in outs:
         left = np.abs(o.image[legs].astype(int) - skin).sum(axis=1)
         assert (np.median(left) > 60) if gone else (np.median(left) < 10)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_any_mask_gives_a_hole_never_an_error(seed):
+    """Fuzzed masks (specks, slivers, frame-wide, at the borders) on noise: the hole always contains
+    the mask, has its shape, and what it adds is under the mask."""
+    rng = np.random.default_rng(seed)
+    h, w = int(rng.integers(8, 200)), int(rng.integers(8, 300))
+    img = rng.integers(0, 255, (h, w, 3)).astype(np.uint8)
+    mask = np.zeros((h, w), bool)
+    for _ in range(int(rng.integers(1, 4))):
+        y0, x0 = int(rng.integers(0, h)), int(rng.integers(0, w))
+        mask[y0:y0 + int(rng.integers(1, h)), x0:x0 + int(rng.integers(1, max(2, w // int(rng.integers(1, 40)))))] = True
+    hole = removal_hole(img, mask, float(rng.choice([0.0, 0.3, 1.0])))
+    assert hole.shape == mask.shape and hole.dtype == bool and not (mask & ~hole).any()
+    if mask.any():
+        assert not (hole & ~mask)[:int(np.nonzero(mask.any(axis=1))[0].min())].any()
