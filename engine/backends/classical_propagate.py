@@ -95,8 +95,7 @@ class FlowPropagator(Propagator):
         still = float(np.median(cv2.magnitude(flow[..., 0], flow[..., 1]))) < STILL_FLOW
         # still camera: what moving objects uncover (disocclusions) is told apart; a moving camera's
         # clips (DAVIS) were tracked as well or better without it
-        unconfirmed = (self._unconfirmed(flow, self._dis.calc(self._prev_gray, gray, None), gray, self._prev_gray)
-                       if still else None)
+        unconfirmed = self._unconfirmed(flow, gray) if still else None
         h, w = frame.image.shape[:2]
         small_flow = flow
         if self._scale != 1.0:
@@ -133,19 +132,38 @@ class FlowPropagator(Propagator):
         self._learn_background(small, out, still)
         return out
 
-    @staticmethod
-    def _unconfirmed(backward: np.ndarray, forward: np.ndarray, gray: np.ndarray, prev: np.ndarray) -> np.ndarray:
+    def _unconfirmed(self, backward: np.ndarray, gray: np.ndarray) -> np.ndarray:
         """Pixels (flow size) just disoccluded: the forward flow does not confirm their backward flow, and
-        what was where it points is not what they show (a part that moves fast but is tracked is not)."""
+        what was where it points is not what they show (a part that moves fast but is tracked is not).
+
+        Only around the objects (their box, padded by the motion): the forward flow costs as much as
+        the backward one over the whole frame, and nowhere else is it needed."""
+        assert self._prev_gray is not None
         h, w = backward.shape[:2]
-        gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-        map_x, map_y = gx + backward[..., 0], gy + backward[..., 1]
+        out = np.zeros((h, w), bool)
+        points = [np.argwhere(soft[::4, ::4] > 0.5) * 4 for soft in self._soft.values()]  # (y, x), full size
+        points = np.concatenate(points) if points else np.zeros((0, 2), int)
+        if not len(points):
+            return out
+        k = h / next(iter(self._soft.values())).shape[0]  # full size -> flow size
+        pad = 16 + 2 * int(np.ceil(np.abs(backward).max()))
+        (ty, tx), (by, bx) = points.min(axis=0), points.max(axis=0) + 4
+        y0, y1 = max(0, int(ty * k) - pad), min(h, int(by * k) + pad)
+        x0, x1 = max(0, int(tx * k) - pad), min(w, int(bx * k) + pad)
+        if y1 - y0 < 16 or x1 - x0 < 16:
+            return out
+        b = np.ascontiguousarray(backward[y0:y1, x0:x1])
+        now, before = np.ascontiguousarray(gray[y0:y1, x0:x1]), np.ascontiguousarray(self._prev_gray[y0:y1, x0:x1])
+        forward = self._dis.calc(before, now, None)
+        gx, gy = np.meshgrid(np.arange(x1 - x0, dtype=np.float32), np.arange(y1 - y0, dtype=np.float32))
+        map_x, map_y = gx + b[..., 0], gy + b[..., 1]
         there = cv2.remap(forward, map_x, map_y, cv2.INTER_LINEAR)
-        error = ((backward + there) ** 2).sum(axis=2)
-        unconfirmed = error > FB_RATIO * ((backward ** 2).sum(axis=2) + (there ** 2).sum(axis=2)) + FB_SLACK
-        was = cv2.remap(cv2.GaussianBlur(prev, (3, 3), 0), map_x, map_y, cv2.INTER_LINEAR).astype(np.int16)
-        changed = np.abs(cv2.GaussianBlur(gray, (3, 3), 0).astype(np.int16) - was) > CHANGED
-        return unconfirmed & changed
+        error = ((b + there) ** 2).sum(axis=2)
+        unconfirmed = error > FB_RATIO * ((b ** 2).sum(axis=2) + (there ** 2).sum(axis=2)) + FB_SLACK
+        was = cv2.remap(cv2.GaussianBlur(before, (3, 3), 0), map_x, map_y, cv2.INTER_LINEAR).astype(np.int16)
+        changed = np.abs(cv2.GaussianBlur(now, (3, 3), 0).astype(np.int16) - was) > CHANGED
+        out[y0:y1, x0:x1] = unconfirmed & changed
+        return out
 
     def _apart(self, flow: np.ndarray, unconfirmed: np.ndarray,
                mask: Mask) -> tuple[Mask, Mask] | None:
