@@ -1,14 +1,15 @@
 """The hole a removed object leaves: its mask, and what hangs below it.
 
-Removing an object but leaving its feet, its shadow or its reflection on the ground looks
-worse than not removing it.  A mask often stops above them: thin legs and shoes are closer in
-colour to the ground than to the rest of the object, and a shadow or a reflection is not part of
-the object at all.  So the hole of a removed object also takes the pixels in a band under the
-object that the ground beside them, at the same height, does not explain, where they hang from the
-object (connected to it).  The ground is modelled per row from two strips left and right of the
-band (the ground changes with depth, that is with the row, much more than along it); a pixel is
-explained when some strip pixel in the nearby rows has its colour.  The tracked masks are not
-changed (exported masks and segmentation metrics stay the object's own): only the hole is.
+Removing an object but leaving its feet or its shadow on the ground looks worse than not removing
+it.  A mask often stops above them: thin legs and shoes are closer in colour to the ground than to
+the rest of the object, and a shadow is not part of the object at all.  So the hole of a removed
+object also takes the pixels in a band under the object that the ground beside them, at the same
+height, does not explain, where they hang from the object (connected to it); what is surely not
+ground a little further down (feet under legs the colour of the ground) joins with the columns
+between.  The ground is modelled per row from two strips left and right of the band (the ground
+changes with depth, that is with the row, much more than along it); a pixel is explained when some
+strip pixel in the nearby rows has its colour.  The tracked masks are not changed (exported masks
+and segmentation metrics stay the object's own): only the hole is.
 """
 from __future__ import annotations
 
