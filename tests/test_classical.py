@@ -60,7 +60,8 @@ def test_propagation_iou_every_frame_of_a_panning_sequence(clip):
     for i in range(1, 60):
         masks = prop.step(Frame(i, clip.frames[i]))
         assert iou(masks[1], clip.masks[i]) >= 0.85, f"frame {i}"
-        assert prop.memory_frames() <= 2  # constant memory: the previous frame (and a background model)
+        # constant memory: the previous frame, a background model (still camera), the object's look
+        assert prop.memory_frames() <= 3
 
 
 def test_propagation_of_two_objects_and_reseed(clip):
@@ -229,7 +230,7 @@ def test_still_camera_background_model_mends_a_wrong_mask(still_clip, case):
     prop.seed(Frame(0, frames[0]), {1: masks[0]})
     for i in range(1, 12):  # the background model learns the scenery around the moving object
         prop.step(Frame(i, frames[i]))
-    assert prop.memory_frames() == 2  # the previous frame and the background model
+    assert prop.memory_frames() == 3  # the previous frame, the background model and the object's look
     truth = masks[12]
     if case == "leak":  # the mask took in background the camera saw free before
         wrong = truth | _block_beside(truth)
@@ -326,3 +327,37 @@ def test_an_object_passing_behind_is_not_taken(look_alike, tracked_speed):
     # while it comes out, a strip may be taken for a frame or two (measured: 300 px); then none is
     assert min(scores) >= 0.85 and max(taken) <= 400, (np.round(scores, 2), taken)
     assert min(scores[-10:]) >= 0.95 and max(taken[-10:]) <= 20, (np.round(scores, 2), taken)
+
+
+@pytest.mark.parametrize("change,leaves_after", [
+    ("part shows something else", 6),  # where the mask stayed behind, the object's look is gone
+    ("light changes", None),  # the whole object 20 levels brighter: the look follows, nothing leaves
+    ("nothing", None),
+])
+def test_masked_pixels_that_stop_looking_like_the_object_leave_it(change, leaves_after):
+    """Still camera: each object's look is carried with its mask; a masked part that has not looked like
+    it for LOOK_PERSIST frames in a row leaves (schoolgirls: the mask left where a girl stood)."""
+    from unseen.engine.backends.classical_propagate import LOOK_PERSIST
+    assert leaves_after in (None, LOOK_PERSIST)
+    rng = np.random.default_rng(1)
+    frame = rng.integers(60, 200, (120, 160, 3)).astype(np.uint8)
+    mask = np.zeros((120, 160), bool)
+    mask[30:90, 50:110] = True
+    part = np.zeros_like(mask)
+    part[30:90, 98:110] = True  # a fifth of the mask
+    prop = FlowPropagator()
+    prop.seed(Frame(0, frame), {1: mask})
+    later = frame.copy()
+    if change == "part shows something else":
+        later[part] = (20, 160, 40)
+    elif change == "light changes":
+        later = np.clip(frame.astype(int) + 20, 0, 255).astype(np.uint8)
+    still = np.zeros((120, 160, 2), np.float32)
+    for n in range(1, 12):
+        masks = {1: mask.copy()}
+        prop._check_looks(later, still, masks)
+        left = mask & ~masks[1]
+        if leaves_after is not None and n >= leaves_after:
+            assert left[part].mean() > 0.8 and not left[~part].any(), n
+            break
+        assert not left.any(), n

@@ -1,18 +1,21 @@
 """Mask propagation by dense optical flow (the embedded default).
 
-Each step computes DIS optical flow from the new frame back to the previous one,
-warps every object's soft mask along it (with a still camera, except where that flow is a guess:
-pixels just disoccluded, whose backward flow the forward flow does not confirm, which show
-something else than where it points and which do not move with the object, take nothing from
-it: the background a moving object uncovers, or another object coming out from behind it, is not
-the object), and refines the warped mask with a
-narrow-band GrabCut whose colour models come from the object itself, so masks
-neither drift off nor erode away.  While the camera is still, a background model
-is learned where no object is: masked pixels that show that known background leave
-the object (a mask dragged along by a passing object, or slid onto the scenery),
-and pixels just outside it that are known not to be background join it (a limb
-the flow lost).  Memory: the previous frame, the background model and one mask per
-object (constant on an endless stream).
+Each step computes DIS optical flow from the new frame back to the previous one, warps every
+object's soft mask along it and refines the warped mask with a narrow-band GrabCut whose colour
+models come from the object itself, so masks neither drift off nor erode away.
+
+While the camera is still, three more checks keep a mask on its object:
+- pixels just disoccluded (the forward flow does not confirm their backward flow, they show
+  something else than where it points, they do not move with the object) take nothing from the
+  warp: the background a moving object uncovers, or another object coming out from behind it;
+- a background model is learned where no object is: masked pixels that show that known background
+  leave the object, and pixels just outside it that are known not to be background and move with
+  it join it (a limb the flow lost);
+- each object's look is carried along the flow with its mask: masked pixels that have not looked
+  like it for several frames in a row leave it (a mask left behind by a slow object).
+
+Memory: the previous frame, the background model, one look and one mask per object (constant on
+an endless stream).
 """
 from __future__ import annotations
 
@@ -41,6 +44,12 @@ FB_RATIO, FB_SLACK = 0.01, 0.5  # forward-backward check (Sundaram et al. 2010):
 COHERENCE = 1.0  # px (flow size): a pixel whose flow is this far (or half the object's speed) from the
 # object's own (median) flow does not move with it: it is not disoccluded object, nor may it join the object
 CHANGED = 10  # grey levels: a disoccluded pixel also shows something else than what was where it comes from
+LOOK_DIFF = 45  # colour levels (0-255, max over channels) by which a masked pixel may differ from the
+# object's look carried along the flow ...
+LOOK_PERSIST = 6  # ... for this many frames in a row before it leaves the object (a mask left behind
+# by a slow or badly tracked object: its look there is gone)
+LOOK_RATE = 0.2  # how fast the carried look follows the object where they agree (pose, light)
+LOOK_MAX_DROP = 0.3  # more of a mask than this leaving at once is the flow failing: nothing leaves
 MAX_DISOCCLUDED = 0.05  # more of the mask than this unconfirmed in one frame is the flow failing, not a
 # disocclusion (motion blur, a fast turn): then the warp is kept as it is
 
@@ -60,6 +69,8 @@ class FlowPropagator(Propagator):
         self.band = band
         self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
         self._prev_gray: np.ndarray | None = None
+        self._look: dict[int, np.ndarray] = {}  # object id -> its look, carried along the flow (flow size)
+        self._stale: dict[int, np.ndarray] = {}  # object id -> frames in a row each pixel differed from it
         self._soft: dict[int, np.ndarray] = {}  # object id -> float32 mask at full size
         self._area: dict[int, float] = {}  # slowly adapting area per object, to catch runaway growth
         self._bg: np.ndarray | None = None  # still camera: background colour per pixel (flow size)
@@ -70,13 +81,16 @@ class FlowPropagator(Propagator):
         return sorted(self._soft)
 
     def memory_frames(self) -> int:
-        """The previous frame, and the background model (one frame's worth) while the camera is still."""
-        return (self._prev_gray is not None) + (self._bg is not None)
+        """The previous frame, the background model (one frame's worth) while the camera is still, and
+        each object's carried look (one frame's worth at flow size each)."""
+        return (self._prev_gray is not None) + (self._bg is not None) + len(self._look)
 
     def reset(self) -> None:
         self._prev_gray = None
         self._soft.clear()
         self._area.clear()
+        self._look.clear()
+        self._stale.clear()
         self._bg = self._seen = None
 
     def seed(self, frame: Frame, masks: Mapping[int, Mask]) -> None:
@@ -84,6 +98,9 @@ class FlowPropagator(Propagator):
         self._prev_gray = _gray(frame.image, self._scale)
         self._soft = {oid: m.astype(np.float32) for oid, m in masks.items()}
         self._area = {oid: float(m.sum()) for oid, m in masks.items()}
+        look = cv2.GaussianBlur(self._small(frame.image), (5, 5), 0).astype(np.float32)  # as compared
+        self._look = {oid: look.copy() for oid in masks}
+        self._stale = {oid: np.zeros(look.shape[:2], np.uint8) for oid in masks}
 
     def step(self, frame: Frame) -> dict[int, Mask]:
         if self._prev_gray is None or not self._soft:
@@ -129,8 +146,46 @@ class FlowPropagator(Propagator):
             self._soft[oid] = soft
         self._resolve_overlaps(out)
         self._prev_gray = gray
-        self._learn_background(small, out, still)
+        self._learn_background(small, out, still)  # (what leaves below was under the object this frame)
+        if still:  # (on the moving-camera clips it took more of the object than it gave back)
+            self._check_looks(small, small_flow, out)
+        else:  # the looks start over from this frame, as the background model does
+            look = cv2.GaussianBlur(small, (5, 5), 0).astype(np.float32)
+            self._look = {oid: look.copy() for oid in out}
+            self._stale = {oid: np.zeros(small.shape[:2], np.uint8) for oid in out}
         return out
+
+    def _check_looks(self, small: np.ndarray, flow: np.ndarray, masks: dict[int, Mask]) -> None:
+        """Each object's look is carried along the flow with its mask; masked pixels that have differed from
+        it for LOOK_PERSIST frames in a row leave the object (where the mask stayed behind, or slid onto
+        something else, the object's look is gone; a pose or light change is followed, LOOK_RATE a frame)."""
+        sh, sw = small.shape[:2]
+        gx, gy = np.meshgrid(np.arange(sw, dtype=np.float32), np.arange(sh, dtype=np.float32))
+        map_x, map_y = gx + flow[..., 0], gy + flow[..., 1]
+        now = cv2.GaussianBlur(small, (5, 5), 0).astype(np.float32)
+        for oid, mask in masks.items():
+            if oid not in self._look or self._look[oid].shape != now.shape:
+                self._look[oid], self._stale[oid] = now.copy(), np.zeros((sh, sw), np.uint8)
+                continue
+            look = cv2.remap(self._look[oid], map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            stale = cv2.remap(self._stale[oid], map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT)
+            m = mask if mask.shape == (sh, sw) else cv2.resize(mask.astype(np.uint8), (sw, sh),
+                                                              interpolation=cv2.INTER_NEAREST_EXACT) > 0
+            differs = np.abs(look - now).max(axis=2) > LOOK_DIFF
+            stale = np.where(m & differs, np.minimum(stale.astype(np.int16) + 1, 255), 0).astype(np.uint8)
+            gone = (stale >= LOOK_PERSIST).astype(np.uint8)
+            gone = cv2.morphologyEx(gone, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
+            if gone.any() and gone.sum() < LOOK_MAX_DROP * m.sum():
+                full = gone if gone.shape == mask.shape else cv2.resize(
+                    gone.astype(np.uint8), (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_NEAREST_EXACT) > 0
+                masks[oid] = mask = mask & ~full
+                self._soft[oid] = np.minimum(self._soft[oid], mask.astype(np.float32))
+                m = m & ~gone
+                stale[gone] = 0
+            follow = m & ~differs
+            look[follow] += LOOK_RATE * (now[follow] - look[follow])
+            look[~m] = now[~m]  # outside the object: what is there now, for a part that joins it
+            self._look[oid], self._stale[oid] = look, stale
 
     def _unconfirmed(self, backward: np.ndarray, gray: np.ndarray) -> np.ndarray:
         """Pixels (flow size) just disoccluded: the forward flow does not confirm their backward flow, and
