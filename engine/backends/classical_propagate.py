@@ -146,7 +146,8 @@ class FlowPropagator(Propagator):
             self._soft[oid] = soft
         self._resolve_overlaps(out)
         self._prev_gray = gray
-        self._learn_background(small, out, still)  # (what leaves below was under the object this frame)
+        self._learn_background(small, out, still)  # before the look check: what it takes away is not
+        # learned as background on the frame it leaves the object
         if still:  # (on the moving-camera clips it took more of the object than it gave back)
             self._check_looks(small, small_flow, out)
         else:  # the looks start over from this frame, as the background model does
