@@ -86,19 +86,20 @@ def below_object(image: Image, mask: Mask, reach: float = BELOW_REACH) -> Mask:
     touch = cv2.dilate(obj.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0  # across the ignored ring
     keep[np.unique(labels[touch])] = True  # hangs from the object ...
     keep &= sure >= MIN_STRONG  # ... and surely is not the ground
-    keep[0] = False
-    added = keep[labels] & (weak > 0)
+    keep[0] = False  # (label 0 is what is not weak: every labelled pixel is)
+    added = keep[labels]
     added |= edge & ~obj & (cv2.dilate(added.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0)  # where it hangs
     # what stands under it with a gap of ground-coloured legs between (feet, seen sure, under the legs the
     # colour of the ground) joins with the gap: the columns it spans, from the object's bottom down to it
     lowest = int(np.nonzero(obj.any(axis=1))[0].max())
-    for i in np.nonzero(~keep & (sure >= 2 * MIN_STRONG))[0]:
-        if i == 0:
-            continue
-        py, px = np.nonzero(labels == i)
+    standing = ~keep & (sure >= 2 * MIN_STRONG)
+    standing[0] = False
+    for i in np.nonzero(standing)[0]:
+        part = labels == i
+        py, px = np.nonzero(part)
         if py.min() > lowest:
             added[lowest + 1:py.min(), px.min():px.max() + 1] = True
-            added |= (labels == i) & (weak > 0)
+            added |= part
     if not added.any() or added.sum() > MAX_ADDED * ys.size * k * k:
         return empty
     out = empty
