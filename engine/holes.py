@@ -20,6 +20,7 @@ from .stages import Image, Mask
 
 BELOW_REACH = 0.3  # how far under the object the band reaches (x the object's height)
 FOOT_ROWS = 0.15  # the object's lowest rows (x its height) whose columns the band spans ...
+LOWER = 0.4  # ... and its lower part (x its height), under which a leg the mask misses may hang
 FOOT_PAD = 0.15  # ... widened by this fraction of their span on each side
 BAND_WIDTH = 48  # px: the band is examined at a scale where it is at most this wide (cost stays flat)
 STRIP = 0.3  # width of each ground strip beside the band (x the band's width) ...
@@ -27,6 +28,7 @@ STRIP_GAP = 2  # ... this many px away from it
 ROW_SPAN = 2  # ground pixels from this many rows above and below a pixel's row explain it
 WEAK = 8.0  # Lab distance to the nearest ground colour over which a pixel may be the object's ...
 STRONG = 24.0  # ... and over which it surely is not the ground
+SHARED = STRONG  # a strip's colour is ground when the other strip shows one this close (Lab)
 MIN_STRONG = 3  # a hanging part needs this many sure pixels
 MAX_ADDED = 0.6  # the band adds at most this fraction of the object's area (else: no evidence, nothing)
 
@@ -41,7 +43,8 @@ def below_object(image: Image, mask: Mask, reach: float = BELOW_REACH) -> Mask:
     height = int(np.ptp(ys)) + 1
     bottom = int(ys.max())
     top = max(0, bottom - max(2, int(FOOT_ROWS * height)))
-    cols = np.nonzero(mask[top:bottom + 1].any(axis=0))[0]
+    upper = max(0, bottom - max(2, int(LOWER * height)))
+    cols = np.nonzero(mask[upper:bottom + 1].any(axis=0))[0]
     pad = max(2, int(FOOT_PAD * (np.ptp(cols) + 1)))
     c0, c1 = max(0, int(cols.min()) - pad), min(w, int(cols.max()) + pad + 1)
     y1 = min(h, bottom + 1 + int(reach * height))
@@ -51,7 +54,7 @@ def below_object(image: Image, mask: Mask, reach: float = BELOW_REACH) -> Mask:
     k = min(1.0, BAND_WIDTH / (c1 - c0))
     strip = max(3, round(STRIP * (c1 - c0)))
     rx0, rx1 = max(0, c0 - STRIP_GAP - strip), min(w, c1 + STRIP_GAP + strip)
-    ry0, ry1 = top, y1
+    ry0, ry1 = upper, y1
     size = (max(1, round((rx1 - rx0) * k)), max(1, round((ry1 - ry0) * k)))
     crop = cv2.GaussianBlur(np.ascontiguousarray(image[ry0:ry1, rx0:rx1]), (3, 3), 0)
     lab = cv2.cvtColor(cv2.resize(crop, size, interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2LAB).astype(np.float32)
@@ -67,11 +70,15 @@ def below_object(image: Image, mask: Mask, reach: float = BELOW_REACH) -> Mask:
     dist = np.zeros((sh, sw), np.float32)
     for y in range(sh):
         r0, r1 = max(0, y - ROW_SPAN), min(sh, y + ROW_SPAN + 1)
-        ground = np.concatenate([lab[r0:r1, left][~obj[r0:r1, left]], lab[r0:r1, right][~obj[r0:r1, right]]])
+        ground = _shared_ground(lab[r0:r1, left][~obj[r0:r1, left]], lab[r0:r1, right][~obj[r0:r1, right]])
         if len(ground) < 4:
             continue
-        row = lab[y, b0:b1]
-        dist[y, b0:b1] = np.sqrt(((row[:, None, :] - ground[None]) ** 2).sum(axis=2)).min(axis=1)
+        dist[y, b0:b1] = _nearest(lab[y, b0:b1], ground)
+    # above the foot rows, only what is under the object in its column may hang from it (a leg the mask
+    # misses), not what stands beside it
+    rows = np.arange(sh)[:, None]
+    env = np.where(obj.any(axis=0), sh - 1 - np.argmax(obj[::-1], axis=0), sh)
+    dist[(rows < round((top - ry0) * k)) & (rows <= env[None])] = 0
     # the object's own edge, blurred by the resampling, is not a part of it: a pixel ring is ignored
     edge = cv2.dilate(obj.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
     dist[edge] = 0
@@ -106,6 +113,20 @@ def below_object(image: Image, mask: Mask, reach: float = BELOW_REACH) -> Mask:
     out[ry0:ry1, rx0:rx1] = cv2.resize(added.astype(np.uint8), (rx1 - rx0, ry1 - ry0),
                                        interpolation=cv2.INTER_NEAREST_EXACT) > 0
     return out & ~mask
+
+
+def _nearest(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Distance from each colour of ``a`` to the nearest colour of ``b``."""
+    return np.sqrt(((a[:, None, :] - b[None]) ** 2).sum(axis=2)).min(axis=1)
+
+
+def _shared_ground(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """The ground colours of two strips: those the other strip also shows.  Something standing beside
+    the band on one side only (another person's shoes) is not ground; with one strip, it is all there is."""
+    if len(left) < 4 or len(right) < 4:
+        return np.concatenate([left, right])
+    ground = np.concatenate([left[_nearest(left, right) <= SHARED], right[_nearest(right, left) <= SHARED]])
+    return ground if len(ground) >= 4 else np.concatenate([left, right])
 
 
 def removal_hole(image: Image, mask: Mask, reach: float = BELOW_REACH) -> Mask:
