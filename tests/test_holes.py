@@ -82,6 +82,29 @@ def test_feet_under_legs_the_colour_of_the_ground_join_with_the_legs():
     assert not (added & ~_grow(span, 3)).any()
 
 
+def test_feet_join_when_another_figure_stands_beside_them():
+    """The ground is what both strips beside the band show: another figure's white shoes in one strip
+    (schoolgirls: the girl stops beside a classmate) do not explain the object's own white shoes."""
+    img, mask, truth = _scene({"legs": (200, 160, 140), "feet": (235, 235, 235)})
+    img[150:168, 205:210] = (30, 30, 60)  # the other figure's dark legs, beside the band ...
+    img[168:174, 201:214] = (235, 235, 235)  # ... and its shoes, the same white
+    added = below_object(img, mask)
+    assert (added & truth).sum() >= 0.9 * truth.sum()
+    assert not (added & ~_grow(truth, 3)).any()  # the other figure stays
+
+
+def test_a_leg_the_mask_misses_hangs_from_above_its_lowest_rows():
+    """The mask has one leg down to the shoe and misses the other (schoolgirls: her back leg while
+    she walks): that leg hangs from higher up than the mask's lowest rows, and still joins."""
+    img, mask, _ = _scene({"legs": (200, 160, 140), "feet": (235, 235, 235)})
+    mask[LEGS[1]] = mask[FEET[1]] = True  # the front leg and shoe are the object's own
+    back = np.zeros_like(mask)
+    back[LEGS[0]] = back[FEET[0]] = True
+    added = below_object(img, mask)
+    assert (added & back).sum() >= 0.9 * back.sum()
+    assert not (added & ~_grow(back, 3)).any()
+
+
 @pytest.mark.parametrize("case", ["empty", "tiny", "bottom", "off", "sparse"])
 def test_no_band_no_change(case):
     img, mask, _ = _scene({"legs": (200, 160, 140)})
