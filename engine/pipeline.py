@@ -97,6 +97,8 @@ class _Held:
     frame: Frame
     masks: dict[int, Mask]
     window: WindowEntry
+    own: Mask  # the removed objects' masks with what hangs below them in this frame
+    below: Mask  # of it, what hangs below them (feet, shadows): the frames next to this one remove it too
 
 
 @dataclass
@@ -212,7 +214,10 @@ class Pipeline:
         self._head = frame.index
         self.frames_in += 1
         masks = self._track(frame, hurry)
-        self._held[frame.index] = _Held(frame, masks, WindowEntry(frame, self._hole(masks, frame.image)))
+        own, below = self._hole(masks, frame.image)
+        self._held[frame.index] = _Held(frame, masks, WindowEntry(frame, own), own, below)
+        self._update_hole(frame.index)
+        self._update_hole(frame.index - 1)
         self._apply_actions()
         out: list[OutputFrame] = []
         if self._head - self._next_out >= self.delay:
@@ -257,28 +262,43 @@ class Pipeline:
         self.times.add("propagate", time.perf_counter() - t0)
         return masks
 
-    def _hole(self, masks: Mapping[int, Mask], image: Image) -> Mask:
-        """What the inpainter fills: each removed object with what hangs below it (see holes.py)."""
+    def _hole(self, masks: Mapping[int, Mask], image: Image) -> tuple[Mask, Mask]:
+        """Each removed object with what hangs below it (see holes.py), and of it what hangs below."""
         assert self._size is not None
         reach = self.config.hole_below if self.given_masks is None else 0.0
         hole = np.zeros((self._size[1], self._size[0]), bool)
+        below = np.zeros_like(hole)
         for oid, m in masks.items():
             obj = self.objects.get(oid)
             if obj is not None and obj.effect is Effect.REMOVE:
+                hole |= m
                 try:
-                    hole |= removal_hole(image, m, reach)
+                    below |= removal_hole(image, m, reach) & ~m
                 except Exception:  # noqa: BLE001 - a live stream keeps removing the object with its mask
                     log.exception("hole below object %d failed; removing its mask alone", oid)
-                    hole |= m
-        return hole
+        return hole | below, below
+
+    def _update_hole(self, index: int) -> None:
+        """What the inpainter fills in a held frame: its own hole, and what hung below the removed objects
+        in the frames before and after it (feet the ground beside them hid in this frame alone must not
+        show, nor be copied from this frame into the next)."""
+        held = self._held.get(index)
+        if held is None:
+            return
+        hole = held.own
+        for near in (self._held.get(index - 1), self._held.get(index + 1)):
+            if near is not None and near.below.any():
+                hole = hole | near.below
+        if not np.array_equal(hole, held.window.hole):
+            held.window.hole = hole
+            held.window.revision += 1
 
     def _set_masks(self, index: int, masks: dict[int, Mask]) -> None:
         held = self._held[index]
         held.masks = masks
-        hole = self._hole(masks, held.frame.image)
-        if not np.array_equal(hole, held.window.hole):
-            held.window.hole = hole
-            held.window.revision += 1
+        held.own, held.below = self._hole(masks, held.frame.image)
+        for i in (index - 1, index, index + 1):
+            self._update_hole(i)
 
     def _refresh_holes(self) -> None:
         for index in self._held:

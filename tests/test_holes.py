@@ -186,3 +186,28 @@ def test_any_mask_gives_a_hole_never_an_error(seed):
     assert hole.shape == mask.shape and hole.dtype == bool and not (mask & ~hole).any()
     if mask.any():
         assert not (hole & ~mask)[:int(np.nonzero(mask.any(axis=1))[0].min())].any()
+
+
+def test_what_hangs_below_in_the_frames_next_to_one_is_removed_there_too():
+    """Feet found under the object in the frames before and after a frame (not in it: there the ground
+    beside them hid them) are in that frame's hole too, so they neither show nor are copied from it."""
+    img, mask, truth = _scene({"legs": (200, 160, 140), "feet": (235, 235, 235)})
+    hidden = img.copy()
+    hidden[truth] = _ground()[truth]  # frame 1: nothing under the body differs from the ground
+    assert not below_object(hidden, mask).any() and below_object(img, mask).any()
+    holes = {}
+
+    class Recording(FlowGuidedInpainter):
+        def inpaint(self, request):
+            holes[request.target] = request.entries[request.target].hole.copy()
+            return super().inpaint(request)
+
+    body = _Body(mask)
+    pipeline = Pipeline(body, body, Recording(), PipelineConfig(delay=2))
+    pipeline.click(165, 100, frame_index=0)
+    for i, image in enumerate([img, hidden, img, hidden]):
+        pipeline.step(Frame(i, image.copy()))
+    pipeline.flush()
+    expected = mask | below_object(img, mask)
+    assert np.array_equal(holes[0], expected) and np.array_equal(holes[2], expected)
+    assert np.array_equal(holes[1], expected) and np.array_equal(holes[3], expected)  # from 2 (3: the last)
