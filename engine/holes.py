@@ -6,9 +6,11 @@ the rest of the object, and a shadow is not part of the object at all.  So the h
 object also takes the pixels in a band under the object that the ground beside them, at the same
 height, does not explain, where they hang from the object (connected to it); what is surely not
 ground a little further down (feet under legs the colour of the ground) joins with the columns
-between.  The ground is modelled per row from two strips left and right of the band (the ground
-changes with depth, that is with the row, much more than along it); a pixel is explained when some
-strip pixel in the nearby rows has its colour.  The tracked masks are not changed (exported masks
+between; a leg the mask misses may hang from higher up, from the object's lower part, under it.
+The ground is modelled per row from two strips left and right of the band (the ground changes with
+depth, that is with the row, much more than along it), keeping the colours both strips show (another
+figure standing beside the band, on one side, is not ground); a pixel is explained when some ground
+pixel in the nearby rows has its colour.  The tracked masks are not changed (exported masks
 and segmentation metrics stay the object's own): only the hole is.
 """
 from __future__ import annotations

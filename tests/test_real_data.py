@@ -48,10 +48,10 @@ def test_schoolgirls_one_click_removes_most_of_a_girl(shared_data, tmp_path):
     with av.open(str(clip / "schoolgirls.mp4")) as c:
         original = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     # the replaced region (her mask with what hangs below it, dilated) covers her on every frame: measured
-    # 97.1% on average, 88% at worst (the mask alone: 87.5%, 79%; it misses her lower legs and shoes)
+    # 98.6% on average, 95.3% at worst (the mask alone: 87.5%, 79%; it misses her lower legs and shoes)
     holes = [dilate_hole(removal_hole(img, m), 4) for img, m in zip(original, exported)]
     covered = [(hole & h).sum() / h.sum() for hole, h in zip(holes, her)]
-    assert np.mean(covered) >= 0.96 and min(covered) >= 0.85, np.round(covered, 2)
+    assert np.mean(covered) >= 0.98 and min(covered) >= 0.93, np.round(covered, 2)
     with av.open(str(out)) as c:
         result = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     for i in (0, 40, 79):  # where she was the picture changed; far from the hole it did not
