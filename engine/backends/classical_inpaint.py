@@ -5,8 +5,7 @@ traced through the window along optical flow that was itself completed inside th
 holes (push-pull interpolation from the surrounding background motion).  Each hole
 pixel takes its colour from the nearest frame in which that point of the scene is
 visible; then from past reference frames; then from the previous completed output
-(which keeps static fills stable instead of flickering, for at most MAX_CARRY frames in a
-row, so that a wrong fill cannot stay as a ghost); what no frame saw is
+(which keeps static fills stable instead of flickering); what no frame saw is
 filled spatially (Telea).  Only the dilated hole is replaced.
 
 Flows are computed once per consecutive frame pair at a reduced size and cached,
@@ -23,10 +22,6 @@ from .registry import BackendOptions
 
 FLOW_SIZE = 480  # long side flows are computed at
 HOLE_GROW = 6  # extra dilation (px at flow size) of holes where flow is untrusted
-# a pixel no frame of the window or reference showed is carried from the previous output (a stable fill,
-# no flicker) for at most this many frames in a row, then made up again: a mistake carried (the removed
-# object's own pixels, taken from a frame where its mask missed them) fades instead of staying as a ghost
-MAX_CARRY = 12
 
 
 def fill_invalid(field: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -178,7 +173,6 @@ class FlowGuidedInpainter(Inpainter):
         self._gray: dict[int, np.ndarray] = {}
         self._holes: dict[tuple[int, int], Mask] = {}  # (i, rev) -> dilated hole (full size)
         self._scale = 1.0
-        self._carried: tuple[int, np.ndarray] | None = None  # the last output: frames its hole pixels were carried
         # pixels filled so far from each source (diagnostics: how much was really seen, how much made up)
         self.filled = {"window": 0, "reference": 0, "previous": 0, "spatial": 0}
 
@@ -187,7 +181,6 @@ class FlowGuidedInpainter(Inpainter):
         self._completed.clear()
         self._gray.clear()
         self._holes.clear()
-        self._carried = None
 
     # -- cached pieces ---------------------------------------------------------------------
     def _gray_of(self, entry: WindowEntry) -> np.ndarray:
@@ -294,21 +287,10 @@ class FlowGuidedInpainter(Inpainter):
             take(ref.frame.image, xs + fx, ys + fy, np.ones(n, bool), dilate_hole(ref.hole, self.dilation))
         self.filled["reference"] += int(done.sum()) - counted
         counted = int(done.sum())
-        # the previous completed output: keeps what was filled before stable, for MAX_CARRY frames
-        carried = np.zeros(n, np.uint16)  # frames each pixel's colour has been carried over
+        # the previous completed output: keeps what was filled before stable
         if not done.all() and (t - 1) in request.completed and (t - 1) in entries:
             fx, fy = _displacement(self._flow(target, entries[t - 1]), xs, ys, s)
-            px, py = xs + fx, ys + fy
-            carried[:] = 1
-            before = self._carried
-            if before is not None and before[0] == t - 1 and before[1].shape == hole.shape:
-                carried = before[1][np.clip(np.rint(py).astype(int), 0, h - 1),
-                                    np.clip(np.rint(px).astype(int), 0, w - 1)] + 1
-            fresh = ~done
-            take(request.completed[t - 1], px, py, carried <= MAX_CARRY, None)
-            carried[~(done & fresh)] = 0
-        self._carried = (t, np.zeros((h, w), np.uint16))
-        self._carried[1][ys, xs] = carried
+            take(request.completed[t - 1], xs + fx, ys + fy, np.ones(n, bool), None)
         self.filled["previous"] += int(done.sum()) - counted
         self.filled["spatial"] += n - int(done.sum())
         out = image.copy()
