@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from .effects import Effect, apply_effect
-from .holes import BELOW_REACH, removal_hole
+from .holes import BELOW_REACH, below_object
 from .stages import (Click, Frame, Image, InpaintRequest, Inpainter, Mask, Propagator, Segmenter,
                      SelectionError, WindowEntry)
 
@@ -273,7 +273,7 @@ class Pipeline:
             if obj is not None and obj.effect is Effect.REMOVE:
                 hole |= m
                 try:
-                    below |= removal_hole(image, m, reach) & ~m
+                    below |= below_object(image, m, reach)
                 except Exception:  # noqa: BLE001 - a live stream keeps removing the object with its mask
                     log.exception("hole below object %d failed; removing its mask alone", oid)
         return hole | below, below
