@@ -98,9 +98,7 @@ class FlowPropagator(Propagator):
         self._prev_gray = _gray(frame.image, self._scale)
         self._soft = {oid: m.astype(np.float32) for oid, m in masks.items()}
         self._area = {oid: float(m.sum()) for oid, m in masks.items()}
-        look = cv2.GaussianBlur(self._small(frame.image), (5, 5), 0).astype(np.float32)  # as compared
-        self._look = {oid: look.copy() for oid in masks}
-        self._stale = {oid: np.zeros(look.shape[:2], np.uint8) for oid in masks}
+        self._restart_looks(self._small(frame.image), masks)
 
     def step(self, frame: Frame) -> dict[int, Mask]:
         if self._prev_gray is None or not self._soft:
@@ -151,10 +149,14 @@ class FlowPropagator(Propagator):
         if still:  # (on the moving-camera clips it took more of the object than it gave back)
             self._check_looks(small, small_flow, out)
         else:  # the looks start over from this frame, as the background model does
-            look = cv2.GaussianBlur(small, (5, 5), 0).astype(np.float32)
-            self._look = {oid: look.copy() for oid in out}
-            self._stale = {oid: np.zeros(small.shape[:2], np.uint8) for oid in out}
+            self._restart_looks(small, out)
         return out
+
+    def _restart_looks(self, small: np.ndarray, ids) -> None:
+        """Each object's look is this frame (blurred as it is compared), differing nowhere yet."""
+        look = cv2.GaussianBlur(small, (5, 5), 0).astype(np.float32)
+        self._look = {oid: look.copy() for oid in ids}
+        self._stale = {oid: np.zeros(small.shape[:2], np.uint8) for oid in ids}
 
     def _check_looks(self, small: np.ndarray, flow: np.ndarray, masks: dict[int, Mask]) -> None:
         """Each object's look is carried along the flow with its mask; masked pixels that have differed from
