@@ -4,9 +4,10 @@ To complete frame t, the hole (dilated as the reference video inpainters do) is
 traced through the window along optical flow that was itself completed inside the
 holes (push-pull interpolation from the surrounding background motion).  Each hole
 pixel takes its colour from the nearest frame in which that point of the scene is
-visible; then from past reference frames; then from the previous completed output
-(which keeps static fills stable instead of flickering); what no frame saw is
-filled spatially (Telea).  Only the dilated hole is replaced.
+visible; then from past reference frames; then from the previous output's fill
+(inside its hole, before feathering: it keeps what was made up stable instead of
+flickering, and never takes back a part of the object a mask missed); what no frame
+saw is filled with texture copied from beside the hole.  Only the dilated hole is replaced.
 
 Flows are computed once per consecutive frame pair at a reduced size and cached,
 so the cost per frame is two flows plus sampling, whatever the window length.
@@ -172,6 +173,7 @@ class FlowGuidedInpainter(Inpainter):
         self._completed: collections.OrderedDict = collections.OrderedDict()  # (i, j, rev) -> completed flow
         self._gray: dict[int, np.ndarray] = {}
         self._holes: dict[tuple[int, int], Mask] = {}  # (i, rev) -> dilated hole (full size)
+        self._fills: collections.OrderedDict = collections.OrderedDict()  # (i, rev) -> fill before feathering
         self._scale = 1.0
         # pixels filled so far from each source (diagnostics: how much was really seen, how much made up)
         self.filled = {"window": 0, "reference": 0, "previous": 0, "spatial": 0}
@@ -181,6 +183,7 @@ class FlowGuidedInpainter(Inpainter):
         self._completed.clear()
         self._gray.clear()
         self._holes.clear()
+        self._fills.clear()
 
     # -- cached pieces ---------------------------------------------------------------------
     def _gray_of(self, entry: WindowEntry) -> np.ndarray:
@@ -287,10 +290,22 @@ class FlowGuidedInpainter(Inpainter):
             take(ref.frame.image, xs + fx, ys + fy, np.ones(n, bool), dilate_hole(ref.hole, self.dilation))
         self.filled["reference"] += int(done.sum()) - counted
         counted = int(done.sum())
-        # the previous completed output: keeps what was filled before stable
-        if not done.all() and (t - 1) in request.completed and (t - 1) in entries:
-            fx, fy = _displacement(self._flow(target, entries[t - 1]), xs, ys, s)
-            take(request.completed[t - 1], xs + fx, ys + fy, np.ones(n, bool), None)
+        # the previous output's fill: keeps what was made up before stable.  Only its hole is
+        # taken (outside it the previous frame showed its own pixels, which the walk above has
+        # already offered, and where its mask missed a part of the object those pixels *are*
+        # the object), and before the feathering blended the hole's edge with the original.
+        if not done.all() and (t - 1) in entries:
+            before = entries[t - 1]
+            fill = self._fills.get((t - 1, before.revision))
+            if fill is not None:
+                inside = self._hole_of(before)
+            elif (t - 1) in request.completed:
+                fill = request.completed[t - 1]  # fill of a hurried frame: skip its feathered edge
+                dist = cv2.distanceTransform(self._hole_of(before).astype(np.uint8), cv2.DIST_L2, 3)
+                inside = dist > self.feather
+            if fill is not None:
+                fx, fy = _displacement(self._flow(target, before), xs, ys, s)
+                take(fill, xs + fx, ys + fy, np.ones(n, bool), ~inside)
         self.filled["previous"] += int(done.sum()) - counted
         self.filled["spatial"] += n - int(done.sum())
         out = image.copy()
@@ -299,6 +314,9 @@ class FlowGuidedInpainter(Inpainter):
             rest = np.zeros_like(hole)
             rest[ys[~done], xs[~done]] = True
             out = texture_fill(out, rest)
+        self._fills[(t, target.revision)] = out
+        while len(self._fills) > 2:
+            self._fills.popitem(last=False)
         if self.feather > 0:
             out = self._feather(image, out, hole)
         oldest = min(entries)
