@@ -10,8 +10,16 @@ between; a leg the mask misses may hang from higher up, from the object's lower 
 The ground is modelled per row from two strips left and right of the band (the ground changes with
 depth, that is with the row, much more than along it), keeping the colours both strips show (another
 figure standing beside the band, on one side, is not ground); a pixel is explained when some ground
-pixel in the nearby rows has its colour.  The tracked masks are not changed (exported masks
-and segmentation metrics stay the object's own): only the hole is.
+pixel in the nearby rows has its colour.
+
+A mask also often stops short of the object's edge (a backpack's rim, a sleeve): the hole then
+takes the pixels in a thin band around the mask that look like the object and not like the
+background beyond the band, near them (nearest colour with a little weight on distance), where
+they touch the mask.  Left in, such a rim shows beside the fill, and the fill copies it from one
+frame into the next.
+
+The tracked masks are not changed (exported masks and segmentation metrics stay the object's
+own): only the hole is.
 """
 from __future__ import annotations
 
@@ -33,6 +41,12 @@ STRONG = 24.0  # ... and over which it surely is not the ground
 SHARED = STRONG  # a strip's colour is ground when the other strip shows one this close (Lab)
 MIN_STRONG = 3  # a hanging part needs this many sure pixels
 MAX_ADDED = 0.6  # the band adds at most this fraction of the object's area (else: no evidence, nothing)
+EDGE_BAND = 0.12  # how far beyond a mask a part it missed is looked for (x the root of its area) ...
+EDGE_MIN = 3  # ... at least this many px
+EDGE_SIZE = 96  # px: the object's surroundings are examined at a scale where they are at most this big
+EDGE_MARGIN = 12.0  # a band pixel is the object's when its nearest object sample is this much nearer
+#                     than its nearest background sample (Lab units, plus one per px of distance)
+EDGE_SAMPLES = 400  # object and background samples each (spread evenly over them)
 
 
 def below_object(image: Image, mask: Mask, reach: float = BELOW_REACH) -> Mask:
@@ -117,9 +131,60 @@ def below_object(image: Image, mask: Mask, reach: float = BELOW_REACH) -> Mask:
     return out & ~mask
 
 
+def missed_edge(image: Image, mask: Mask, band: float = EDGE_BAND) -> Mask:
+    """Pixels in a thin band around ``mask`` that look like the object rather than the background
+    beyond the band, and touch the mask: a rim of the object the mask missed (not in ``mask``)."""
+    h, w = mask.shape
+    empty = np.zeros((h, w), bool)
+    ys, xs = np.nonzero(mask)
+    if band <= 0 or ys.size < 16:
+        return empty
+    width = max(EDGE_MIN, round(band * np.sqrt(ys.size)))
+    y0, y1 = max(0, int(ys.min()) - 3 * width), min(h, int(ys.max()) + 3 * width + 1)
+    x0, x1 = max(0, int(xs.min()) - 3 * width), min(w, int(xs.max()) + 3 * width + 1)
+    k = min(1.0, EDGE_SIZE / max(y1 - y0, x1 - x0))
+    size = (max(1, round((x1 - x0) * k)), max(1, round((y1 - y0) * k)))
+    lab = cv2.cvtColor(cv2.resize(np.ascontiguousarray(image[y0:y1, x0:x1]), size, interpolation=cv2.INTER_AREA),
+                       cv2.COLOR_RGB2LAB).astype(np.float32)
+    obj = cv2.resize(mask[y0:y1, x0:x1].astype(np.uint8), size, interpolation=cv2.INTER_NEAREST_EXACT)
+    wk = max(2, round(width * k))
+    rim = _grow(obj, wk) & ~(obj > 0)
+    beyond = _grow(obj, 3 * wk) & ~_grow(obj, wk + 1)
+    inside = cv2.erode(obj, np.ones((3, 3), np.uint8)) > 0  # the object's outermost pixels mix with the background
+    if inside.sum() < 8 or beyond.sum() < 8 or not rim.any():
+        return empty
+    gy, gx = np.mgrid[0:size[1], 0:size[0]].astype(np.float32)
+    feature = np.concatenate([lab, gx[..., None], gy[..., None]], axis=2)  # colour, and 1 per px of distance
+
+    def samples(where: np.ndarray) -> np.ndarray:
+        f = feature[where]
+        return f[::max(1, len(f) // EDGE_SAMPLES)]
+
+    points = feature[rim]
+    looks = _nearest(points, samples(beyond)) - _nearest(points, samples(inside)) > EDGE_MARGIN
+    candidate = np.zeros(rim.shape, np.uint8)
+    candidate[rim] = looks
+    n, labels = cv2.connectedComponents(candidate, connectivity=8)
+    keep = np.zeros(n, bool)
+    keep[np.unique(labels[_grow(obj, 1) & (candidate > 0)])] = True  # touches the mask
+    keep[0] = False
+    if not keep.any():
+        return empty
+    out = empty
+    out[y0:y1, x0:x1] = cv2.resize(keep[labels].astype(np.uint8), (x1 - x0, y1 - y0),
+                                   interpolation=cv2.INTER_NEAREST_EXACT) > 0
+    return out & ~mask
+
+
+def _grow(mask: np.ndarray, px: int) -> np.ndarray:
+    return cv2.dilate(mask.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1,) * 2)) > 0
+
+
 def _nearest(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Distance from each colour of ``a`` to the nearest colour of ``b``."""
-    return np.sqrt(((a[:, None, :] - b[None]) ** 2).sum(axis=2)).min(axis=1)
+    """Distance from each point of ``a`` to the nearest point of ``b`` (rows of features)."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    squared = (a * a).sum(axis=1)[:, None] + (b * b).sum(axis=1)[None] - 2.0 * (a @ b.T)
+    return np.sqrt(np.maximum(squared.min(axis=1), 0.0))
 
 
 def _shared_ground(left: np.ndarray, right: np.ndarray) -> np.ndarray:
@@ -131,8 +196,8 @@ def _shared_ground(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     return ground if len(ground) >= 4 else np.concatenate([left, right])
 
 
-def removal_hole(image: Image, mask: Mask, reach: float = BELOW_REACH) -> Mask:
-    """The hole removing one object leaves: its mask and what hangs below it."""
-    if reach <= 0 or not mask.any():
+def removal_hole(image: Image, mask: Mask, reach: float = BELOW_REACH, band: float = EDGE_BAND) -> Mask:
+    """The hole removing one object leaves: its mask, what hangs below it and the rim it missed."""
+    if (reach <= 0 and band <= 0) or not mask.any():
         return mask.astype(bool, copy=False)
-    return mask | below_object(image, mask, reach)
+    return mask | below_object(image, mask, reach) | missed_edge(image, mask, band)

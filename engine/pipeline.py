@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from .effects import Effect, apply_effect
-from .holes import BELOW_REACH, below_object
+from .holes import BELOW_REACH, EDGE_BAND, below_object, missed_edge
 from .stages import (Click, Frame, Image, InpaintRequest, Inpainter, Mask, Propagator, Segmenter,
                      SelectionError, WindowEntry)
 
@@ -53,6 +53,7 @@ class PipelineConfig:
     click_lookahead: int = 12  # a click waits (within the delay) for this many later frames: motion cues
     segment_async: bool = False  # live: segment clicks on a prompt thread while frames keep flowing
     hole_below: float = BELOW_REACH  # a removed object's hole also takes what hangs below it (feet, shadow)
+    hole_edge: float = EDGE_BAND  # ... and a rim of it its mask missed (width x the root of the mask's area)
     # this far under it (x its height); 0: the hole is the mask.  Never applied to given masks (--masks-in)
 
 
@@ -97,8 +98,8 @@ class _Held:
     frame: Frame
     masks: dict[int, Mask]
     window: WindowEntry
-    own: Mask  # the removed objects' masks with what hangs below them in this frame
-    below: Mask  # of it, what hangs below them (feet, shadows): the frames next to this one remove it too
+    own: Mask  # the removed objects' masks with what hangs below them and the rims they missed, in this frame
+    missed: Mask  # of it, what the masks missed (feet, shadows, rims): the frames next to this one remove it too
 
 
 @dataclass
@@ -214,8 +215,8 @@ class Pipeline:
         self._head = frame.index
         self.frames_in += 1
         masks = self._track(frame, hurry)
-        own, below = self._hole(masks, frame.image)
-        self._held[frame.index] = _Held(frame, masks, WindowEntry(frame, own), own, below)
+        own, missed = self._hole(masks, frame.image)
+        self._held[frame.index] = _Held(frame, masks, WindowEntry(frame, own), own, missed)
         self._update_hole(frame.index)
         self._update_hole(frame.index - 1)
         self._apply_actions()
@@ -263,32 +264,35 @@ class Pipeline:
         return masks
 
     def _hole(self, masks: Mapping[int, Mask], image: Image) -> tuple[Mask, Mask]:
-        """Each removed object with what hangs below it (see holes.py), and of it what hangs below."""
+        """Each removed object with what hangs below it and the rim its mask missed (see holes.py), and
+        of it what its mask missed.  Given masks (``--masks-in``) are taken as they are."""
         assert self._size is not None
-        reach = self.config.hole_below if self.given_masks is None else 0.0
+        given = self.given_masks is not None
+        reach = 0.0 if given else self.config.hole_below
+        edge = 0.0 if given else self.config.hole_edge
         hole = np.zeros((self._size[1], self._size[0]), bool)
-        below = np.zeros_like(hole)
+        missed = np.zeros_like(hole)
         for oid, m in masks.items():
             obj = self.objects.get(oid)
             if obj is not None and obj.effect is Effect.REMOVE:
                 hole |= m
                 try:
-                    below |= below_object(image, m, reach)
+                    missed |= below_object(image, m, reach) | missed_edge(image, m, edge)
                 except Exception:  # noqa: BLE001 - a live stream keeps removing the object with its mask
-                    log.exception("hole below object %d failed; removing its mask alone", oid)
-        return hole | below, below
+                    log.exception("hole around object %d failed; removing its mask alone", oid)
+        return hole | missed, missed
 
     def _update_hole(self, index: int) -> None:
-        """What the inpainter fills in a held frame: its own hole, and what hung below the removed objects
-        in the frames before and after it (feet the ground beside them hid in this frame alone must not
-        show, nor be copied from this frame into the next)."""
+        """What the inpainter fills in a held frame: its own hole, and what the removed objects' masks missed
+        in the frames before and after it (feet the ground beside them hid in this frame alone, a rim that
+        looked like the background here, must not show, nor be copied from this frame into the next)."""
         held = self._held.get(index)
         if held is None:
             return
         hole = held.own
         for near in (self._held.get(index - 1), self._held.get(index + 1)):
-            if near is not None and near.below.any():
-                hole = hole | near.below
+            if near is not None and near.missed.any():
+                hole = hole | near.missed
         if not np.array_equal(hole, held.window.hole):
             held.window.hole = hole
             held.window.revision += 1
@@ -296,7 +300,7 @@ class Pipeline:
     def _set_masks(self, index: int, masks: dict[int, Mask]) -> None:
         held = self._held[index]
         held.masks = masks
-        held.own, held.below = self._hole(masks, held.frame.image)
+        held.own, held.missed = self._hole(masks, held.frame.image)
         for i in (index - 1, index, index + 1):
             self._update_hole(i)
 

@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from unseen.engine.holes import below_object, removal_hole
+from unseen.engine.holes import EDGE_BAND, EDGE_MIN, EDGE_SIZE, below_object, missed_edge, removal_hole
 from unseen.engine.backends.classical_inpaint import FlowGuidedInpainter
 from unseen.engine.pipeline import Pipeline, PipelineConfig
 from unseen.engine.stages import Frame, Propagator, Segmenter, dilate_hole
@@ -124,7 +124,7 @@ def test_no_band_no_change(case):
         mask[240:267, 0:400:3] = True
     else:
         reach = 0.0
-    assert np.array_equal(removal_hole(img, mask, reach), mask)
+    assert np.array_equal(removal_hole(img, mask, reach, band=0.0 if case == "off" else EDGE_BAND), mask)
 
 
 class _Body(Segmenter, Propagator):
@@ -174,7 +174,7 @@ def test_a_clicked_object_leaves_with_its_legs(how, gone):
 @pytest.mark.parametrize("seed", range(40))
 def test_any_mask_gives_a_hole_never_an_error(seed):
     """Fuzzed masks (specks, slivers, frame-wide, at the borders) on noise: the hole always contains
-    the mask, has its shape, and what it adds is under the mask."""
+    the mask, has its shape, and what it adds is under the mask or in a rim around it."""
     rng = np.random.default_rng(seed)
     h, w = int(rng.integers(8, 200)), int(rng.integers(8, 300))
     img = rng.integers(0, 255, (h, w, 3)).astype(np.uint8)
@@ -182,10 +182,12 @@ def test_any_mask_gives_a_hole_never_an_error(seed):
     for _ in range(int(rng.integers(1, 4))):
         y0, x0 = int(rng.integers(0, h)), int(rng.integers(0, w))
         mask[y0:y0 + int(rng.integers(1, h)), x0:x0 + int(rng.integers(1, max(2, w // int(rng.integers(1, 40)))))] = True
-    hole = removal_hole(img, mask, float(rng.choice([0.0, 0.3, 1.0])))
+    hole = removal_hole(img, mask, float(rng.choice([0.0, 0.3, 1.0])), float(rng.choice([0.0, EDGE_BAND, 0.5])))
     assert hole.shape == mask.shape and hole.dtype == bool and not (mask & ~hole).any()
     if mask.any():
-        assert not (hole & ~mask)[:int(np.nonzero(mask.any(axis=1))[0].min())].any()
+        top = int(np.nonzero(mask.any(axis=1))[0].min())
+        rim = max(EDGE_MIN, round(0.5 * np.sqrt(mask.sum()))) + -(-max(h, w) // EDGE_SIZE) + 1
+        assert not (hole & ~mask & ~_grow(mask, rim))[:top].any()
 
 
 def test_what_hangs_below_in_the_frames_next_to_one_is_removed_there_too():
@@ -211,3 +213,63 @@ def test_what_hangs_below_in_the_frames_next_to_one_is_removed_there_too():
     expected = mask | below_object(img, mask)
     assert np.array_equal(holes[0], expected) and np.array_equal(holes[2], expected)
     assert np.array_equal(holes[1], expected) and np.array_equal(holes[3], expected)  # from 2 (3: the last)
+
+
+def _rim_scene(case: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The body on the ground; the mask and the rim of the body it misses, by case."""
+    img = _ground()
+    img[BODY] = (150, 40, 170)  # a backpack's magenta
+    body = np.zeros((H, W), bool)
+    body[BODY] = True
+    mask = body.copy()
+    if case == "missed":  # the mask stops short of the body's top and right edges
+        mask[:63] = False
+        mask[:, 186:] = False
+    elif case == "near":  # another thing of the body's colour in the band, not touching it
+        img[60:150, 194:199] = (150, 40, 170)
+    elif case == "apart":  # ... and beyond the band
+        img[60:150, 215:225] = (150, 40, 170)
+    elif case == "alike":  # the mask misses a rim the colour of the ground: nothing tells it apart
+        mask[:, 186:] = False
+        img[60:150, 186:190] = _ground()[60:150, 186:190]
+    return img, mask, body & ~mask
+
+
+@pytest.mark.parametrize("case", ["missed", "exact", "near", "apart", "alike"])
+def test_a_rim_the_mask_missed_joins_the_hole(case):
+    img, mask, rim = _rim_scene(case)
+    added = missed_edge(img, mask)
+    assert not (added & mask).any()
+    if case == "missed":
+        assert (added & rim).sum() >= 0.9 * rim.sum(), ((added & rim).sum(), rim.sum())
+    # the ground around it stays (up to the pixel or two where the examined scale blends the edge)
+    assert (added & ~_grow(mask | rim, 2)).sum() == 0, int((added & ~_grow(mask | rim, 2)).sum())
+    assert added.sum() <= rim.sum() + 0.1 * mask.sum() ** 0.5 * 4
+
+
+@pytest.mark.parametrize("how,taken", [("click", True), ("click, hole_edge=0", False), ("masks-in", False)])
+def test_the_pipeline_hole_takes_the_rim_a_mask_missed(how, taken):
+    img, mask, rim = _rim_scene("missed")
+    holes = {}
+
+    class Recording(FlowGuidedInpainter):
+        def inpaint(self, request):
+            holes[request.target] = request.entries[request.target].hole.copy()
+            return super().inpaint(request)
+
+    config = PipelineConfig(delay=2, hole_edge=0.0 if "=0" in how else PipelineConfig.hole_edge)
+    if how == "masks-in":  # the user's masks are taken as they are
+        pipeline = Pipeline(None, None, Recording(), config, given_masks=lambda i: {1: mask})
+    else:
+        body = _Body(mask)
+        pipeline = Pipeline(body, body, Recording(), config)
+        pipeline.click(165, 100, frame_index=0)
+    outs = []
+    for i in range(3):
+        outs += pipeline.step(Frame(i, img.copy()))
+    outs += pipeline.flush()
+    assert len(outs) == 3 and all(np.array_equal(o.masks[1], mask) for o in outs)  # masks stay as tracked
+    top = rim.copy()
+    top[63:] = False  # (the rim's lowest rows stand beside the body's feet: what is below may take them)
+    for hole in holes.values():
+        assert ((hole & rim).sum() >= 0.9 * rim.sum()) if taken else not (hole & top).any()
