@@ -27,7 +27,7 @@ from unseen.engine.synthetic import interior_point
 from . import report
 from .common import Context
 from .data import largest_object, pairs
-from .metrics import flicker, jaccard, mean, psnr, ssim
+from .metrics import detail, flicker, jaccard, mean, psnr, ssim
 
 log = logging.getLogger("unseen.benchmarks")
 
@@ -98,6 +98,7 @@ def _run_pair(ctx: Context, a, b, limit: int | None) -> dict:
         "psnr_frame": mean(psnr(out[t], gt[t]) for t in range(n)),
         "ssim_frame": mean(ssim(out[t], gt[t]) for t in range(n)),
         "psnr_region_input": mean(psnr(frames[t], gt[t], regions[t]) for t in range(n)),
+        "detail_region": mean(detail(out[t], gt[t], regions[t]) for t in range(n)),
         "flicker_output": f_out, "flicker_gt": f_gt, "flicker_diff": f_out - f_gt,
         "fps": n / seconds if seconds > 0 else None,
         "stage_ms": pipeline.times.means(),
@@ -137,7 +138,7 @@ def run(ctx: Context) -> dict:
     result["backends"] = backends or {}
     result["pairs"] = rows_
     keys = ["psnr_region", "ssim_region", "psnr_frame", "ssim_frame", "psnr_region_input", "flicker_output",
-            "flicker_gt", "flicker_diff", "mask_J"]
+            "flicker_gt", "flicker_diff", "mask_J", "detail_region"]
     result["overall"] = {k: mean(r[k] for r in rows_) for k in keys}
     result["overall"]["pairs"] = len(rows_)
     ctx.finish("remove", result, started)
@@ -146,17 +147,18 @@ def run(ctx: Context) -> dict:
     return result
 
 
-HEADERS = ["object -> background", "size", "frames", "mask J", "PSNR region", "SSIM region", "PSNR frame",
-           "SSIM frame", "flicker out/GT"]
+HEADERS = ["object -> background", "size", "frames", "mask J", "PSNR region", "SSIM region", "detail region",
+           "PSNR frame", "SSIM frame", "flicker out/GT"]
 
 
 def rows(result: dict) -> list[list]:
     out = [[f"{r['object_clip']} -> {r['background_clip']}", r["size"], r["frames"], r["mask_J"],
-            report.fmt(r["psnr_region"], 2), r["ssim_region"], report.fmt(r["psnr_frame"], 2), r["ssim_frame"],
+            report.fmt(r["psnr_region"], 2), r["ssim_region"], report.fmt(r["detail_region"], 3),
+            report.fmt(r["psnr_frame"], 2), r["ssim_frame"],
             f"{report.fmt(r['flicker_output'], 2)} / {report.fmt(r['flicker_gt'], 2)}"] for r in result["pairs"]]
     o = result["overall"]
     out.append(["mean", "", "", o["mask_J"], report.fmt(o["psnr_region"], 2), o["ssim_region"],
-                report.fmt(o["psnr_frame"], 2), o["ssim_frame"],
+                report.fmt(o["detail_region"], 3), report.fmt(o["psnr_frame"], 2), o["ssim_frame"],
                 f"{report.fmt(o['flicker_output'], 2)} / {report.fmt(o['flicker_gt'], 2)}"])
     return out
 

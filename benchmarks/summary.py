@@ -39,7 +39,8 @@ def markdown(results: Path) -> str:
     if r:
         o = r["overall"]
         rows.append(["remove: PSNR inside the dilated region", f"{f(o['psnr_region'], 2)} dB",
-                     f"SSIM {f(o['ssim_region'], 3)}; input (object left in) {f(o['psnr_region_input'], 2)} dB; "
+                     f"SSIM {f(o['ssim_region'], 3)}; detail {f(o.get('detail_region'), 3)}; "
+                     f"input (object left in) {f(o['psnr_region_input'], 2)} dB; "
                      f"whole frame {f(o['psnr_frame'], 2)} dB / {f(o['ssim_frame'], 3)}; flicker "
                      f"{f(o['flicker_output'], 2)} vs GT {f(o['flicker_gt'], 2)}; mask J {f(o['mask_J'], 3)}"])
         notes.append(f"remove: {o['pairs']} pasted-object pairs" + (" (--quick)" if r["quick"] else ""))
@@ -47,7 +48,8 @@ def markdown(results: Path) -> str:
     if c:
         o = c["overall"]
         rows.append(["complete: PSNR / SSIM at 432x240", f"{f(o['psnr'], 2)} dB / {f(o['ssim'], 4)}",
-                     f"{o['clips']} clips, holes {f(100 * o['hole_fraction'], 1)}% of the frame; E2FGVI publishes "
+                     f"{o['clips']} clips, holes {f(100 * o['hole_fraction'], 1)}% of the frame; detail in the hole "
+                     f"{f(o.get('detail_hole'), 3)} (1: as detailed as the truth); E2FGVI publishes "
                      f"{c['reference']['psnr']} dB / {c['reference']['ssim']} on DAVIS with other masks"])
     s = data["speed"]
     if s:

@@ -92,6 +92,18 @@ def test_region_metrics_and_flicker():
     assert metrics.flicker([FLAT100, FLAT110], [region] * 2) == pytest.approx(10.0)
 
 
+def test_detail_is_one_for_the_truth_and_falls_for_a_blur():
+    region = _rect(NOISE.shape[:2], 10, 40, 10, 40)
+    blurred = NOISE.copy()
+    blurred[region] = cv2.GaussianBlur(NOISE, (9, 9), 3)[region]
+    assert metrics.detail(NOISE, NOISE, region) == pytest.approx(1.0)
+    assert metrics.detail(blurred, NOISE, region) < 0.6
+    busier = NOISE.copy()
+    busier[region] = np.clip((NOISE[region].astype(int) - 128) * 2 + 128, 0, 255).astype(np.uint8)
+    assert metrics.detail(busier, NOISE, region) > 1.2
+    assert np.isnan(metrics.detail(FLAT100, FLAT100, region))  # no detail in the truth: no ratio
+
+
 def test_ssim_matches_scipy_gaussian_reference():
     """The cv2 Gaussian window equals scikit-image's (scipy gaussian_filter, truncate 3.5, reflect)."""
     ndimage = pytest.importorskip("scipy.ndimage")
@@ -176,6 +188,7 @@ def test_every_suite_quick(data_dir, tmp_path):
         assert p["psnr_region_input"] < 40  # the pasted object is visible in the input
         assert 0 < p["object_fraction"] < 0.2 and 0 <= p["mask_J"] <= 1
         assert p["flicker_diff"] == pytest.approx(p["flicker_output"] - p["flicker_gt"], abs=2e-6)  # each rounded to 1e-6
+        assert 0 < p["detail_region"] < float("inf")  # (the synthetic truth is smooth: any fill is busier)
         sources = p["fill_sources"]  # where the fill came from: fractions of every filled pixel
         assert set(sources) == {"window", "reference", "previous", "spatial"}
         assert sum(sources.values()) == pytest.approx(1.0, abs=1e-3) and sources["window"] > 0
@@ -186,6 +199,7 @@ def test_every_suite_quick(data_dir, tmp_path):
     for c in complete["clips"]:
         assert c["size"] == "432x240" and 15 < c["psnr"] < 100 and 0.5 < c["ssim"] <= 1
         assert 0 < c["hole_fraction"] < 0.5
+        assert 0 < c["detail_hole"] < float("inf")
 
     speed = json.loads((results / "speed.json").read_text())
     runs = speed["runs"]
