@@ -160,6 +160,31 @@ def _displacement(flow: np.ndarray, x: np.ndarray, y: np.ndarray, scale: float) 
             _sample(flow[..., 1], x * scale, y * scale) / scale)
 
 
+def _carry(fill: Image, offset: np.ndarray, inside: Mask, x: np.ndarray, y: np.ndarray
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Carry a fill to float positions ``x, y`` without resampling it: each position takes the pixel
+    (of the 2x2 around it, inside ``inside``) whose content lies nearest to it, ``offset`` (HxWx2)
+    telling where each pixel's content really is; returns the pixels taken (where some was), their
+    colours and where their content now is relative to the positions.  A fill carried for a hundred
+    frames of a slow pan stays as sharp as it was made; bilinear sampling would blur it a little at
+    every frame.  The error stays under about half a pixel: it does not add up."""
+    h, w = inside.shape
+    x0, y0 = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
+    best = np.full(len(x), np.inf)
+    bx, by = np.zeros(len(x), np.int64), np.zeros(len(x), np.int64)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            qx, qy = np.clip(x0 + dx, 0, w - 1), np.clip(y0 + dy, 0, h - 1)
+            ex, ey = qx + offset[qy, qx, 0] - x, qy + offset[qy, qx, 1] - y
+            err = np.where(inside[qy, qx], ex * ex + ey * ey, np.inf)
+            better = err < best
+            best[better], bx[better], by[better] = err[better], qx[better], qy[better]
+    ok = best <= 1.0
+    bx, by = bx[ok], by[ok]
+    moved = np.stack([bx + offset[by, bx, 0] - x[ok], by + offset[by, bx, 1] - y[ok]], axis=1)
+    return ok, fill[by, bx].astype(np.float32), moved.astype(np.float32)
+
+
 class FlowGuidedInpainter(Inpainter):
     name = "classical"
 
@@ -173,7 +198,8 @@ class FlowGuidedInpainter(Inpainter):
         self._completed: collections.OrderedDict = collections.OrderedDict()  # (i, j, rev) -> completed flow
         self._gray: dict[int, np.ndarray] = {}
         self._holes: dict[tuple[int, int], Mask] = {}  # (i, rev) -> dilated hole (full size)
-        self._fills: collections.OrderedDict = collections.OrderedDict()  # (i, rev) -> fill before feathering
+        # (i, rev) -> its fill before feathering, and where each filled pixel's content really is (px)
+        self._fills: collections.OrderedDict = collections.OrderedDict()
         self._scale = 1.0
         # pixels filled so far from each source (diagnostics: how much was really seen, how much made up)
         self.filled = {"window": 0, "reference": 0, "previous": 0, "spatial": 0}
@@ -246,6 +272,7 @@ class FlowGuidedInpainter(Inpainter):
         ys, xs = np.nonzero(hole)
         n = ys.size
         colour = np.zeros((n, 3), np.float32)
+        offset = np.zeros((n, 2), np.float32)  # where each filled pixel's content really is (carried ones)
         done = np.zeros(n, bool)
 
         def take(source: np.ndarray, px: np.ndarray, py: np.ndarray, alive: np.ndarray, src_hole: Mask | None):
@@ -294,18 +321,23 @@ class FlowGuidedInpainter(Inpainter):
         # taken (outside it the previous frame showed its own pixels, which the walk above has
         # already offered, and where its mask missed a part of the object those pixels *are*
         # the object), and before the feathering blended the hole's edge with the original.
+        # Carried without resampling (see _carry).
         if not done.all() and (t - 1) in entries:
             before = entries[t - 1]
-            fill = self._fills.get((t - 1, before.revision))
+            fill, moved = self._fills.get((t - 1, before.revision), (None, None))
             if fill is not None:
                 inside = self._hole_of(before)
             elif (t - 1) in request.completed:
                 fill = request.completed[t - 1]  # fill of a hurried frame: skip its feathered edge
+                moved = np.zeros((h, w, 2), np.float32)
                 dist = cv2.distanceTransform(self._hole_of(before).astype(np.uint8), cv2.DIST_L2, 3)
                 inside = dist > self.feather
             if fill is not None:
-                fx, fy = _displacement(self._flow(target, before), xs, ys, s)
-                take(fill, xs + fx, ys + fy, np.ones(n, bool), ~inside)
+                pending = np.nonzero(~done)[0]
+                fx, fy = _displacement(self._flow(target, before), xs[pending], ys[pending], s)
+                ok, carried, where = _carry(fill, moved, inside, xs[pending] + fx, ys[pending] + fy)
+                colour[pending[ok]], offset[pending[ok]] = carried, where
+                done[pending[ok]] = True
         self.filled["previous"] += int(done.sum()) - counted
         self.filled["spatial"] += n - int(done.sum())
         out = image.copy()
@@ -314,7 +346,9 @@ class FlowGuidedInpainter(Inpainter):
             rest = np.zeros_like(hole)
             rest[ys[~done], xs[~done]] = True
             out = texture_fill(out, rest)
-        self._fills[(t, target.revision)] = out
+        moved = np.zeros((h, w, 2), np.float32)
+        moved[ys, xs] = offset
+        self._fills[(t, target.revision)] = (out, moved)
         while len(self._fills) > 2:
             self._fills.popitem(last=False)
         if self.feather > 0:
