@@ -148,7 +148,9 @@ class Pipeline:
         self.degraded = 0
         self.propagation_skipped = 0
         self._held: dict[int, _Held] = {}
-        self._references: collections.deque[WindowEntry] = collections.deque(maxlen=max(0, self.config.ref_count))
+        # past reference frames, each with the objects its masks were tracked for
+        self._references: collections.deque[tuple[WindowEntry, frozenset[int]]] = collections.deque(
+            maxlen=max(0, self.config.ref_count))
         # index -> (completed image, hole revision it was completed for): an output whose hole changed
         # since (an object was added after it left) still shows that object and is no source for fills
         self._completed: dict[int, tuple[Image, int]] = {}
@@ -497,11 +499,16 @@ class Pipeline:
         image = held.frame.image
         degraded = False
         if held.window.hole.any():
+            # a frame from before an object was clicked (or one a catch-up strode over) has no mask of it:
+            # it shows that object as if it were background, so it is no source for this fill
+            removed = {oid for oid, m in held.masks.items()
+                       if oid in self.objects and self.objects[oid].effect is Effect.REMOVE and m.any()}
             request = InpaintRequest(
                 target=index,
                 entries={i: self._held[i].window for i in range(index - self.inpainter.past,
-                                                                 index + self.delay + 1) if i in self._held},
-                references=list(self._references),
+                                                                 index + self.delay + 1)
+                         if i in self._held and (i == index or removed <= self._held[i].masks.keys())},
+                references=[window for window, tracked in self._references if removed <= tracked],
                 completed={i: img for i, (img, rev) in self._completed.items()
                            if i >= index - self.inpainter.past and i in self._held
                            and self._held[i].window.revision == rev},
@@ -537,7 +544,7 @@ class Pipeline:
         for index in [i for i in self._held if i < keep_from]:
             held = self._held.pop(index)
             if self.config.ref_stride > 0 and index % self.config.ref_stride == 0 and self._references.maxlen:
-                self._references.append(held.window)
+                self._references.append((held.window, frozenset(held.masks)))
         for index in [i for i in self._completed if i < self._next_out - self.inpainter.past]:
             del self._completed[index]
         busy = any(a.segmentation is not None for a in self._pending)  # the prompt thread uses the segmenter

@@ -5,13 +5,14 @@ import time
 
 import numpy as np
 import pytest
+from support.live import static_scene
 
 from unseen.engine.backends.registry import BackendOptions
 from unseen.engine.effects import Effect, apply_effect
 from unseen.engine.pipeline import Pipeline, PipelineConfig, PromptError
 from unseen.engine.session import Backends, build_pipeline
 from unseen.engine.stages import Frame, SelectionError, dilate_hole
-from unseen.engine.synthetic import iou, psnr
+from unseen.engine.synthetic import interior_point, iou, psnr
 
 
 def _pipeline(delay=None, **config):
@@ -243,3 +244,22 @@ def test_outputs_sent_before_an_object_was_known_are_no_fill_source(clip):
         # the object's colours are gone from its region: much closer to the background than the input
         assert psnr(o.image, clip.backgrounds[o.frame.index], region) > \
             psnr(clip.frames[o.frame.index], clip.backgrounds[o.frame.index], region) + 6, o.frame.index
+
+
+@pytest.mark.parametrize("click_at", [9, 29])
+def test_frames_from_before_a_click_do_not_paint_the_object_back(click_at):
+    """Still camera, an object moving to and fro: the frames held from before the click (and the past
+    references) show it where it will be again, unmasked.  They are no source for its fill, so none of
+    it comes back (each of these frames painted up to all of it back, 100-380 px of 619 on average)."""
+    frames, _, masks = static_scene(240, 144, 15, frames=30)
+    pipeline = build_pipeline(Backends("classical", "classical", "classical"), None, PipelineConfig(delay=4))
+    outs = []
+    for i in range(click_at + 25):
+        if i == click_at:
+            pipeline.click(*interior_point(masks[i % len(frames)]), frame_index=i)
+        outs += pipeline.step(Frame(i, frames[i % len(frames)].copy()))
+    outs += pipeline.flush()
+    for o in outs[click_at:]:
+        k = o.frame.index % len(frames)
+        left = (np.abs(o.image.astype(int) - frames[k].astype(int)).max(axis=2) < 25) & masks[k]
+        assert left.sum() <= 0.02 * masks[k].sum(), (o.frame.index, int(left.sum()), int(masks[k].sum()))
