@@ -423,29 +423,52 @@ class Pipeline:
         clicks = (obj.clicks if obj is not None and obj.prompt_frame == index else []) + [action.click]
         neighbours = [self._held[i].frame for i in (index + 12, index - 12, index + 6, index - 6, index + 3, index - 3)
                       if i in self._held]
+        earlier = [self._held[i].frame for i in sorted(self._held, reverse=True) if i < index][:self.config.history]
         if self._prompt_thread is not None:  # live: segment off the frame path, apply when done
             action.on_frame, action.clicks = held.frame, clicks
-            action.segmentation = self._prompt_thread.submit(self._segment, held.frame, clicks, neighbours)
+            action.segmentation = self._prompt_thread.submit(self._segment, held.frame, clicks, neighbours, earlier)
             return False, None
-        return True, self._place(oid, held.frame, clicks, self._segment(held.frame, clicks, neighbours),
-                                 action.click)
+        mask, before = self._segment(held.frame, clicks, neighbours, earlier)
+        return True, self._place(oid, held.frame, clicks, mask, before, action.click)
 
-    def _segment(self, frame: Frame, clicks: list[Click], neighbours: list[Frame]) -> Mask:
+    def _segment(self, frame: Frame, clicks: list[Click], neighbours: list[Frame],
+                 earlier: list[Frame]) -> tuple[Mask, dict[int, Mask]]:
+        """The clicked object's mask on ``frame``, and on the held frames before it (see _propagate_back)."""
         assert self.segmenter is not None
         t0 = time.perf_counter()
         mask = self.segmenter.segment(frame, clicks, neighbours=neighbours)
         self.times.add("segment", time.perf_counter() - t0)
-        return mask
+        return mask, self._propagate_back(frame, mask, earlier)
+
+    def _propagate_back(self, frame: Frame, mask: Mask, earlier: list[Frame]) -> dict[int, Mask]:
+        """Frame index -> the clicked object's mask, on the ``earlier`` frames (newest first), by a fork
+        of the propagator stepped backwards from ``frame``.  Without them the frames from before the
+        click show the object unmasked and are no sources for its fill (see _emit); with them the
+        background they saw behind it fills its hole at once.  Empty where the propagator has no fork."""
+        back = self.propagator.fork() if self.propagator is not None and earlier and mask.any() else None
+        if back is None:
+            return {}
+        t0 = time.perf_counter()
+        back.seed(frame, {0: mask})
+        masks = {}
+        for f in earlier:
+            m = back.step(f).get(0)
+            if m is None:
+                break
+            masks[f.index] = m
+        log.debug("propagated the clicked object back over %d frames in %.0f ms", len(masks),
+                  1000 * (time.perf_counter() - t0))
+        return masks
 
     def _finish_segmentation(self, action: _Action) -> tuple[bool, object]:
         """Apply an async segmentation once it is done (on the engine's thread)."""
         assert action.segmentation is not None and action.on_frame is not None and action.clicks is not None
         if not action.segmentation.done():
             return False, None
-        mask = action.segmentation.result()  # re-raises the segmenter's error
+        mask, before = action.segmentation.result()  # re-raises the segmenter's error
         oid = self._target(action.object_id)  # checked again: objects may have changed meanwhile
         action.object_id = oid
-        return True, self._place(oid, action.on_frame, action.clicks, mask, action.click)
+        return True, self._place(oid, action.on_frame, action.clicks, mask, before, action.click)
 
     def _target(self, object_id: int | None) -> int:
         """The id a click adds to: an existing object, or a new one within the limit."""
@@ -457,8 +480,10 @@ class Pipeline:
             raise PromptError(f"object ids start at 1, not {object_id}; give a positive id or none")
         return self._next_id if object_id is None else int(object_id)
 
-    def _place(self, oid: int, frame: Frame, clicks: list[Click], mask: Mask, click: Click | None) -> int:
-        """Record the object's mask on ``frame`` and propagate it through the held frames after it."""
+    def _place(self, oid: int, frame: Frame, clicks: list[Click], mask: Mask, before: Mapping[int, Mask],
+               click: Click | None) -> int:
+        """Record the object's mask on ``frame``, propagate it through the held frames after it, and place
+        its masks on the held frames ``before`` it (propagated back: they are sources for its fill)."""
         new = oid not in self.objects
         obj = ObjectState(oid, self.config.default_effect) if new else self.objects[oid]
         if new:
@@ -469,6 +494,10 @@ class Pipeline:
         masks = dict(self._held[start].masks)
         masks[obj.id] = mask
         self._reseed(frame, masks)
+        for index, earlier in before.items():
+            held = self._held.get(index)
+            if held is not None:
+                self._set_masks(index, {**held.masks, obj.id: earlier})
         if click is not None:
             log.info("object %d: %s click at (%g,%g) on frame %d", obj.id, "positive" if click.positive
                      else "negative", click.x, click.y, frame.index)

@@ -107,6 +107,13 @@ class Propagator(abc.ABC):
         """Number of frames currently held in memory (for metrics and tests)."""
         return 0
 
+    def fork(self) -> "Propagator | None":
+        """A new propagator with these settings and no objects or memory (sharing only read-only
+        resources such as weights), for a one-off pass: the session propagates a clicked object
+        backwards through the frames it holds from before the click, so they become sources for its
+        fill.  None where that is not offered (those frames are then no sources)."""
+        return None
+
 
 @dataclass
 class WindowEntry:

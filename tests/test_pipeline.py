@@ -263,3 +263,19 @@ def test_frames_from_before_a_click_do_not_paint_the_object_back(click_at):
         k = o.frame.index % len(frames)
         left = (np.abs(o.image.astype(int) - frames[k].astype(int)).max(axis=2) < 25) & masks[k]
         assert left.sum() <= 0.02 * masks[k].sum(), (o.frame.index, int(left.sum()), int(masks[k].sum()))
+
+
+def test_a_click_is_propagated_back_over_the_frames_held_before_it(clip):
+    """The frames held from before a click get the clicked object's mask, propagated backwards by a fork
+    of the propagator (so they are sources for its fill); the forward tracker is not disturbed."""
+    pipeline = build_pipeline(Backends("classical", "classical", "classical"), None, PipelineConfig(delay=3))
+    click_at = 12
+    for i in range(click_at + 4):
+        if i == click_at:
+            pipeline.click(*clip.click(click_at), frame_index=click_at)
+        pipeline.step(Frame(i, clip.frames[i]))
+    earlier = [i for i in sorted(pipeline._held) if i < click_at]
+    assert len(earlier) == click_at  # all of them are still held (history)
+    scores = [iou(pipeline._held[i].masks[1], clip.masks[i]) for i in earlier]
+    assert min(scores) >= 0.7, [round(s, 2) for s in scores]
+    assert pipeline.propagator.objects == [1]

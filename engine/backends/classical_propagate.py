@@ -85,6 +85,9 @@ class FlowPropagator(Propagator):
         each object's carried look (one frame's worth at flow size each)."""
         return (self._prev_gray is not None) + (self._bg is not None) + len(self._look)
 
+    def fork(self) -> "FlowPropagator":
+        return FlowPropagator(refine=self.refine, band=self.band)
+
     def reset(self) -> None:
         self._prev_gray = None
         self._soft.clear()

@@ -57,6 +57,25 @@ def object_pixels(image: np.ndarray, background: np.ndarray, threshold: int = 60
     return np.abs(image.astype(np.int16) - background.astype(np.int16)).max(axis=2) > threshold
 
 
+def object_like(image: np.ndarray, background: np.ndarray, frames: list[np.ndarray], masks: list[np.ndarray],
+                tolerance: float = 20.0) -> np.ndarray:
+    """Pixels that differ from the still background *and* have one of the object's colours (sampled from
+    its masks; the synthetic object's colours are all far from every background colour): the object, if it
+    is there.  A fill made up where the background was never seen also differs from the background, so
+    :func:`object_pixels` counts it too; this does not."""
+    rng = np.random.default_rng(0)
+    palette = np.concatenate([f[m] for f, m in zip(frames[::10], masks[::10])]).astype(np.float64)
+    palette = palette[rng.choice(len(palette), min(1500, len(palette)), replace=False)]
+    candidates = object_pixels(image, background)
+    found = np.zeros(candidates.shape, bool)
+    ys, xs = np.nonzero(candidates)
+    if len(ys):
+        px = image[ys, xs].astype(np.float64)
+        d2 = (px * px).sum(1)[:, None] + (palette * palette).sum(1)[None] - 2.0 * px @ palette.T
+        found[ys, xs] = np.sqrt(np.maximum(d2.min(axis=1), 0)) < tolerance
+    return found
+
+
 class Proc:
     """A subprocess in its own process group, stopped (TERM, then KILL) by :meth:`stop`."""
 
