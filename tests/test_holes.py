@@ -147,6 +147,35 @@ class _Body(Segmenter, Propagator):
         self.ids = []
 
 
+class _Recording(FlowGuidedInpainter):
+    """Records the hole of every frame it fills."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holes: dict[int, np.ndarray] = {}
+
+    def inpaint(self, request):
+        self.holes[request.target] = request.entries[request.target].hole.copy()
+        return super().inpaint(request)
+
+
+def _run_body(img, mask, how: str, inpainter, config, frames: int) -> list:
+    """``frames`` copies of ``img`` through the pipeline: the body clicked and tracked as ``mask``, or
+    (``how`` "masks-in") ``mask`` given as the user's, taken as it is.  The masks stay the body's."""
+    if how == "masks-in":
+        pipeline = Pipeline(None, None, inpainter, config, given_masks=lambda i: {1: mask})
+    else:
+        body = _Body(mask)
+        pipeline = Pipeline(body, body, inpainter, config)
+        pipeline.click(165, 100, frame_index=0)
+    outs = []
+    for i in range(frames):
+        outs += pipeline.step(Frame(i, img.copy()))
+    outs += pipeline.flush()
+    assert len(outs) == frames and all(np.array_equal(o.masks[1], mask) for o in outs)
+    return outs
+
+
 @pytest.mark.parametrize("how,gone", [("click", True), ("click, hole_below=0", False), ("masks-in", False)])
 def test_a_clicked_object_leaves_with_its_legs(how, gone):
     skin = np.array([200, 160, 140])
@@ -155,18 +184,7 @@ def test_a_clicked_object_leaves_with_its_legs(how, gone):
     for r in LEGS:
         legs[r] = True
     config = PipelineConfig(delay=2, hole_below=0.0 if "=0" in how else PipelineConfig.hole_below)
-    if how == "masks-in":  # the user's masks are taken as they are
-        pipeline = Pipeline(None, None, FlowGuidedInpainter(), config, given_masks=lambda i: {1: mask})
-    else:
-        body = _Body(mask)
-        pipeline = Pipeline(body, body, FlowGuidedInpainter(), config)
-        pipeline.click(165, 100, frame_index=0)
-    outs = []
-    for i in range(4):
-        outs += pipeline.step(Frame(i, img.copy()))
-    outs += pipeline.flush()
-    assert len(outs) == 4 and all(np.array_equal(o.masks[1], mask) for o in outs)  # masks stay the body's
-    for o in outs:
+    for o in _run_body(img, mask, how, FlowGuidedInpainter(), config, 4):
         left = np.abs(o.image[legs].astype(int) - skin).sum(axis=1)
         assert (np.median(left) > 60) if gone else (np.median(left) < 10)
 
@@ -197,15 +215,10 @@ def test_what_hangs_below_in_the_frames_next_to_one_is_removed_there_too():
     hidden = img.copy()
     hidden[truth] = _ground()[truth]  # frame 1: nothing under the body differs from the ground
     assert not below_object(hidden, mask).any() and below_object(img, mask).any()
-    holes = {}
-
-    class Recording(FlowGuidedInpainter):
-        def inpaint(self, request):
-            holes[request.target] = request.entries[request.target].hole.copy()
-            return super().inpaint(request)
-
+    recording = _Recording()
+    holes = recording.holes
     body = _Body(mask)
-    pipeline = Pipeline(body, body, Recording(), PipelineConfig(delay=2))
+    pipeline = Pipeline(body, body, recording, PipelineConfig(delay=2))
     pipeline.click(165, 100, frame_index=0)
     for i, image in enumerate([img, hidden, img, hidden]):
         pipeline.step(Frame(i, image.copy()))
@@ -250,26 +263,10 @@ def test_a_rim_the_mask_missed_joins_the_hole(case):
 @pytest.mark.parametrize("how,taken", [("click", True), ("click, hole_edge=0", False), ("masks-in", False)])
 def test_the_pipeline_hole_takes_the_rim_a_mask_missed(how, taken):
     img, mask, rim = _rim_scene("missed")
-    holes = {}
-
-    class Recording(FlowGuidedInpainter):
-        def inpaint(self, request):
-            holes[request.target] = request.entries[request.target].hole.copy()
-            return super().inpaint(request)
-
-    config = PipelineConfig(delay=2, hole_edge=0.0 if "=0" in how else PipelineConfig.hole_edge)
-    if how == "masks-in":  # the user's masks are taken as they are
-        pipeline = Pipeline(None, None, Recording(), config, given_masks=lambda i: {1: mask})
-    else:
-        body = _Body(mask)
-        pipeline = Pipeline(body, body, Recording(), config)
-        pipeline.click(165, 100, frame_index=0)
-    outs = []
-    for i in range(3):
-        outs += pipeline.step(Frame(i, img.copy()))
-    outs += pipeline.flush()
-    assert len(outs) == 3 and all(np.array_equal(o.masks[1], mask) for o in outs)  # masks stay as tracked
+    recording = _Recording()
+    _run_body(img, mask, how, recording,
+              PipelineConfig(delay=2, hole_edge=0.0 if "=0" in how else PipelineConfig.hole_edge), 3)
     top = rim.copy()
     top[63:] = False  # (the rim's lowest rows stand beside the body's feet: what is below may take them)
-    for hole in holes.values():
+    for hole in recording.holes.values():
         assert ((hole & rim).sum() >= 0.9 * rim.sum()) if taken else not (hole & top).any()
