@@ -167,7 +167,8 @@ def _carry(fill: Image, offset: np.ndarray, inside: Mask, x: np.ndarray, y: np.n
     telling where each pixel's content really is; returns the pixels taken (where some was), their
     colours and where their content now is relative to the positions.  A fill carried for a hundred
     frames of a slow pan stays as sharp as it was made; bilinear sampling would blur it a little at
-    every frame.  The error stays under about half a pixel: it does not add up."""
+    every frame.  The error stays under a pixel (a position takes no pixel whose content lies further):
+    it does not add up."""
     h, w = inside.shape
     x0, y0 = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
     best = np.full(len(x), np.inf)
