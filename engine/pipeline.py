@@ -275,14 +275,18 @@ class Pipeline:
         hole = np.zeros((self._size[1], self._size[0]), bool)
         missed = np.zeros_like(hole)
         for oid, m in masks.items():
-            obj = self.objects.get(oid)
-            if obj is not None and obj.effect is Effect.REMOVE:
+            if self._removes(oid):
                 hole |= m
                 try:
                     missed |= below_object(image, m, reach) | missed_edge(image, m, edge)
                 except Exception:  # noqa: BLE001 - a live stream keeps removing the object with its mask
                     log.exception("hole around object %d failed; removing its mask alone", oid)
         return hole | missed, missed
+
+    def _removes(self, oid: int) -> bool:
+        """Whether object ``oid`` exists and is removed (inpainted), not masked by another effect."""
+        obj = self.objects.get(oid)
+        return obj is not None and obj.effect is Effect.REMOVE
 
     def _update_hole(self, index: int) -> None:
         """What the inpainter fills in a held frame: its own hole, and what the removed objects' masks missed
@@ -530,8 +534,7 @@ class Pipeline:
         if held.window.hole.any():
             # a frame from before an object was clicked (or one a catch-up strode over) has no mask of it:
             # it shows that object as if it were background, so it is no source for this fill
-            removed = {oid for oid, m in held.masks.items()
-                       if oid in self.objects and self.objects[oid].effect is Effect.REMOVE and m.any()}
+            removed = {oid for oid, m in held.masks.items() if self._removes(oid) and m.any()}
             request = InpaintRequest(
                 target=index,
                 entries={i: self._held[i].window for i in range(index - self.inpainter.past,
