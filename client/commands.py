@@ -50,7 +50,7 @@ def cmd_clear(args) -> int:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("url", help="the server, e.g. http://127.0.0.1:8080")
     p.add_argument("stream", help="stream name (see GET /api/streams)")
-    p.add_argument("--token", default=os.environ.get("UNSEEN_LIMITS__TOKEN"), help="access token, if the server has one")
+    p.add_argument("--token", default=os.environ.get("UNSEEN_SECURITY__TOKEN"), help="access token, if the server has one")
     p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for the reply")
 
 

@@ -8,24 +8,25 @@
   remove, effect);
 * ``/healthz/live``, ``/healthz/ready``, ``/metrics``.
 
-Errors are JSON ``{"error": "<cause>; <fix>"}`` with a fitting status; none of them stops the server.
+Every request passes the access checks of :mod:`.access` (Host, Origin, token) and every message the
+validation of :mod:`.protocol` (typed, bounded) before anything acts on it.  Errors are JSON
+``{"error": "<cause>; <fix>"}`` with a 4xx status; none of them stops the server.
 """
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
 import logging
 from pathlib import Path
 from typing import Any, Awaitable, Callable
-from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
-from pydantic import ValidationError
 
+from . import protocol as p
+from .access import Access
 from .config import OutputConfig, Settings, SourceConfig
 from .live import LiveStream, StreamError
 from .metrics import Metrics
+from .protocol import ProtocolError
 from .webrtc import Signalling
 
 log = logging.getLogger("unseen.server")
@@ -38,14 +39,13 @@ try:  # the installed package layout
 except ImportError:  # pragma: no cover
     pass
 
-OPS = ("streams", "state", "objects", "click", "remove", "clear", "effect", "subscribe", "unsubscribe")
-
 
 class Server:
     """The streams of one ``unseen serve``, their viewers and metrics."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.access = Access(settings.security, settings.host)
         self.metrics = Metrics()
         self.streams: dict[str, LiveStream] = {}
         self.signalling = Signalling(settings.ice, settings.limits.max_viewers)
@@ -80,11 +80,7 @@ class Server:
         return stream
 
     def add_webcam(self, name: str) -> LiveStream:
-        """A stream fed by a browser's camera (created while answering its offer)."""
-        from .config import NAME
-
-        if not NAME.match(name):
-            raise StreamError(f"stream name {name!r} must be 1-64 letters, digits, '_', '.', '-'; rename it")
+        """A stream fed by a browser's camera (created while answering its offer; the name is checked)."""
         self._check_room(name)
         stream = LiveStream(name, None, self.settings, self.metrics, asyncio.get_running_loop())
         self.streams[name] = stream.start()
@@ -124,60 +120,31 @@ class Server:
         self.metrics.streams.set(0)
 
     # ------------------------------------------------------------------ control (WS and REST)
-    async def control(self, op: str, msg: dict) -> Any:
-        if op == "streams":
+    async def control(self, req: Any) -> Any:
+        """Serve one validated request (a model of :mod:`.protocol`) of the WebSocket or REST API."""
+        if isinstance(req, p.StreamsRequest):
             return [s.describe() for s in self.streams.values()]
-        stream = self.stream(_str(msg, "stream"))
-        if op == "state":
+        stream = self.stream(req.stream)
+        if isinstance(req, p.StateRequest):
             return stream.describe()
-        if op == "objects":
+        if isinstance(req, p.ObjectsRequest):
             return stream.objects()
-        if op == "click":
-            oid = await stream.click(_num(msg, "x"), _num(msg, "y"), positive=bool(msg.get("positive", True)),
-                                     object_id=_opt_int(msg, "object"), pts=_opt_int(msg, "pts"),
-                                     frame=_opt_int(msg, "frame"))
+        max_objects = self.settings.limits.max_objects
+        if isinstance(req, p.ClickRequest):
+            p.check_object(req.object, max_objects)
+            oid = await stream.click(req.x, req.y, positive=req.positive, object_id=req.object, pts=req.pts,
+                                     frame=req.frame)
             return {"object": oid, "objects": stream.objects()}
-        if op == "remove":
-            return {"object": await stream.remove_object(_int(msg, "object")), "objects": stream.objects()}
-        if op == "clear":
+        if isinstance(req, p.RemoveRequest):
+            p.check_object(req.object, max_objects)
+            return {"object": await stream.remove_object(req.object), "objects": stream.objects()}
+        if isinstance(req, p.ClearRequest):
             await stream.clear()
             return {"objects": stream.objects()}
-        if op == "effect":
-            oid = await stream.set_effect(_int(msg, "object"), _str(msg, "effect"))
-            return {"object": oid, "objects": stream.objects()}
-        raise StreamError(f"unknown op {op!r}; use one of: {', '.join(OPS)}")
-
-
-# --------------------------------------------------------------------------- validation
-def _field(msg: dict, key: str) -> Any:
-    if key not in msg:
-        raise StreamError(f"the message has no {key!r}; add it")
-    return msg[key]
-
-
-def _num(msg: dict, key: str) -> float:
-    v = _field(msg, key)
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise StreamError(f"{key!r} must be a number, not {v!r}; send pixel coordinates of the frame")
-    return float(v)
-
-
-def _int(msg: dict, key: str) -> int:
-    v = _field(msg, key)
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise StreamError(f"{key!r} must be an integer, not {v!r}; send an object id from 'objects'")
-    return v
-
-
-def _opt_int(msg: dict, key: str) -> int | None:
-    return None if msg.get(key) is None else _int(msg, key)
-
-
-def _str(msg: dict, key: str) -> str:
-    v = _field(msg, key)
-    if not isinstance(v, str):
-        raise StreamError(f"{key!r} must be a string, not {v!r}; fix the message")
-    return v
+        if isinstance(req, p.EffectRequest):
+            p.check_object(req.object, max_objects)
+            return {"object": await stream.set_effect(req.object, req.effect), "objects": stream.objects()}
+        raise ProtocolError(f"{type(req).__name__} is not served here; use one of: {', '.join(p.OPS)}")
 
 
 # --------------------------------------------------------------------------- HTTP layer
@@ -188,63 +155,74 @@ def _server(request: web.Request) -> Server:
     return request.app[SERVER]
 
 
-def _authorized(request: web.Request) -> bool:
-    token = _server(request).settings.limits.token
-    if not token:
-        return True
-    given = request.headers.get("Authorization", "")
-    given = given[7:] if given.startswith("Bearer ") else request.query.get("token", "")
-    return hmac.compare_digest(given.encode(), token.encode())
+def _local_port(request: web.Request) -> int | None:
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    return sockname[1] if sockname else None
 
 
-def _require_token(request: web.Request) -> None:
-    if not _authorized(request):
-        raise StreamError("missing or wrong access token; send 'Authorization: Bearer TOKEN' (or ?token=TOKEN)",
-                          401)
-
-
-def _check_origin(request: web.Request) -> None:
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return  # not a browser (scripts, the python client): the token protects those
-    allowed = _server(request).settings.limits.origins
-    own = {f"{request.scheme}://{request.host}"}
-    parts = urlsplit(origin)
-    if "*" in allowed or origin in allowed or origin in own or parts.netloc == request.host:
-        return
-    raise StreamError(f"origin {origin!r} is not allowed; add it to limits.origins (UNSEEN_LIMITS__ORIGINS)", 403)
+@web.middleware
+async def guard(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+    """Host, Origin and token, before any handler (only /healthz/* is open, for orchestrators' probes)."""
+    path = request.path
+    if path.startswith("/healthz/"):
+        return await handler(request)
+    access = _server(request).access
+    access.check_host(request.headers.get("Host"))
+    access.check_origin(request.headers.get("Origin"), _local_port(request))
+    if path != "/" and not path.startswith("/static/"):  # the page itself holds no data
+        access.check_token(request.headers.get("Authorization"), request.query.get("token"),
+                           metrics=path == "/metrics")
+    return await handler(request)
 
 
 @web.middleware
 async def errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
     try:
         return await handler(request)
-    except StreamError as exc:
+    except (StreamError, ProtocolError) as exc:
         return web.json_response({"error": str(exc)}, status=exc.status)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         message = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
         if exc.status == 413:
-            message = (f"request body too large (limit {_server(request).settings.limits.max_message_bytes} "
-                       f"bytes); send a smaller body")
+            message = (f"request body too large (limit {request.app._client_max_size} bytes); send a smaller body")
         elif exc.status == 404:
-            message = f"no such path {request.path!r}; see /api/streams, /ws, /metrics, /healthz/live"
+            message = f"no such path {request.path[:100]!r}; see /api/streams, /ws, /metrics, /healthz/live"
+        elif exc.status == 405:
+            message = f"method {request.method} is not served on {request.path[:100]!r}; see the README's API"
         return web.json_response({"error": message}, status=exc.status)
     except Exception as exc:  # noqa: BLE001 - one failed request never stops the server
-        log.exception("request %s %s failed", request.method, request.path)
-        return web.json_response({"error": f"internal error ({type(exc).__name__}: {exc}); see the server log"},
+        log.exception("request %s %s failed", request.method, request.path[:100])
+        return web.json_response({"error": f"internal error ({type(exc).__name__}); see the server log"},
                                  status=500)
 
 
-async def _json(request: web.Request) -> dict:
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise StreamError("the request body is not JSON; send a JSON object") from None
-    if not isinstance(body, dict):
-        raise StreamError("the request body must be a JSON object; send {...}")
-    return body
+async def _body(request: web.Request, limit: int) -> dict[str, Any]:
+    """A JSON request body, bounded; only ``application/json`` (a cross-site form or text/plain is refused)."""
+    if request.content_type != "application/json":
+        raise ProtocolError(f"the body must be application/json, not {request.content_type[:60]!r}; send JSON "
+                            f"with 'Content-Type: application/json'", 415)
+    if request.content_length is not None and request.content_length > limit:
+        raise ProtocolError(f"request body too large ({request.content_length} bytes, limit {limit}); send a "
+                            f"smaller body", 413)
+    return p.parse_json(await request.read(), limit=limit)
+
+
+def _name(request: web.Request) -> str:
+    name = request.match_info["name"]
+    if not p.NAME.match(name):
+        raise ProtocolError(f"stream name {name[:80]!r} must be 1-64 letters, digits, '_', '.', '-'; rename it")
+    return name
+
+
+async def _request(request: web.Request, op: str, body: dict[str, Any] | None = None, **fields: Any) -> Any:
+    """A REST call as the WebSocket request it equals, through the same validation and control."""
+    server = _server(request)
+    msg = dict(body or {}, op=op, **fields)
+    if op != "streams":
+        msg["stream"] = _name(request)
+    return await server.control(p.parse_request(msg))
 
 
 async def index(request: web.Request) -> web.StreamResponse:
@@ -256,11 +234,10 @@ async def live(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
+    """Open without the token, so it names no streams: only whether the server serves, and how many."""
     server = _server(request)
-    streams = {name: s.state for name, s in server.streams.items()}
-    if not server.ready:
-        return web.json_response({"status": "starting", "streams": streams}, status=503)
-    return web.json_response({"status": "ready", "streams": streams})
+    body = {"status": "ready" if server.ready else "starting", "streams": len(server.streams)}
+    return web.json_response(body, status=200 if server.ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -268,150 +245,175 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def list_streams(request: web.Request) -> web.Response:
-    return web.json_response(await _server(request).control("streams", {}))
+    return web.json_response(await _request(request, "streams"))
 
 
 async def add_stream(request: web.Request) -> web.Response:
-    _require_token(request)
-    body = await _json(request)
-    try:
-        source = SourceConfig(**{k: v for k, v in body.items() if k not in ("publish", "record")})
-        outputs = OutputConfig(publish=body.get("publish"), record=body.get("record"))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(x) for x in first["loc"]) or "body"
-        raise StreamError(f"stream setting {where!r}: {first['msg']}; fix the request") from None
-    stream = await _server(request).add(source, outputs)
+    server = _server(request)
+    body = p.parse(p.StreamBody, await _body(request, server.settings.limits.max_message_bytes), "stream setting")
+    access = server.access
+    source = body.source(access.source(body.uri))
+    outputs = OutputConfig(publish=access.publish(body.publish) if body.publish else None,
+                           record=access.record(body.record) if body.record else None)
+    stream = await server.add(source, outputs)
     return web.json_response(stream.describe(), status=201)
 
 
 async def get_stream(request: web.Request) -> web.Response:
-    return web.json_response(await _server(request).control("state", {"stream": request.match_info["name"]}))
+    return web.json_response(await _request(request, "state"))
 
 
 async def delete_stream(request: web.Request) -> web.Response:
-    _require_token(request)
-    await _server(request).remove(request.match_info["name"])
-    return web.json_response({"removed": request.match_info["name"]})
+    name = _name(request)
+    await _server(request).remove(name)
+    return web.json_response({"removed": name})
 
 
 async def objects(request: web.Request) -> web.Response:
-    return web.json_response(await _server(request).control("objects", {"stream": request.match_info["name"]}))
+    return web.json_response(await _request(request, "objects"))
 
 
 async def object_op(request: web.Request) -> web.Response:
     """POST .../objects (a click), DELETE .../objects (clear), DELETE/PATCH .../objects/{id}."""
-    _require_token(request)
-    name = request.match_info["name"]
+    limits = _server(request).settings.limits
     oid = request.match_info.get("id")
+    fields = {} if oid is None else {"object": p.object_id_from_path(oid, limits.max_objects)}
     if request.method == "POST":
-        msg = await _json(request)
-        op = "click"
-    elif request.method == "DELETE":
-        msg, op = {}, ("clear" if oid is None else "remove")
-    else:
-        msg, op = await _json(request), "effect"
-    msg["stream"] = name
-    if oid is not None:
-        if not oid.isdigit():
-            raise StreamError(f"object id {oid!r} is not a number; use an id from the objects list")
-        msg["object"] = int(oid)
-    return web.json_response(await _server(request).control(op, msg))
+        return web.json_response(await _request(request, "click", await _body(request, limits.max_message_bytes)))
+    if request.method == "DELETE":
+        return web.json_response(await _request(request, "clear" if oid is None else "remove", **fields))
+    body = await _body(request, limits.max_message_bytes)
+    return web.json_response(await _request(request, "effect", p.parse(p.EffectBody, body, "field").model_dump(),
+                                            **fields))
 
 
 async def offer(request: web.Request) -> web.Response:
-    _check_origin(request)
     server = _server(request)
-    body = await _json(request)
-    name = request.match_info["name"]
-    if body.get("publish"):
-        _require_token(request)
-        answer, _ = await server.signalling.answer(body, None, create_webcam=lambda: server.add_webcam(name))
+    body = p.parse(p.OfferBody, await _body(request, server.settings.limits.max_offer_bytes), "offer")
+    name = _name(request)
+    sdp = {"sdp": body.sdp, "type": body.type}
+    if body.publish:
+        answer, _ = await server.signalling.answer(sdp, None, create_webcam=lambda: server.add_webcam(name))
     else:
-        answer, _ = await server.signalling.answer(body, server.stream(name))
+        answer, _ = await server.signalling.answer(sdp, server.stream(name))
     return web.json_response(answer)
 
 
-async def websocket(request: web.Request) -> web.WebSocketResponse:
-    _check_origin(request)
-    _require_token(request)
-    server = _server(request)
-    cap = server.settings.limits.max_message_bytes
-    ws = web.WebSocketResponse(max_msg_size=4 * cap, heartbeat=20)
-    await ws.prepare(request)
-    subscriptions: dict[str, asyncio.Task] = {}
-    pending: set[asyncio.Task] = set()
+def _echo_id(data: Any) -> Any:
+    """The id of a refused message, when it is one a reply may carry."""
+    mid = data.get("id") if isinstance(data, dict) else None
+    if isinstance(mid, bool) or not isinstance(mid, (int, str)):
+        return None
+    return mid if (isinstance(mid, str) and len(mid) <= 64) or (isinstance(mid, int) and abs(mid) <= p.MAX_INDEX) \
+        else None
 
-    async def reply(payload: dict) -> None:
-        if not ws.closed:
-            await ws.send_json(payload)
 
-    async def handle(msg: dict) -> None:
-        mid = msg.get("id")
+class ControlSocket:
+    """One WebSocket control connection: validated requests, replies by id, stats subscriptions."""
+
+    def __init__(self, server: Server, ws: web.WebSocketResponse) -> None:
+        self.server = server
+        self.ws = ws
+        self.subscriptions: dict[str, asyncio.Task] = {}
+        self.pending: set[asyncio.Task] = set()
+
+    async def reply(self, payload: dict) -> None:
+        if not self.ws.closed:
+            await self.ws.send_json(payload)
+
+    async def refuse(self, mid: Any, exc: StreamError | ProtocolError) -> None:
+        await self.reply({"id": mid, "ok": False, "error": str(exc), "status": exc.status})
+
+    def receive(self, text: str) -> None:
+        """A text message: validated now; served on its own task (a slow click never blocks the channel)."""
+        data: Any = None
         try:
-            op = _str(msg, "op")
-            if op == "subscribe":
-                name = server.stream(_str(msg, "stream")).name
-                if name not in subscriptions:
-                    subscriptions[name] = asyncio.ensure_future(push_stats(name, float(msg.get("every", 1.0))))
-                result: Any = {"subscribed": name}
-            elif op == "unsubscribe":
-                task = subscriptions.pop(_str(msg, "stream"), None)
+            data = p.parse_json(text, limit=self.server.settings.limits.max_message_bytes)
+            req = p.parse_request(data)
+        except ProtocolError as exc:
+            self.spawn(self.refuse(_echo_id(data), exc))
+            return
+        self.spawn(self.handle(req))
+
+    def spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+
+    async def handle(self, req: Any) -> None:
+        try:
+            if isinstance(req, p.SubscribeRequest):
+                result: Any = self.subscribe(req)
+            elif isinstance(req, p.UnsubscribeRequest):
+                task = self.subscriptions.pop(req.stream, None)
                 if task:
                     task.cancel()
-                result = {"unsubscribed": msg["stream"]}
+                result = {"unsubscribed": req.stream}
             else:
-                result = await server.control(op, msg)
-            await reply({"id": mid, "ok": True, "result": result})
-        except StreamError as exc:
-            await reply({"id": mid, "ok": False, "error": str(exc), "status": exc.status})
+                result = await self.server.control(req)
+            await self.reply({"id": req.id, "ok": True, "result": result})
+        except (StreamError, ProtocolError) as exc:
+            await self.refuse(req.id, exc)
+        except ConnectionResetError:
+            pass
         except Exception as exc:  # noqa: BLE001
             log.exception("control message failed")
-            await reply({"id": mid, "ok": False, "error": f"internal error ({exc}); see the server log",
-                         "status": 500})
+            await self.reply({"id": req.id, "ok": False, "status": 500,
+                              "error": f"internal error ({type(exc).__name__}); see the server log"})
 
-    async def push_stats(name: str, every: float) -> None:
-        every = min(max(every, 0.2), 10.0)
-        while not ws.closed:
-            stream = server.streams.get(name)
-            if stream is None:
-                await reply({"type": "closed", "stream": name})
+    def subscribe(self, req: p.SubscribeRequest) -> dict:
+        name = self.server.stream(req.stream).name
+        old = self.subscriptions.pop(name, None)
+        if old is not None:
+            old.cancel()  # a new period replaces the old one
+        self.subscriptions[name] = asyncio.ensure_future(self.push_stats(name, req.every))
+        return {"subscribed": name}
+
+    async def push_stats(self, name: str, every: float) -> None:
+        """Push the stream's state every ``every`` seconds until it closes or the client unsubscribes."""
+        while not self.ws.closed:
+            stream = self.server.streams.get(name)
+            if stream is None or stream.closed:
+                await self.reply({"type": "closed", "stream": name})
                 return
-            await reply({"type": "stats", "stream": name, "state": stream.describe()})
+            try:
+                await self.reply({"type": "stats", "stream": name, "state": stream.describe()})
+            except ConnectionResetError:
+                return
+            except Exception:  # noqa: BLE001 - one failed push must not end the subscription
+                log.exception("stats of stream %s could not be pushed", name)
             await asyncio.sleep(every)
 
+    def close(self) -> None:
+        for task in list(self.subscriptions.values()) + list(self.pending):
+            task.cancel()
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    server = _server(request)
+    cap = server.settings.limits.max_message_bytes
+    # over 4x the cap the socket is closed (1009, as RFC 6455 says); up to it, a message gets a 413 reply
+    ws = web.WebSocketResponse(max_msg_size=4 * cap, heartbeat=20)
+    await ws.prepare(request)
+    socket = ControlSocket(server, ws)
     try:
         async for message in ws:
             if message.type == WSMsgType.TEXT:
-                if len(message.data.encode()) > cap:
-                    await reply({"id": None, "ok": False, "status": 413,
-                                 "error": f"message of {len(message.data)} bytes is over the {cap}-byte limit; "
-                                          f"send a smaller message"})
-                    continue
-                try:
-                    msg = json.loads(message.data)
-                    if not isinstance(msg, dict):
-                        raise ValueError
-                except ValueError:
-                    await reply({"id": None, "ok": False, "status": 400,
-                                 "error": "the message is not a JSON object; send {\"id\": 1, \"op\": ..., ...}"})
-                    continue
-                task = asyncio.ensure_future(handle(msg))  # a slow click never blocks the channel
-                pending.add(task)
-                task.add_done_callback(pending.discard)
+                socket.receive(message.data)
             elif message.type == WSMsgType.BINARY:
-                await reply({"id": None, "ok": False, "status": 400,
-                             "error": "binary messages are not understood; send JSON text"})
+                socket.spawn(socket.refuse(None, ProtocolError("binary messages are not understood; send JSON "
+                                                                "text")))
             elif message.type == WSMsgType.ERROR:
                 break
     finally:
-        for task in list(subscriptions.values()) + list(pending):
-            task.cancel()
+        socket.close()
     return ws
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[errors], client_max_size=settings.limits.max_message_bytes)
+    limits = settings.limits
+    app = web.Application(middlewares=[errors, guard],
+                          client_max_size=max(limits.max_message_bytes, limits.max_offer_bytes))
     server = Server(settings)
     app[SERVER] = server
 

@@ -152,8 +152,9 @@ def test_websocket_control_and_errors_keep_serving():
                     ({"id": 2, "op": "dance", "stream": "cam"}, False, "unknown op"),
                     ({"id": 3, "op": "state", "stream": "nope"}, False, "unknown stream 'nope'"),
                     ({"id": 4, "op": "click", "stream": "cam", "x": 500, "y": 5}, False, "outside the 192x112"),
-                    ({"id": 5, "op": "click", "stream": "cam", "x": "a", "y": 5}, False, "must be a number"),
-                    ({"id": 6, "op": "remove", "stream": "cam", "object": 42}, False, "no object 42"),
+                    ({"id": 5, "op": "click", "stream": "cam", "x": "a", "y": 5}, False, "'x': Input should be a valid number"),
+                    ({"id": 6, "op": "remove", "stream": "cam", "object": 7}, False, "no object 7"),
+                    ({"id": 13, "op": "remove", "stream": "cam", "object": 42}, False, "not between 1 and 20"),
                     ({"id": 7, "op": "effect", "stream": "cam", "object": 42, "effect": "melt"}, False,
                      "unknown effect"),
                     ({"id": 8, "op": "click", "stream": "cam", "x": 10, "y": 10, "positive": False}, False,
@@ -180,15 +181,16 @@ def test_websocket_control_and_errors_keep_serving():
 @pytest.mark.parametrize("method, path, kwargs, status, fragment", [
     ("get", "/api/streams/nope", {}, 404, "unknown stream 'nope'"),
     ("post", "/api/streams/nope/objects", {"json": {"x": 1, "y": 1}}, 404, "unknown stream"),
-    ("post", "/api/streams", {"data": "{{"}, 400, "not JSON"),
+    ("post", "/api/streams", {"data": "{{", "headers": {"Content-Type": "application/json"}}, 400, "not JSON"),
     ("post", "/api/streams", {"json": {"name": "bad name!", "uri": "x"}}, 400, "stream name"),
     ("post", "/api/streams", {"json": dict(SYNTH, name="cam")}, 409, "exists already"),
     ("post", "/api/streams", {"json": dict(SYNTH, name="third")}, 429, "limit"),
-    ("post", "/api/streams", {"data": "x" * 70000}, 413, "too large"),
+    ("post", "/api/streams", {"data": "x" * 70000, "headers": {"Content-Type": "application/json"}}, 413,
+     "too large"),
     ("post", "/api/streams/cam/offer", {"json": {"sdp": "v=0", "type": "offer"},
                                         "headers": {"Origin": "http://evil.example"}}, 403, "not allowed"),
     ("get", "/ws", {"headers": {"Origin": "http://evil.example"}}, 403, "origin"),
-    ("post", "/api/streams/cam/offer", {"json": {"type": "offer"}}, 400, "the offer must be JSON"),
+    ("post", "/api/streams/cam/offer", {"json": {"type": "offer"}}, 400, "offer 'sdp': Field required"),
     ("get", "/no/such/path", {}, 404, "no such path"),
 ])
 def test_http_errors_are_clear(method, path, kwargs, status, fragment):
@@ -208,15 +210,15 @@ def test_http_errors_are_clear(method, path, kwargs, status, fragment):
 def test_token_and_origins():
     async def body():
         s = settings(sources=[SYNTH])
-        s.limits.token = "s3cret"
-        s.limits.origins = ["http://allowed.example"]
+        s.security.token = "s3cret-token"
+        s.security.origins = ["http://allowed.example"]
         async with client(s) as c:
             assert (await c.post("/api/streams/cam/objects", json={"x": 1, "y": 1})).status == 401
             assert (await c.delete("/api/streams/cam")).status == 401
-            assert (await c.get("/api/streams")).status == 200  # reading needs no token
-            r = await c.get("/ws", headers={"Origin": "http://allowed.example", "Authorization": "Bearer s3cret"})
+            assert (await c.get("/api/streams")).status == 401  # reading needs the token too
+            r = await c.get("/ws", headers={"Origin": "http://allowed.example", "Authorization": "Bearer s3cret-token"})
             assert r.status != 403 and r.status != 401
-            async with c.ws_connect("/ws?token=s3cret", origin="http://allowed.example") as ws:
+            async with c.ws_connect("/ws?token=s3cret-token", origin="http://allowed.example") as ws:
                 await ws.send_json({"id": 1, "op": "streams"})
                 assert (await asyncio.wait_for(ws.receive_json(), 10))["ok"] is True
             r = await c.get("/ws", headers={"Origin": "http://allowed.example"})

@@ -1,0 +1,233 @@
+"""The one validation layer of ``unseen serve``: every message a client sends (REST bodies, WebSocket
+messages, WebRTC offers) is parsed here, once, at the edge, into a typed and bounded object.
+
+Nothing past this module reads raw client JSON.  The rules:
+
+* JSON only as an object, nested at most :data:`MAX_DEPTH` deep, strings (keys too) at most
+  :data:`MAX_STRING` characters, no ``NaN``/``Infinity``;
+* every model forbids unknown keys and is strict: ``"false"`` is not a boolean, ``"5"`` not a number;
+* numbers carry stated bounds: coordinates finite (inside the frame: the stream checks against its
+  size), object ids 1 to ``max_objects``, frame indexes and timestamps 0 to 2**62;
+* every failure is a :class:`ProtocolError`: one line, cause and fix, a 4xx status, no traceback.
+"""
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from unseen.engine.effects import Effect
+
+from .config import NAME, OutputConfig, SourceConfig
+
+MAX_DEPTH = 32
+MAX_STRING = 4096
+MAX_SDP = 65536  # characters of an SDP offer (a browser's is 3-10 KB)
+MAX_INDEX = 2**62  # frame indexes and timestamps
+NAME_PATTERN = NAME.pattern
+
+
+class ProtocolError(ValueError):
+    """A client message that cannot be accepted (one line: cause and fix); ``status`` is the HTTP status."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# ------------------------------------------------------------------------------ JSON
+def _reject_constant(name: str) -> float:
+    raise ProtocolError(f"{name} is not a number JSON allows; send finite numbers")
+
+
+def _check_shape(value: Any, depth: int = 1) -> None:
+    """Depth and string-length bounds, iteratively (a hostile body must not exhaust the stack)."""
+    stack = [(value, depth)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, str):
+            if len(item) > MAX_STRING:
+                raise ProtocolError(f"a string of {len(item)} characters is over the {MAX_STRING}-character limit; "
+                                    f"send shorter values")
+        elif isinstance(item, (dict, list)):
+            if level > MAX_DEPTH:
+                raise ProtocolError(f"the JSON is nested deeper than {MAX_DEPTH} levels; send a flat object")
+            children = list(item.keys()) + list(item.values()) if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+
+
+def parse_json(raw: bytes | str, *, limit: int) -> dict[str, Any]:
+    """A client's JSON text -> a bounded dict, or :class:`ProtocolError` (413 over ``limit`` bytes)."""
+    size = len(raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass"))
+    if size > limit:
+        raise ProtocolError(f"message of {size} bytes is over the {limit}-byte limit; send a smaller message", 413)
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        value = json.loads(text, parse_constant=_reject_constant)
+    except ProtocolError:
+        raise
+    except RecursionError:
+        raise ProtocolError(f"the JSON is nested deeper than {MAX_DEPTH} levels; send a flat object") from None
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError("the message is not a JSON object (not JSON at all); send {\"op\": ..., ...}") from None
+    if not isinstance(value, dict):
+        raise ProtocolError(f"the message is not a JSON object (a JSON {type(value).__name__}); send {{...}}")
+    _check_shape(value)
+    return value
+
+
+# ------------------------------------------------------------------------------ models
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, frozen=True)
+
+
+Coordinate = Annotated[float, Field(ge=-1e9, le=1e9)]
+Index = Annotated[int, Field(ge=0, le=MAX_INDEX)]
+ObjectId = Annotated[int, Field(ge=1, le=1000)]  # the stream's max_objects bounds it further (check_object)
+StreamName = Annotated[str, Field(pattern=NAME_PATTERN)]
+MessageId = Union[Annotated[int, Field(ge=-MAX_INDEX, le=MAX_INDEX)], Annotated[str, Field(max_length=64)], None]
+
+
+class ClickBody(_Strict):
+    """A click: ``x``, ``y`` in pixels of the frame; ``pts`` (stream clock) or ``frame`` names the frame seen."""
+
+    x: Coordinate
+    y: Coordinate
+    positive: bool = True
+    object: ObjectId | None = None
+    pts: Index | None = None
+    frame: Index | None = None
+
+
+class EffectBody(_Strict):
+    effect: str = Field(max_length=32)
+
+    @field_validator("effect")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return Effect.parse(v).value
+
+
+class OfferBody(_Strict):
+    """A WebRTC offer (``publish``: the offer sends a webcam that becomes the stream)."""
+
+    sdp: str = Field(min_length=1, max_length=MAX_SDP)
+    type: Literal["offer"]
+    publish: bool = False
+
+
+class StreamBody(SourceConfig):
+    """``POST /api/streams``: a source and its outputs (the access allow-list checks what they name)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, frozen=True)
+
+    publish: str | None = Field(None, min_length=1, max_length=MAX_STRING)
+    record: str | None = Field(None, min_length=1, max_length=MAX_STRING)
+
+    def source(self, uri: str) -> SourceConfig:
+        return SourceConfig(**self.model_dump(exclude={"publish", "record", "uri"}), uri=uri)
+
+
+# The WebSocket's requests: an envelope (id, op) and the op's fields.
+class _Request(_Strict):
+    id: MessageId = None
+
+
+class StreamsRequest(_Request):
+    op: Literal["streams"]
+
+
+class _OnStream(_Request):
+    stream: StreamName
+
+
+class StateRequest(_OnStream):
+    op: Literal["state"]
+
+
+class ObjectsRequest(_OnStream):
+    op: Literal["objects"]
+
+
+class ClickRequest(_OnStream, ClickBody):
+    op: Literal["click"]
+
+
+class RemoveRequest(_OnStream):
+    op: Literal["remove"]
+    object: ObjectId
+
+
+class ClearRequest(_OnStream):
+    op: Literal["clear"]
+
+
+class EffectRequest(_OnStream, EffectBody):
+    op: Literal["effect"]
+    object: ObjectId
+
+
+class SubscribeRequest(_OnStream):
+    op: Literal["subscribe"]
+    every: Annotated[float, Field(ge=0.2, le=10.0)] = 1.0
+
+
+class UnsubscribeRequest(_OnStream):
+    op: Literal["unsubscribe"]
+
+
+Request = Annotated[Union[StreamsRequest, StateRequest, ObjectsRequest, ClickRequest, RemoveRequest, ClearRequest,
+                          EffectRequest, SubscribeRequest, UnsubscribeRequest], Field(discriminator="op")]
+OPS = ("streams", "state", "objects", "click", "remove", "clear", "effect", "subscribe", "unsubscribe")
+_REQUEST: TypeAdapter = TypeAdapter(Request)
+
+
+# ------------------------------------------------------------------------------ parsing
+def one_line(exc: ValidationError, what: str) -> str:
+    """The first error of a pydantic validation as one line with the fix."""
+    first = exc.errors()[0]
+    where = ".".join(str(x) for x in first["loc"]) or "body"
+    message = str(first["msg"]).splitlines()[0][:200]
+    return f"{what} {where!r}: {message}; fix the message"
+
+
+def parse(model: type[_Strict], data: dict[str, Any], what: str = "field") -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ProtocolError(one_line(exc, what)) from None
+
+
+def parse_request(data: dict[str, Any]) -> Any:
+    """A WebSocket message (already bounded JSON) -> one of the request models."""
+    op = data.get("op")
+    if "op" not in data:
+        raise ProtocolError("the message has no 'op'; send {\"id\": 1, \"op\": ..., ...}")
+    if op not in OPS:
+        shown = op if isinstance(op, str) and len(op) <= 32 else type(op).__name__
+        raise ProtocolError(f"unknown op {shown!r}; use one of: {', '.join(OPS)}")
+    try:
+        return _REQUEST.validate_python(data)
+    except ValidationError as exc:
+        raise ProtocolError(_skip_tag(one_line(exc, "field"), str(op))) from None
+
+
+def _skip_tag(line: str, op: str) -> str:
+    # a discriminated union names the branch first ('click.x'); the client knows its op
+    return line.replace(f"'{op}.", "'", 1)
+
+
+def check_object(object_id: int | None, max_objects: int) -> None:
+    if object_id is not None and not 1 <= object_id <= max_objects:
+        raise ProtocolError(f"object id {object_id} is not between 1 and {max_objects}; use an id from the "
+                            f"objects list")
+
+
+def object_id_from_path(text: str, max_objects: int) -> int:
+    """An object id from a URL path segment (digits only, 1 to ``max_objects``)."""
+    if not text.isdigit() or len(text) > 6:
+        raise ProtocolError(f"object id {text[:16]!r} is not a number; use an id from the objects list")
+    value = int(text)
+    check_object(value, max_objects)
+    return value
