@@ -102,21 +102,43 @@ class _Held:
     missed: Mask  # of it, what the masks missed (feet, shadows, rims): the frames next to this one remove it too
 
 
+RECENT_STAGE_SAMPLES = 1024  # per-call durations kept for a live histogram (drop policy: oldest first)
+
+
+@dataclass(frozen=True)
+class StageSample:
+    """The duration of one stage call."""
+
+    stage: str
+    ms: float
+
+
 @dataclass
 class StageTimes:
-    """Milliseconds spent per stage (totals and counts) for metrics and benchmarks.
+    """Milliseconds spent per stage (totals and counts) for metrics and benchmarks, and the latest
+    per-call durations (bounded, oldest dropped) for whoever :meth:`drain` s them (the live histogram).
 
     Written by the engine and prompt threads, read from any thread: the dicts are replaced, never
     mutated, so a reader always iterates a consistent snapshot."""
 
     totals: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+    recent: collections.deque[StageSample] = field(
+        default_factory=lambda: collections.deque(maxlen=RECENT_STAGE_SAMPLES), repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, stage: str, seconds: float) -> None:
         with self._lock:
             self.totals = {**self.totals, stage: self.totals.get(stage, 0.0) + seconds * 1000.0}
             self.counts = {**self.counts, stage: self.counts.get(stage, 0) + 1}
+            self.recent.append(StageSample(stage, seconds * 1000.0))
+
+    def drain(self) -> list[StageSample]:
+        """The per-call durations recorded since the last drain (at most RECENT_STAGE_SAMPLES), oldest first."""
+        with self._lock:
+            samples = list(self.recent)
+            self.recent.clear()
+        return samples
 
     def mean_ms(self, stage: str) -> float:
         count = self.counts.get(stage, 0)
@@ -336,9 +358,10 @@ class Pipeline:
             if done:
                 action.future.set_result(result)
             elif final:
+                where = f"pts {action.pts}" if action.frame_index is None and action.pts is not None \
+                    else f"frame {action.frame_index}"
                 action.future.set_exception(PromptError(
-                    f"click on frame {action.frame_index} is beyond the last frame ({self._head}); "
-                    f"click on a frame of the video"))
+                    f"click on {where} is beyond the last frame ({self._head}); click on a frame of the video"))
             else:
                 self._pending.append(action)
 
@@ -592,6 +615,11 @@ class Pipeline:
     @property
     def held_frames(self) -> int:
         return len(self._held)
+
+    @property
+    def head(self) -> int:
+        """Index of the newest frame stepped (-1 before the first); a prompt on a later frame waits for it."""
+        return self._head
 
     def describe(self) -> dict:
         return {

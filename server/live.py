@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 import cv2
 import numpy as np
@@ -45,6 +45,8 @@ log = logging.getLogger("unseen.live")
 CLOCK = 90000  # the stream clock: 90 kHz, as RTP video
 TIME_BASE = Fraction(1, CLOCK)
 BACKOFF_START, BACKOFF_MAX = 0.5, 8.0
+SINK_CLOSE_SHARE = 0.2  # of close()'s timeout, kept (up to 1 s) for the sinks after the worker
+READ_BACKOFF_MAX = 2.0  # a source's reopen backoff stays short: output is back within seconds of its return
 WALL_OFFSET = time.time() - time.monotonic()  # monotonic -> wall clock (for glass-to-glass stats)
 
 
@@ -61,34 +63,53 @@ def redact(uri: str) -> str:
     return re.sub(r"(://)[^/@]+@", r"\1***@", uri)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+T = TypeVar("T")
+
+
 # ----------------------------------------------------------------------------- queues/relays
-class FrameQueue:
-    """A bounded FIFO between reader and worker; when full the oldest frame is dropped (counted)."""
+class FrameQueue(Generic[T]):
+    """A bounded FIFO between two threads; when full the oldest item is dropped (counted).
+
+    Once closed it takes nothing more, and a reader gets what is left, then None at once."""
 
     policy = "drop-oldest"
 
     def __init__(self, maxlen: int) -> None:
-        self._items: collections.deque[Frame] = collections.deque()
+        self._items: collections.deque[T] = collections.deque()
         self._maxlen = maxlen
         self._cond = threading.Condition()
         self.dropped = 0
+        self.closed = False
 
-    def put(self, frame: Frame) -> bool:
-        """Add a frame; returns True when an older one had to be dropped."""
+    def put(self, item: T) -> bool:
+        """Add an item (ignored once closed); returns True when an older one had to be dropped."""
         with self._cond:
+            if self.closed:
+                return False
             dropped = len(self._items) >= self._maxlen
             if dropped:
                 self._items.popleft()
                 self.dropped += 1
-            self._items.append(frame)
+            self._items.append(item)
             self._cond.notify()
         return dropped
 
-    def get(self, timeout: float) -> Frame | None:
+    def get(self, timeout: float) -> T | None:
+        """The oldest item, waiting up to ``timeout`` s for one; None when none came (or closed and empty)."""
         with self._cond:
-            if not self._items:
-                self._cond.wait(timeout)
+            self._cond.wait_for(lambda: self._items or self.closed, timeout)
             return self._items.popleft() if self._items else None
+
+    def close(self) -> None:
+        """Take no more items; wake every reader."""
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
 
     def __len__(self) -> int:
         with self._cond:
@@ -143,14 +164,16 @@ class LatestRelay:
 class ThreadedSink:
     """Runs a sink (publisher, recorder) on its own thread behind a small drop-oldest queue.
 
-    The sink is created on that thread from the first frame's size and rate (``factory``)."""
+    The sink is created on that thread from the first frame's size and rate (``factory``), and
+    closed on that thread too, once the queue is drained: never while a write is running.
+    A write that raises is reported (``error``, the log) and the thread goes on."""
 
     def __init__(self, name: str, factory: Callable[[StreamInfo], Any], maxlen: int = 30) -> None:
         self.name = name
         self._factory = factory
-        self._queue = FrameQueue(maxlen)
+        self._queue: FrameQueue[OutputFrame] = FrameQueue(maxlen)
         self._info: StreamInfo | None = None
-        self._stop = threading.Event()
+        self._keep = True
         self._thread: threading.Thread | None = None
         self.sink: Any = None
         self.error: str | None = None
@@ -162,7 +185,7 @@ class ThreadedSink:
         self._thread.start()
 
     def write(self, output: OutputFrame) -> None:
-        self._queue.put(output)  # type: ignore[arg-type]
+        self._queue.put(output)
 
     @property
     def dropped(self) -> int:
@@ -173,31 +196,53 @@ class ThreadedSink:
         try:
             self.sink = self._factory(self._info)
         except Exception as exc:  # noqa: BLE001 - report it in the stream state, keep streaming
-            self.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            self.error = _first_line(exc)
             log.error("%s: %s", self.name, self.error)
             return
-        while True:
-            item = self._queue.get(0.2)
-            if item is None:
-                if self._stop.is_set():
-                    break
-                continue
-            try:
-                self.sink.write(item)
-                self.written += 1
-            except Exception as exc:  # noqa: BLE001
-                self.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                log.warning("%s: %s", self.name, self.error)
+        try:
+            while True:
+                item = self._queue.get(0.5)
+                if item is None:
+                    if self._queue.closed:
+                        break  # closed and drained
+                    continue
+                self._write(item)
+        finally:
+            self._close_sink()
 
-    def close(self, *, keep: bool = True, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-        if self.sink is not None:
-            try:
-                self.sink.close(keep=keep)
-            except Exception as exc:  # noqa: BLE001
-                log.warning("%s: closing failed (%s)", self.name, exc)
+    def _write(self, item: OutputFrame) -> None:
+        try:
+            self.sink.write(item)
+            self.written += 1
+        except Exception as exc:  # noqa: BLE001 - one failed write must not end the output
+            self.error = _first_line(exc)
+            log.warning("%s: %s", self.name, self.error)
+
+    def _close_sink(self) -> None:
+        try:
+            self.sink.close(keep=self._keep)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("%s: closing failed (%s)", self.name, exc)
+
+    def close(self, *, keep: bool = True, timeout: float = 10.0) -> bool:
+        """Take no more frames; the thread writes what is queued, then closes the sink.  Waits up to
+        ``timeout`` s for that; True when it finished.  Otherwise the (daemon) thread finishes on its own:
+        the sink is never closed under a write.  Idempotent."""
+        self._keep = keep
+        self._queue.close()
+        if self._thread is None:
+            return True
+        self._thread.join(max(0.0, timeout))
+        if self._thread.is_alive():
+            log.warning("%s: still writing after %.1f s; it closes the sink once its queue is written",
+                        self.name, timeout)
+            return False
+        return True
+
+    @property
+    def pending(self) -> int:
+        """Frames queued, not written yet."""
+        return len(self._queue)
 
 
 # --------------------------------------------------------------------------------- sources
@@ -209,6 +254,9 @@ class SyntheticSource:
     def __init__(self, config: SourceConfig) -> None:
         from unseen.engine.synthetic import make_clip
 
+        if not (config.fps > 0 and config.width > 0 and config.height > 0):
+            raise ValueError(f"synthetic source {config.width}x{config.height} at {config.fps:g} fps: needs a "
+                             f"positive size and rate; fix the stream settings")
         rate = Fraction(config.fps).limit_denominator(1001)
         self.clip = make_clip(60, config.width, config.height, seed=3, rate=rate)
         self.info = StreamInfo(config.width, config.height, rate, 1 / rate, None, False)
@@ -237,6 +285,23 @@ def open_source(config: SourceConfig) -> Source | SyntheticSource:
 
 
 # ----------------------------------------------------------------------------------- stream
+@dataclass(frozen=True)
+class NewestFrame:
+    """The newest frame a stream has received: the pipeline index it gets (once stepped) and its pts."""
+
+    index: int
+    pts: int
+
+
+@dataclass(frozen=True)
+class CloseReport:
+    """What :meth:`LiveStream.close` did with the frames in flight."""
+
+    flushed: int  # frames the flush of the delay line delivered to the sinks
+    discarded: int  # frames received but not processed (queued when intake stopped)
+    abandoned: bool  # the worker outlasted the timeout: no flush, the sinks were closed with what they had
+
+
 class LiveStream:
     """The session of one live stream: source -> queue -> pipeline -> sinks and viewers."""
 
@@ -256,7 +321,7 @@ class LiveStream:
             Backends(settings.backends.segmenter, settings.backends.propagator, settings.backends.inpainter),
             BackendOptions(device=settings.device),
             PipelineConfig(delay=settings.delay, default_effect=effect, segment_async=True))
-        self.queue = FrameQueue(settings.limits.queue_frames)
+        self.queue: FrameQueue[Frame] = FrameQueue(settings.limits.queue_frames)
         self.relay = LatestRelay(loop)
         self.sinks: list[ThreadedSink] = []
         self.viewers: set[Any] = set()
@@ -266,14 +331,18 @@ class LiveStream:
         self.size: tuple[int, int] | None = None  # (width, height) of the stream
         self.rate: Fraction = Fraction(source.fps if source and source.uri.startswith("synthetic://") else 25)
         self._clock = -1  # stream pts of the last frame (90 kHz)
+        self._received = 0  # frames put into the queue
+        self._unprocessed = 0  # frames the worker took after intake stopped (not processed)
         self._last_source_s: float | None = None
         self._gap = True  # the next frame follows a (re)connect: use the nominal step
         self._fps = 0.0
         self._last_out: float | None = None
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # intake and processing stop (close, or a failure)
+        self._abandoned = False  # close() gave up on the worker: it must not deliver any more
+        self._flushed: int | None = None  # frames the worker's final flush delivered (None: no flush ran)
         self._closed = False
+        self._report: CloseReport | None = None
         self._close_lock = threading.Lock()
-        self._stage_seen: dict[str, tuple[float, int]] = {}
         self._reader: threading.Thread | None = None
         self._worker = threading.Thread(target=self._work, name=f"unseen-worker-{name}", daemon=True)
         metrics.delay_frames.labels(name).set(self.pipeline.delay)
@@ -288,42 +357,72 @@ class LiveStream:
             self._reader = threading.Thread(target=self._read, name=f"unseen-reader-{self.name}", daemon=True)
             self._reader.start()
         else:
-            self.state = "waiting"  # for the browser's first frame
+            self._set_state("waiting")  # for the browser's first frame
         return self
 
-    def close(self) -> None:
-        """Stop reading and processing, flush the delay line into the sinks, close everything (idempotent)."""
+    def close(self, timeout: float = 10.0) -> CloseReport:
+        """Drain and close (idempotent): stop intake (reader and :meth:`feed`), let the worker finish the
+        step in progress and flush the delay line into the sinks, then close the sinks (recordings end
+        as playable files).  All within ``timeout`` s: a worker still busy then is abandoned (a daemon
+        thread), nothing is flushed, and the sinks are closed with what they have."""
         with self._close_lock:
             if self._closed:
-                return
+                return self._report or CloseReport(0, 0, False)
             self._closed = True
+        deadline = time.monotonic() + timeout
         self._stop.set()
-        if self._reader is not None:
-            self._reader.join((self.config.read_timeout if self.config else 0) + 2)
-        self._worker.join(30)
-        try:
-            for out in self.pipeline.flush():
-                for sink in self.sinks:
-                    sink.write(out)
-                self.metrics.frames_out.labels(self.name).inc()
-        except Exception:  # noqa: BLE001 - closing must finish
-            log.exception("%s: flushing the delay line failed", self.name)
+        self.queue.close()  # wakes the worker; frames still queued are not processed
+        if self._worker.ident is not None:  # the sinks keep a share of the time to finish their files
+            self._worker.join(max(0.0, deadline - min(SINK_CLOSE_SHARE * timeout, 1.0) - time.monotonic()))
+        elif self.state != "failed":
+            self._flush()  # never started: nothing else touches the pipeline
+        abandoned = self._worker.is_alive()
+        if abandoned:
+            self._abandoned = True
+            log.warning("%s: the worker is still busy after %.1f s; closing without flushing the delay line",
+                        self.name, timeout)
         self.pipeline.close()
         for sink in self.sinks:
-            sink.close()
+            sink.close(timeout=max(0.0, deadline - time.monotonic()))
+        if self._reader is not None:
+            self._reader.join(max(0.0, min(deadline - time.monotonic(), 1.0)))  # its source closes as it stops
         self.relay.publish(None)
         self.state = "closed"
         self.metrics.forget(self.name)
+        self._report = CloseReport(self._flushed or 0, len(self.queue) + self._unprocessed, abandoned)
+        log.info("%s: closed; the flush delivered %d frames, %d received frames were not processed%s",
+                 self.name, self._report.flushed, self._report.discarded,
+                 " (worker abandoned)" if abandoned else "")
+        return self._report
 
-    async def aclose(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.close)
+    async def aclose(self, timeout: float = 10.0) -> CloseReport:
+        return await asyncio.get_running_loop().run_in_executor(None, lambda: self.close(timeout))
 
     @property
     def closed(self) -> bool:
         return self._closed
 
+    def _set_state(self, state: str) -> None:
+        """Change the state, unless the stream failed or closed already (those are final)."""
+        if self.state not in ("failed", "closed"):
+            self.state = state
+
+    def _fail(self, message: str, exc: BaseException) -> None:
+        """A thread of the stream hit an unexpected error: the stream stops, its state says so."""
+        log.error("%s: %s", self.name, message, exc_info=exc)
+        self.last_error = message
+        self._set_state("failed")
+        self._stop.set()
+        self.queue.close()
+
     # ------------------------------------------------------------------ input
     def _read(self) -> None:
+        try:
+            self._read_loop()
+        except Exception as exc:  # noqa: BLE001 - never die silently: the state says failed
+            self._fail("source failed (reading); check the server log", exc)
+
+    def _read_loop(self) -> None:
         assert self.config is not None
         backoff = BACKOFF_START
         first = True
@@ -331,75 +430,87 @@ class LiveStream:
             try:
                 source = open_source(self.config)
             except MediaError as exc:
-                self._source_down(str(exc), first)
+                self._source_down("source unavailable (cannot open)", exc, first)
                 if self._stop.wait(backoff):
                     break
-                backoff = min(BACKOFF_MAX, backoff * 2)
+                backoff = min(READ_BACKOFF_MAX, backoff * 2)
                 first = False
                 continue
+            except Exception as exc:  # noqa: BLE001 - bad settings (a synthetic size, a path the OS refuses)
+                self._fail("source failed (cannot open); check the stream settings and the server log", exc)
+                return
             if not first:
                 self.reconnects += 1
                 self.metrics.reconnects.labels(self.name).inc()
                 log.info("%s: source reconnected", self.name)
             first = False
             backoff = BACKOFF_START
-            self.state = "running"
+            self._set_state("running")
             self.last_error = None
             if self.size is None:
                 self.rate = source.info.rate or self.rate
             self._gap = True
-            paced = not getattr(source, "live", False)  # files play at their own rate, like a camera
-            t0 = None
             try:
-                for frame in source:
-                    if self._stop.is_set():
-                        break
-                    if paced:
-                        secs = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base \
-                            else 0.0
-                        if t0 is None or secs < self._paced_last:
-                            t0 = time.monotonic() - secs
-                        self._paced_last = secs
-                        wait = t0 + secs - time.monotonic()
-                        if wait > 0 and self._stop.wait(wait):
-                            break
-                    self._ingest(frame.image, frame.seconds, time.monotonic())
-                else:
-                    if not self._stop.is_set():
-                        if is_network(self.config.uri) or self.config.loop:
-                            self._source_down(f"source {redact(self.config.uri)!r} ended", False)
-                        else:
-                            self.state = "ended"
-                            log.info("%s: source ended", self.name)
-                            return
+                if self._play(source):
+                    return  # a file that ended
             except MediaError as exc:
-                self._source_down(str(exc), False)
+                self._source_down("source dropped or stalled", exc, False)
             except Exception as exc:  # noqa: BLE001 - a decoder hiccup must not end the stream
-                log.exception("%s: reading failed", self.name)
-                self._source_down(f"reading failed ({exc})", False)
+                self._source_down("source read error", exc, False)
             finally:
                 source.close()
             if self._stop.wait(backoff):
                 break
 
+    def _play(self, source: Source | SyntheticSource) -> bool:
+        """Ingest the source's frames (files paced at their own rate); True when a file ended for good."""
+        assert self.config is not None
+        paced = not getattr(source, "live", False)  # files play at their own rate, like a camera
+        t0 = None
+        for frame in source:
+            if self._stop.is_set():
+                return False
+            if paced:
+                secs = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else 0.0
+                if t0 is None or secs < self._paced_last:
+                    t0 = time.monotonic() - secs
+                self._paced_last = secs
+                wait = t0 + secs - time.monotonic()
+                if wait > 0 and self._stop.wait(wait):
+                    return False
+            self._ingest(frame.image, frame.seconds, time.monotonic())
+        if self._stop.is_set():
+            return False
+        if is_network(self.config.uri) or self.config.loop:
+            self._source_down("source ended", None, False)
+            return False
+        self._set_state("ended")
+        log.info("%s: source ended", self.name)
+        return True
+
     _paced_last = 0.0
 
-    def _source_down(self, message: str, first: bool) -> None:
-        self.state = "connecting" if first else "reconnecting"
-        self.last_error = message
+    def _source_down(self, message: str, exc: BaseException | None, first: bool) -> None:
+        """The source is away (retried with backoff).  API clients get the generic ``message``; the cause
+        (which may tell whether a file or port exists) goes to the server log only."""
+        self._set_state("connecting" if first else "reconnecting")
+        self.last_error = f"{message}; retrying, check the server log"
         self._gap = True
-        log.warning("%s: %s; retrying with backoff", self.name, message)
+        log.warning("%s: %s (%s); retrying with backoff", self.name, message,
+                    _first_line(exc) if exc is not None else "no cause given")
 
     def feed(self, image: np.ndarray, seconds: float | None) -> None:
-        """A frame pushed by the stream's publisher (a browser webcam); any thread."""
-        if self._closed:
+        """A frame pushed by the stream's publisher (a browser webcam); any thread.  Ignored once closing."""
+        if self._stop.is_set():
             return
         if self.size is not None and (image.shape[1], image.shape[0]) != self.size:
             image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)  # the browser adapted its size
-        self.state = "running"
+        self._set_state("running")
         self._ingest(image, seconds, time.monotonic())
 
     def _ingest(self, image: np.ndarray, seconds: float | None, arrived: float) -> None:
+        if self._stop.is_set():
+            return
         step = 1.0 / float(self.rate) if self.rate else 1 / 25
         if self.size is None:
             self.size = (int(image.shape[1]), int(image.shape[0]))
@@ -411,43 +522,68 @@ class LiveStream:
                 delta = step
         self._gap = False
         self._last_source_s = seconds
-        self._clock += max(1, round(delta * CLOCK)) if self._clock >= 0 else 1
-        frame = Frame(index=-1, image=image, pts=self._clock, time_base=TIME_BASE, wallclock=arrived)
+        pts = self._clock + max(1, round(delta * CLOCK)) if self._clock >= 0 else 0
+        frame = Frame(index=-1, image=image, pts=pts, time_base=TIME_BASE, wallclock=arrived)
         if self.queue.put(frame):
             self.metrics.dropped.labels(self.name).inc()
+        self._received += 1
+        self._clock = pts
+
+    @property
+    def newest_frame(self) -> NewestFrame | None:
+        """The newest frame received (None before the first).  Its index counts the frames that reach the
+        pipeline (queue drops excluded); one still queued gets it when the worker steps it."""
+        if self._clock < 0:
+            return None
+        return NewestFrame(self._received - self.queue.dropped - 1, self._clock)
 
     # ------------------------------------------------------------------ processing
     def _work(self) -> None:
-        while not self._stop.is_set():
-            frame = self.queue.get(0.2)
-            if frame is None:
-                continue
-            hurry = len(self.queue) > 1
-            try:  # the pipeline itself falls back to the previous masks / the cheap fill per stage
-                outputs = self.pipeline.step(frame, hurry=hurry)
-            except Exception as exc:  # noqa: BLE001 - one bad frame must not end the stream
-                log.exception("%s: processing frame failed", self.name)
-                self.last_error = f"processing failed ({str(exc).strip().splitlines()[-1][:200]})"
-                outputs = []
-            self.metrics.frames_in.labels(self.name).inc()
-            self._observe_stages()
-            for out in outputs:
+        try:
+            while not self._stop.is_set():
+                frame = self.queue.get(0.5)
+                if frame is None:
+                    continue
+                if self._stop.is_set():
+                    self._unprocessed += 1  # intake stopped meanwhile: only the step in progress finishes
+                    break
+                self._process(frame, hurry=len(self.queue) > 1)
+            if self.state != "failed":
+                self._flush()
+        except Exception as exc:  # noqa: BLE001 - never die silently: the state says failed
+            self._fail("processing failed; check the server log", exc)
+
+    def _process(self, frame: Frame, hurry: bool) -> None:
+        try:  # the pipeline itself falls back to the previous masks / the cheap fill per stage
+            outputs = self.pipeline.step(frame, hurry=hurry)
+        except Exception as exc:  # noqa: BLE001 - one bad frame must not end the stream
+            log.exception("%s: processing frame failed", self.name)
+            self.last_error = f"processing a frame failed ({type(exc).__name__}); check the server log"
+            outputs = []
+        self.metrics.frames_in.labels(self.name).inc()
+        self._observe_stages()
+        for out in outputs:
+            self._deliver(out)
+
+    def _flush(self) -> None:
+        """Empty the delay line into the sinks (the end of the stream); counts what it delivered."""
+        flushed = 0
+        try:
+            for out in self.pipeline.flush():
                 self._deliver(out)
+                flushed += 1
+        except Exception:  # noqa: BLE001 - closing must finish
+            log.exception("%s: flushing the delay line failed", self.name)
+        self._flushed = flushed
 
     def _observe_stages(self) -> None:
-        times = self.pipeline.times
-        counts = times.counts  # snapshots (replaced, never mutated); totals is updated first, so it
-        totals = times.totals  # holds every stage that counts holds
-        for stage, count in counts.items():
-            total = totals[stage]
-            seen_total, seen_count = self._stage_seen.get(stage, (0.0, 0))
-            if count > seen_count:
-                mean = (total - seen_total) / (count - seen_count)
-                for _ in range(count - seen_count):
-                    self.metrics.stage_ms.labels(stage).observe(mean)
-                self._stage_seen[stage] = (total, count)
+        """Every stage call's own duration into the histogram (the pipeline keeps the latest, bounded)."""
+        for sample in self.pipeline.times.drain():
+            self.metrics.stage_ms.labels(sample.stage).observe(sample.ms)
 
     def _deliver(self, out: OutputFrame) -> None:
+        if self._abandoned:
+            return  # close() gave up on this worker: its sinks are closed
         if not self.sinks and (self.outputs.publish or self.outputs.record):
             self._start_sinks(out.image)
         for sink in self.sinks:
@@ -483,12 +619,27 @@ class LiveStream:
 
     # ------------------------------------------------------------------ prompts
     def _check_click(self, x: float, y: float) -> None:
+        if self.state in ("failed", "closed"):
+            raise StreamError(f"stream {self.name!r} has {self.state}; remove it and add it again", 409)
         if self.size is None:
             raise StreamError(f"stream {self.name!r} has no frame yet; wait until its video plays, then click",
                               409)
         w, h = self.size
         if not (0 <= x < w and 0 <= y < h):
             raise StreamError(f"click ({x:g},{y:g}) is outside the {w}x{h} frame; click inside the video")
+
+    def _check_received(self, frame: int | None, pts: int | None) -> None:
+        """Refuse a click on a frame that has not arrived (it might never); one still queued has arrived.
+        A frame that already left the history is fine: the pipeline moves the click to the oldest held."""
+        newest = self.newest_frame
+        if newest is None:
+            return  # _check_click refused it already
+        if frame is not None and frame > newest.index:
+            raise StreamError(f"click on frame {frame} is beyond the newest frame ({newest.index}); click on a "
+                              f"frame the video has shown")
+        if frame is None and pts is not None and pts > newest.pts:
+            raise StreamError(f"click on pts {pts} is beyond the newest frame's pts ({newest.pts}); send the pts "
+                              f"of a frame the video has shown")
 
     async def _wait(self, future: concurrent.futures.Future, what: str, timeout: float) -> Any:
         try:
@@ -504,6 +655,7 @@ class LiveStream:
                     pts: int | None = None, frame: int | None = None, timeout: float = 60.0) -> int:
         """Add a click (on the source frame with ``pts``, the one the user saw); returns the object id."""
         self._check_click(x, y)
+        self._check_received(frame, pts)
         if not positive and object_id is None:
             objects = [o["id"] for o in self.objects()]
             if not objects:
@@ -566,5 +718,6 @@ class LiveStream:
             "viewers": len(self.viewers),
             "outputs": {"publish": redact(self.outputs.publish) if self.outputs.publish else None,
                         "record": self.outputs.record,
-                        "errors": {s.name: s.error for s in self.sinks if s.error}},
+                        # the cause (it may tell whether a path or port exists) is in the server log
+                        "errors": {s.name: "failed; check the server log" for s in self.sinks if s.error}},
         }
