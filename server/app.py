@@ -279,7 +279,8 @@ async def object_op(request: web.Request) -> web.Response:
     oid = request.match_info.get("id")
     fields = {} if oid is None else {"object": p.object_id_from_path(oid, limits.max_objects)}
     if request.method == "POST":
-        return web.json_response(await _request(request, "click", await _body(request, limits.max_message_bytes)))
+        click = p.parse(p.ClickBody, await _body(request, limits.max_message_bytes), "field")
+        return web.json_response(await _request(request, "click", click.model_dump()))
     if request.method == "DELETE":
         return web.json_response(await _request(request, "clear" if oid is None else "remove", **fields))
     body = await _body(request, limits.max_message_bytes)

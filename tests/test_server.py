@@ -2,48 +2,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import tomllib
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from support.app_client import SYNTH, client, run, settings, wait_frames
 
 from unseen.server import config as cfg
-from unseen.server.app import SERVER, create_app
+from unseen.server.app import SERVER
 
 pytestmark = pytest.mark.timeout(120)
-
-SYNTH = {"name": "cam", "uri": "synthetic://cam", "loop": True, "width": 192, "height": 112, "fps": 15}
-
-
-def settings(**kw) -> cfg.Settings:
-    base = dict(backends={"segmenter": "classical", "propagator": "classical", "inpainter": "classical"},
-                demo=False, delay=3)
-    base.update(kw)
-    return cfg.Settings(**base)
-
-
-@contextlib.asynccontextmanager
-async def client(s: cfg.Settings):
-    app = create_app(s)
-    async with TestClient(TestServer(app)) as c:
-        yield c
-
-
-async def wait_frames(c: TestClient, name: str, n: int = 5, timeout: float = 20.0) -> dict:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        state = await (await c.get(f"/api/streams/{name}")).json()
-        if state["frames_out"] >= n:
-            return state
-        assert asyncio.get_running_loop().time() < deadline, f"stream {name} produced no frames: {state}"
-        await asyncio.sleep(0.1)
-
-
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 90))
-
 
 # ------------------------------------------------------------------------------ config
 def test_default_config_is_the_defaults_and_parses():
