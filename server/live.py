@@ -280,7 +280,9 @@ class SyntheticSource:
 def open_source(config: SourceConfig) -> Source | SyntheticSource:
     if config.uri.startswith("synthetic://"):
         return SyntheticSource(config)
-    return Source(config.uri, open_timeout=config.open_timeout, read_timeout=config.read_timeout,
+    # half the read timeout: a stalled RTSP read fails at the second expiry (the first returns what
+    # ffmpeg buffered; measured 2.0 s with 1.0 s), so the stall is seen within read_timeout
+    return Source(config.uri, open_timeout=config.open_timeout, read_timeout=config.read_timeout / 2,
                   loop=config.loop)
 
 
