@@ -109,79 +109,52 @@ async def add_loopback_candidates(pc: RTCPeerConnection) -> None:
 
 
 class Signalling:
-    """Answers WebRTC offers for viewers and webcam publishers; owns every peer connection."""
+    """Answers WebRTC offers for viewers and webcam publishers; owns every peer connection.
 
-    def __init__(self, ice: IceConfig, max_viewers: int) -> None:
+    A connection holds its slot (a viewer of a stream, or a webcam stream) until it fails, closes,
+    stays ``disconnected`` for ``disconnect_grace`` s, or is not ``connected`` within
+    ``connect_timeout`` s of the answer; then the slot is freed (a webcam stream is closed)."""
+
+    def __init__(self, ice: IceConfig, max_viewers: int, *, connect_timeout: float = 15.0,
+                 disconnect_grace: float = 5.0) -> None:
         self.ice = ice
         self.max_viewers = max_viewers
+        self.connect_timeout = connect_timeout
+        self.disconnect_grace = disconnect_grace
         self.pcs: set[RTCPeerConnection] = set()
         self.on_viewers_changed: Callable[[LiveStream], None] | None = None
 
     def _configuration(self) -> RTCConfiguration:
         return RTCConfiguration(iceServers=[RTCIceServer(urls=u) for u in self.ice.stun])
 
-    async def answer(self, offer: dict, stream: LiveStream | None, *,
+    async def answer(self, offer: Any, stream: LiveStream | None, *,
                      create_webcam: Callable[[], LiveStream] | None = None) -> tuple[dict, LiveStream]:
         """Answer ``offer``: the viewer of ``stream``, or, with ``create_webcam``, a new webcam stream."""
-        try:
-            description = RTCSessionDescription(sdp=str(offer["sdp"]), type=str(offer["type"]))
-        except (KeyError, TypeError) as exc:
-            raise StreamError("the offer must be JSON {\"sdp\": ..., \"type\": \"offer\"}; send the browser's "
-                              "RTCPeerConnection.localDescription") from exc
-        if description.type != "offer":
-            raise StreamError(f"expected an SDP offer, got {description.type!r}; send the offer")
+        description = _description(offer)
         if stream is not None and len(stream.viewers) >= self.max_viewers:
             raise StreamError(f"stream {stream.name!r} already has {len(stream.viewers)} viewers (the limit); "
                               f"close a viewer or raise limits.max_viewers", 429)
         pc = RTCPeerConnection(self._configuration())
         self.pcs.add(pc)
-        state: dict[str, Any] = {"channel": None, "tasks": []}
         try:
-            await pc.setRemoteDescription(description)
+            await _apply_offer(pc, description)
+            if not any(t.kind == "video" for t in pc.getTransceivers()):
+                raise StreamError("the offer has no video; add a recvonly video transceiver to the offer")
             if create_webcam is not None:
                 if not _sends_video(description.sdp):
                     raise StreamError("the offer sends no video; add the camera track (sendrecv) to the offer")
                 stream = create_webcam()
             assert stream is not None
-            track = ProcessedTrack(stream, lambda meta: _send(state, meta))
-            if not any(t.kind == "video" for t in pc.getTransceivers()):
-                raise StreamError("the offer has no video; add a recvonly video transceiver to the offer")
-            pc.addTrack(track)
         except Exception:
             await self._close(pc)
             raise
-        stream.viewers.add(pc)
-        self._changed(stream)
-
-        @pc.on("datachannel")
-        def on_datachannel(channel) -> None:
-            state["channel"] = channel
-
-        @pc.on("track")
-        def on_track(remote) -> None:
-            if create_webcam is not None and remote.kind == "video" and not state["tasks"]:
-                state["tasks"].append(asyncio.ensure_future(consume_webcam(remote, stream)))
-
-        @pc.on("connectionstatechange")
-        async def on_state() -> None:
-            log.info("%s: peer connection %s", stream.name, pc.connectionState)
-            if pc.connectionState in ("failed", "closed"):
-                await self._close(pc)
-                stream.viewers.discard(pc)
-                self._changed(stream)
-                if create_webcam is not None and not stream.closed:
-                    await stream.aclose()  # a webcam stream lives as long as its browser
-
-        # tracks received before the handler existed
-        for t in pc.getTransceivers():
-            if create_webcam is not None and t.receiver.track is not None and t.kind == "video" \
-                    and not state["tasks"]:
-                state["tasks"].append(asyncio.ensure_future(consume_webcam(t.receiver.track, stream)))
-        if self.ice.loopback:
-            await add_loopback_candidates(pc)
-        answer = await pc.createAnswer()
-        await pc.setLocalDescription(answer)
-        return {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}, stream
+        peer = _Peer(self, pc, stream, publisher=create_webcam is not None)
+        try:
+            answer = await peer.answer(loopback=self.ice.loopback)
+        except Exception:
+            await peer.release("answering failed")
+            raise
+        return answer, stream
 
     def _changed(self, stream: LiveStream) -> None:
         if self.on_viewers_changed is not None:
@@ -198,18 +171,128 @@ class Signalling:
         await asyncio.gather(*(self._close(pc) for pc in list(self.pcs)), return_exceptions=True)
 
 
+class _Peer:
+    """One answered peer connection and the slot it holds: a viewer of ``stream``, or (``publisher``)
+    the webcam stream it feeds.  :meth:`release` frees the slot once (failure, close, timeouts)."""
+
+    def __init__(self, signalling: Signalling, pc: RTCPeerConnection, stream: LiveStream, publisher: bool) -> None:
+        self.signalling = signalling
+        self.pc = pc
+        self.stream = stream
+        self.publisher = publisher
+        self.channel: Any = None
+        self.consumer: asyncio.Task | None = None
+        self.released = False
+        self._connected = asyncio.Event()
+        self._grace: asyncio.Task | None = None
+        self._watchdog: asyncio.Task | None = None
+        pc.addTrack(ProcessedTrack(stream, self.send))
+        stream.viewers.add(pc)
+        signalling._changed(stream)
+        pc.on("datachannel", self._on_datachannel)
+        pc.on("track", self._on_track)
+        pc.on("connectionstatechange", self._on_state)
+        pc.on("iceconnectionstatechange", self._on_ice_state)
+        for t in pc.getTransceivers():  # tracks received before the handler existed
+            if t.receiver.track is not None and t.kind == "video":
+                self._on_track(t.receiver.track)
+
+    async def answer(self, loopback: bool) -> dict:
+        if loopback:
+            await add_loopback_candidates(self.pc)
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        self._watchdog = asyncio.ensure_future(self._expect_connection())
+        return {"sdp": self.pc.localDescription.sdp, "type": self.pc.localDescription.type}
+
+    def send(self, message: dict) -> None:
+        """A frame's metadata to the viewer's data channel (dropped while it is not open)."""
+        channel = self.channel
+        if channel is not None and channel.readyState == "open":
+            try:
+                channel.send(json.dumps(message))
+            except Exception:  # noqa: BLE001 - a closing channel
+                pass
+
+    def _on_datachannel(self, channel: Any) -> None:
+        self.channel = channel
+
+    def _on_track(self, remote: MediaStreamTrack) -> None:
+        if self.publisher and remote.kind == "video" and self.consumer is None:
+            self.consumer = asyncio.ensure_future(consume_webcam(remote, self.stream))
+
+    async def _expect_connection(self) -> None:
+        try:
+            await asyncio.wait_for(self._connected.wait(), self.signalling.connect_timeout)
+        except asyncio.TimeoutError:
+            await self.release(f"not connected within {self.signalling.connect_timeout:g} s of the answer")
+
+    async def _on_state(self) -> None:
+        state = self.pc.connectionState
+        log.info("%s: peer connection %s", self.stream.name, state)
+        if state == "connected":
+            self._connected.set()
+            self._cancel_grace()
+        elif state == "disconnected" and self._grace is None:
+            self._grace = asyncio.ensure_future(self._release_after_grace())
+        elif state in ("failed", "closed"):
+            await self.release(f"connection {state}")
+
+    async def _on_ice_state(self) -> None:
+        if self.pc.iceConnectionState == "failed":
+            await self.release("ICE failed")
+
+    async def _release_after_grace(self) -> None:
+        await asyncio.sleep(self.signalling.disconnect_grace)  # a timer: the grace a disconnect gets
+        self._grace = None
+        if self.pc.connectionState == "disconnected":
+            await self.release(f"disconnected for {self.signalling.disconnect_grace:g} s")
+
+    def _cancel_grace(self) -> None:
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+
+    async def release(self, why: str) -> None:
+        """Free the slot (once): close the connection, forget the viewer, close a webcam stream."""
+        if self.released:
+            return
+        self.released = True
+        log.info("%s: releasing a %s (%s)", self.stream.name, "publisher" if self.publisher else "viewer", why)
+        self._cancel_grace()
+        for task in (self._watchdog, self.consumer):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+        await self.signalling._close(self.pc)
+        self.stream.viewers.discard(self.pc)
+        self.signalling._changed(self.stream)
+        if self.publisher and not self.stream.closed:
+            await self.stream.aclose()  # a webcam stream lives as long as its browser
+            self.signalling._changed(self.stream)  # now closed: the server forgets it
+
+
+def _description(offer: Any) -> RTCSessionDescription:
+    """The offer as aiortc's description; StreamError (400) for anything else."""
+    if not isinstance(offer, dict) or not isinstance(offer.get("sdp"), str) or not isinstance(offer.get("type"), str):
+        raise StreamError("the offer must be JSON {\"sdp\": ..., \"type\": \"offer\"} with string values; send "
+                          "the browser's RTCPeerConnection.localDescription")
+    if offer["type"] != "offer":
+        raise StreamError(f"expected an SDP offer, got {offer['type'][:40]!r}; send the offer")
+    return RTCSessionDescription(sdp=offer["sdp"], type="offer")
+
+
+async def _apply_offer(pc: RTCPeerConnection, description: RTCSessionDescription) -> None:
+    try:
+        await pc.setRemoteDescription(description)
+    except Exception as exc:  # noqa: BLE001 - aiortc raises assorted errors for SDP it cannot use
+        log.info("unusable SDP offer: %r", exc)
+        text = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise StreamError(f"the offer's SDP cannot be used ({text}); send the browser's "
+                          f"RTCPeerConnection.localDescription unchanged") from None
+
+
 def _sends_video(sdp: str) -> bool:
     """Whether an offer sends video (a video m-section that is sendrecv or sendonly)."""
     for section in sdp.split("m=")[1:]:
         if section.startswith("video") and ("a=sendrecv" in section or "a=sendonly" in section):
             return True
     return False
-
-
-def _send(state: dict, message: dict) -> None:
-    channel = state.get("channel")
-    if channel is not None and channel.readyState == "open":
-        try:
-            channel.send(json.dumps(message))
-        except Exception:  # noqa: BLE001 - a closing channel
-            pass
