@@ -251,6 +251,7 @@ def pull_stream(url: str, read_timeout: float, **outputs) -> LiveStream:
 
 
 @pytest.mark.rtsp
+@pytest.mark.slow
 def test_rtsp_source_killed_for_3_s_output_back_within_5_s_plus_a_gop(gst, clip_pattern, tmp_path):
     source = RtspSource(clip_pattern, tmp_path)
     source.start()
@@ -274,6 +275,7 @@ def test_rtsp_source_killed_for_3_s_output_back_within_5_s_plus_a_gop(gst, clip_
 
 
 @pytest.mark.rtsp
+@pytest.mark.slow
 def test_a_stalled_rtsp_source_is_seen_within_its_read_timeout(gst, clip_pattern, tmp_path):
     read_timeout, margin = 1.5, 1.0
     source = RtspSource(clip_pattern, tmp_path)
@@ -311,6 +313,7 @@ def read_when_back(url: str, n: int, timeout: float) -> list[np.ndarray]:
 
 
 @pytest.mark.rtsp
+@pytest.mark.slow
 def test_a_publish_target_that_goes_away_and_comes_back_gets_the_stream_again(gst, tmp_path):
     port = free_port()
     relay = [SYSTEM_PYTHON, str(rtsp.SERVER), "--port", str(port), "--relay"]
