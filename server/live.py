@@ -550,7 +550,7 @@ class LiveStream:
                     self._unprocessed += 1  # intake stopped meanwhile: only the step in progress finishes
                     break
                 self._process(frame, hurry=len(self.queue) > 1)
-            if self.state != "failed":
+            if self.state != "failed" and not self._abandoned:
                 self._flush()
         except Exception as exc:  # noqa: BLE001 - never die silently: the state says failed
             self._fail("processing failed; check the server log", exc)
