@@ -6,11 +6,12 @@ a one-line message that names the cause and the fix.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterator
@@ -25,6 +26,7 @@ log = logging.getLogger("unseen.media")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 DEFAULT_FOLDER_RATE = Fraction(24)  # DAVIS-style frame folders carry no rate; 24 fps is the usual one
+MIN_RATE, MAX_RATE = Fraction(1), Fraction(240)  # a frame rate outside this is a container's guess, not a rate
 NETWORK_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 
 
@@ -104,7 +106,7 @@ class Source:
             raise MediaError(f"input {self.uri!r} has no video stream; give a video file or stream")
         vs = self._container.streams.video[0]
         vs.thread_type = "AUTO"
-        rate = self._rate_override or vs.average_rate or vs.base_rate or vs.guessed_rate or Fraction(25)
+        rate = self._rate_override or self._nominal_rate(vs)
         tb = vs.time_base or Fraction(1, 90000)
         frames = int(vs.frames) if vs.frames else None
         if frames is None and vs.duration and vs.time_base and not self.live:
@@ -112,6 +114,20 @@ class Source:
         cc = vs.codec_context
         return StreamInfo(cc.width, cc.height, Fraction(rate), Fraction(tb), frames,
                           bool(self._container.streams.audio))
+
+    def _nominal_rate(self, vs) -> Fraction:
+        """The container's average rate (for RTSP: the H.264 timing info) if plausible; live, the rate of
+        the timestamps instead when the two differ by more than a quarter (timing info that lies)."""
+        rates = [Fraction(r) for r in (vs.average_rate, vs.base_rate, vs.guessed_rate)
+                 if r and MIN_RATE <= Fraction(r) <= MAX_RATE]
+        if not rates:
+            return Fraction(25)
+        rate, stamped = rates[0], Fraction(vs.base_rate or 0)
+        if self.live and MIN_RATE <= stamped <= MAX_RATE and abs(stamped / rate - 1) > Fraction(1, 4):
+            log.warning("input %s says %s fps but its timestamps run at %.3g fps; using the timestamps' rate",
+                        self.uri.split("@")[-1], rate, float(stamped))
+            rate = stamped.limit_denominator(1001)
+        return rate
 
     def _open_folder(self, path: Path) -> StreamInfo:
         files = _numbered(path)
@@ -211,15 +227,56 @@ def _short(exc: BaseException) -> str:
 
 
 # ------------------------------------------------------------------------------------------
+@dataclass
+class OutputTimestamps:
+    """Strictly increasing timestamps for an encoder, from whatever a live source brings.
+
+    Maps each frame's ``(pts, time_base)`` onto ``time_base``.  A frame whose timestamp is missing,
+    repeats, goes back (a restart at 0) or jumps ahead by more than ``max_gap`` seconds follows the
+    previous output by the nominal frame step instead, and later frames continue from there.
+    ``start``: the first output timestamp (None: the first frame's own, so files keep their timing).
+    """
+
+    time_base: Fraction
+    rate: Fraction
+    start: int | None = None
+    max_gap: float = 2.0
+    bridged: int = 0  # frames whose timestamp was replaced by the nominal step
+    _last: int | None = field(default=None, init=False, repr=False)
+    _offset: int | None = field(default=None, init=False, repr=False)  # output - input, in output ticks
+
+    @property
+    def step(self) -> int:
+        """The nominal frame step in output ticks (at least 1)."""
+        return max(1, round(1 / (Fraction(self.rate) * self.time_base)))
+
+    def __call__(self, pts: int | None, time_base: Fraction | None = None) -> int:
+        ticks = None if pts is None else round(Fraction(pts) * Fraction(time_base or self.time_base) / self.time_base)
+        if self._last is None:
+            out = self.start if self.start is not None else (ticks if ticks is not None else 0)
+        else:
+            out = ticks + self._offset if ticks is not None and self._offset is not None else None
+            if out is None or out <= self._last or (out - self._last) * self.time_base > self.max_gap:
+                out = self._last + self.step
+                self.bridged += 1
+        if ticks is not None and (self._offset is None or out != ticks + self._offset):
+            self._offset = out - ticks
+        self._last = out
+        return out
+
+
 class FileSink:
     """Encodes frames (H.264/yuv420p, no B-frames) to a file, with audio passed through.
 
-    The file is written under a temporary name next to the target and renamed
-    when :meth:`close` completes, so a failed run never leaves a half-written output.
+    The file is written under a temporary name next to the target and renamed when :meth:`close`
+    completes, so a failed run never leaves a half-written output.  Timestamps go through
+    :class:`OutputTimestamps` (the encoder runs in the stream's own time base, not 1/rate), so a live
+    source's jitter, repeats and restarts never reach the muxer as a step back.  A write that fails
+    is counted (``failed``) and reported; ``close`` still finishes the file with every frame written.
     """
 
     def __init__(self, path: str | os.PathLike, info: StreamInfo, *, audio_template=None,
-                 codec: str = "libx264", crf: int = 18, preset: str = "veryfast") -> None:
+                 codec: str = "libx264", crf: int = 18, preset: str = "veryfast", max_gap: float = 10.0) -> None:
         self.path = Path(path)
         parent = self.path.parent if str(self.path.parent) else Path(".")
         if not parent.is_dir():
@@ -243,6 +300,7 @@ class FileSink:
         self._video.width, self._video.height = width, height
         self._video.pix_fmt = "yuv420p"
         self._video.time_base = info.time_base
+        self._video.codec_context.time_base = info.time_base  # not 1/rate: jittered live pts would collide
         gop = max(1, int(round(float(info.rate) * 2)))  # a keyframe at least every 2 s
         self._video.options = {"crf": str(crf), "preset": preset, "bf": "0", "g": str(gop)}
         self._audio = None
@@ -251,7 +309,17 @@ class FileSink:
                 self._audio = self._out.add_stream_from_template(audio_template)
             except (av.error.FFmpegError, ValueError) as exc:
                 log.warning("audio stream cannot be copied into %s (%s); output has no audio", self.path, exc)
-        self.frames = 0
+        try:
+            self._out.start_encoding()  # the muxer fixes its time base now (mkv: 1/1000)
+        except (av.error.FFmpegError, ValueError) as exc:
+            self._out.close()
+            self.tmp.unlink(missing_ok=True)
+            raise MediaError(f"cannot write {str(self.path)!r} ({_short(exc)}); use a .mp4 or .mkv output") from exc
+        # timestamps in the muxer's own time base, so no two frames can share a tick in the file
+        self.timestamps = OutputTimestamps(Fraction(self._video.time_base), info.rate, max_gap=max_gap)
+        self.frames = 0  # frames handed to the encoder
+        self.written = 0  # video packets in the file (one per frame: no B-frames)
+        self.failed = 0  # frames or packets the encoder or muxer refused
         self._closed = False
 
     def write(self, output) -> None:
@@ -259,14 +327,29 @@ class FileSink:
         image = output.image
         vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[: self._video.height, : self._video.width]),
                                         format="rgb24")
-        vf.pts = output.frame.pts
-        vf.time_base = output.frame.time_base or self.info.time_base
-        try:
-            for packet in self._video.encode(vf):
-                self._out.mux(packet)
-        except (av.error.FFmpegError, OSError) as exc:
-            raise MediaError(f"writing {str(self.path)!r} failed ({_short(exc)}); check the disk space") from exc
+        vf.pts = self.timestamps(output.frame.pts, output.frame.time_base)
+        vf.time_base = self.timestamps.time_base
         self.frames += 1
+        try:
+            packets = self._video.encode(vf)
+        except (av.error.FFmpegError, OSError, ValueError) as exc:
+            self.failed += 1
+            raise MediaError(f"encoding frame {self.frames - 1} for {str(self.path)!r} failed "
+                             f"({_short(exc)}); {_write_fix(exc)}") from exc
+        self._mux(packets)
+
+    def _mux(self, packets) -> None:
+        error = None
+        for packet in packets:
+            try:
+                self._out.mux(packet)
+                self.written += 1
+            except (av.error.FFmpegError, OSError, ValueError) as exc:
+                self.failed += 1
+                error = error or MediaError(f"writing {str(self.path)!r} failed at pts {packet.pts} "
+                                            f"(time base {packet.time_base}; {_short(exc)}); {_write_fix(exc)}")
+        if error is not None:
+            raise error
 
     def write_audio(self, packet: av.Packet) -> None:
         if self._audio is None:
@@ -275,20 +358,41 @@ class FileSink:
         self._out.mux(packet)
 
     def close(self, *, keep: bool = True) -> None:
-        """Finish the file and move it into place (``keep=False`` discards it)."""
+        """Finish the file with every frame written and move it into place (``keep=False`` discards it)."""
         if self._closed:
             return
         self._closed = True
+        error: MediaError | None = None
+        if keep:
+            try:
+                self._mux(self._video.encode(None))
+            except MediaError as exc:  # counted; the frames written still make a file
+                error = exc
+            except av.error.FFmpegError as exc:
+                error = MediaError(f"finishing {str(self.path)!r} failed ({_short(exc)}); {_write_fix(exc)}")
         try:
-            if keep:
-                for packet in self._video.encode(None):
-                    self._out.mux(packet)
-        finally:
             self._out.close()
-        if keep and self.frames > 0:
+        except (av.error.FFmpegError, OSError) as exc:
+            keep = False  # no trailer: the file cannot be played
+            error = MediaError(f"finishing {str(self.path)!r} failed ({_short(exc)}); {_write_fix(exc)}")
+        if keep and self.written > 0:
             os.replace(self.tmp, self.path)
+            log.info("recorded %d frames to %s, %d failed writes", self.written, self.path, self.failed)
         else:
             self.tmp.unlink(missing_ok=True)
+        if error is not None:
+            raise error
+
+
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EBADF)
+
+
+def _write_fix(exc: BaseException) -> str:
+    """The fix for a failed encode/mux: out of space or a closed file is the disk; anything else is ours."""
+    if getattr(exc, "errno", None) in _DISK_ERRORS:
+        return "check the disk space and that the output is still writable"
+    return ("the encoder or muxer refused the frame's data or timestamp, not the disk; report it with the "
+            "source's details (unseen -v)")
 
 
 def probe(path: str | os.PathLike) -> dict:

@@ -2,8 +2,9 @@
 
 H.264 (libx264, ``zerolatency``) without B-frames, a keyframe at least every 2 s,
 RTSP over TCP.  When the server goes away the publisher drops frames while it
-reconnects with capped exponential backoff; timestamps stay continuous within a
-connection and start again at zero on the next one.
+reconnects with capped exponential backoff; timestamps (:class:`OutputTimestamps`,
+in the RTP clock's 1/90000, never 1/rate) are strictly increasing within a connection
+and start again at zero on the next one.
 """
 from __future__ import annotations
 
@@ -14,12 +15,14 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from unseen.engine.media import MediaError, StreamInfo
+from unseen.engine.media import MediaError, OutputTimestamps, StreamInfo
 from unseen.engine.pipeline import OutputFrame
 
 from .live import BACKOFF_MAX, BACKOFF_START, redact
 
 log = logging.getLogger("unseen.rtsp")
+RTP_TIME_BASE = Fraction(1, 90000)
+MAX_GAP = 2.0  # seconds: a longer jump in the source's clock is bridged (readers would stall)
 
 
 class RtspPublisher:
@@ -36,10 +39,11 @@ class RtspPublisher:
         self.rate = Fraction(info.rate or 25).limit_denominator(1001)
         self.frames = 0
         self.connects = 0
+        self.failed = 0  # frames the encoder or the server refused
         self.error: str | None = None
         self._out = None
         self._video = None
-        self._first_pts: int | None = None
+        self._timestamps = OutputTimestamps(RTP_TIME_BASE, self.rate, start=0, max_gap=MAX_GAP)
         self._retry_at = 0.0
         self._backoff = BACKOFF_START
         self._closed = False
@@ -52,7 +56,8 @@ class RtspPublisher:
             video = out.add_stream("libx264", rate=self.rate)
             video.width, video.height = self.width, self.height
             video.pix_fmt = "yuv420p"
-            video.time_base = Fraction(1, 90000)
+            video.time_base = RTP_TIME_BASE
+            video.codec_context.time_base = RTP_TIME_BASE  # not 1/rate: jittered live pts would collide
             gop = max(1, min(int(round(float(self.rate) * 2)), 60))  # a keyframe at least every 2 s
             video.options = {"preset": self.preset, "tune": "zerolatency", "bf": "0", "g": str(gop),
                              "keyint_min": str(gop)}
@@ -62,7 +67,7 @@ class RtspPublisher:
                          f"is up and accepts RECORD on that path")
             return False
         self._out, self._video = out, video
-        self._first_pts = None
+        self._timestamps = OutputTimestamps(RTP_TIME_BASE, self.rate, start=0, max_gap=MAX_GAP)
         self._backoff = BACKOFF_START
         self.connects += 1
         self.error = None
@@ -93,18 +98,18 @@ class RtspPublisher:
         assert self._video is not None and self._out is not None
         image = np.ascontiguousarray(output.image[: self.height, : self.width])
         frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-        pts = int(output.frame.pts or 0)
-        if output.frame.time_base is not None and output.frame.time_base != Fraction(1, 90000):
-            pts = int(round(pts * output.frame.time_base * 90000))
-        if self._first_pts is None:
-            self._first_pts = pts
-        frame.pts = pts - self._first_pts
-        frame.time_base = Fraction(1, 90000)
+        frame.pts = self._timestamps(output.frame.pts, output.frame.time_base)
+        frame.time_base = RTP_TIME_BASE
         try:
             for packet in self._video.encode(frame):
                 self._out.mux(packet)
             self.frames += 1
+        except av.error.ArgumentError as exc:  # EINVAL: this frame's data or timestamp, not the connection
+            self.failed += 1
+            log.warning("publishing to %s: a frame was refused (pts %s; %s); it is dropped, the connection kept",
+                        redact(self.url), frame.pts, _short(exc))
         except (av.error.FFmpegError, OSError, ValueError) as exc:
+            self.failed += 1
             self._failed(f"publishing to {redact(self.url)!r} failed ({_short(exc)}); reconnecting")
 
     def close(self, *, keep: bool = True) -> None:
@@ -118,6 +123,8 @@ class RtspPublisher:
             except Exception:  # noqa: BLE001
                 pass
         self._drop_connection()
+        log.info("published %d frames to %s over %d connection(s), %d failed writes", self.frames,
+                 redact(self.url), self.connects, self.failed)
 
 
 def _short(exc: BaseException) -> str:

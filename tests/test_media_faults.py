@@ -1,0 +1,186 @@
+"""Media faults: live timestamps the outputs must survive, a failed write that must not lose the
+recording, truncated containers and undecodable frames.
+
+OutputTimestamps is checked on a table of what live sources bring (repeats, jumps, steps back,
+restarts, None, other time bases); FileSink and RtspPublisher are fed the same sequences and must
+write every frame.  The publisher pushes to Debian's ffmpeg listening as an RTSP server (RECORD).
+"""
+from __future__ import annotations
+
+import errno
+import socket
+import subprocess
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from unseen.engine.media import FileSink, MediaError, OutputTimestamps, StreamInfo, probe
+from unseen.engine.pipeline import OutputFrame
+from unseen.engine.stages import Frame
+
+pytestmark = pytest.mark.timeout(60)
+
+FFMPEG = "/usr/bin/ffmpeg"
+K90 = Fraction(1, 90000)
+W, H = 64, 48
+
+# name, output (time base, rate, start, max_gap), input [(pts, time base)], expected output
+TIMESTAMP_CASES = [
+    ("steady 90 kHz", (K90, 25, None, 2.0), [(0, K90), (3600, K90), (7200, K90)], [0, 3600, 7200]),
+    ("jitter kept", (K90, 25, None, 2.0), [(0, K90), (2900, K90), (7300, K90)], [0, 2900, 7300]),
+    ("duplicate", (K90, 25, None, 2.0), [(0, K90), (3600, K90), (3600, K90), (7200, K90)],
+     [0, 3600, 7200, 10800]),
+    ("jump ahead 10 s", (K90, 25, None, 2.0), [(0, K90), (3600, K90), (903600, K90), (907200, K90)],
+     [0, 3600, 7200, 10800]),
+    ("jump ahead within max_gap", (K90, 25, None, 2.0), [(0, K90), (90000, K90)], [0, 90000]),
+    ("backwards", (K90, 25, None, 2.0), [(0, K90), (3600, K90), (7200, K90), (1800, K90), (5400, K90)],
+     [0, 3600, 7200, 10800, 14400]),
+    ("restart at 0", (K90, 25, None, 2.0), [(90000, K90), (93600, K90), (0, K90), (3600, K90)],
+     [90000, 93600, 97200, 100800]),
+    ("None", (K90, 25, None, 2.0), [(None, None), (None, K90), (3600, K90), (None, K90), (14400, K90)],
+     [0, 3600, 7200, 10800, 18000]),
+    ("start at 0", (K90, 25, 0, 2.0), [(176777, K90), (180444, K90)], [0, 3667]),
+    ("1/25 in, 90 kHz out", (K90, 25, None, 2.0), [(0, Fraction(1, 25)), (1, Fraction(1, 25))], [0, 3600]),
+    ("ms in, 90 kHz out", (K90, 25, None, 2.0), [(40, Fraction(1, 1000)), (80, Fraction(1, 1000))],
+     [3600, 7200]),
+    ("mixed time bases", (K90, 25, None, 2.0), [(0, K90), (1, Fraction(1, 25)), (80, Fraction(1, 1000))],
+     [0, 3600, 7200]),
+    ("missing time base: the output's", (Fraction(1, 24), 24, None, 2.0), [(0, None), (1, None)], [0, 1]),
+    ("jitter onto a coarse 1/24 clock", (Fraction(1, 24), 24, None, 2.0),
+     [(0, K90), (3000, K90), (4000, K90), (7500, K90)], [0, 1, 2, 3]),
+]
+
+
+@pytest.mark.parametrize("out, given, expected", [c[1:] for c in TIMESTAMP_CASES],
+                         ids=[c[0] for c in TIMESTAMP_CASES])
+def test_output_timestamps(out, given, expected):
+    tb, rate, start, max_gap = out
+    clock = OutputTimestamps(tb, Fraction(rate), start=start, max_gap=max_gap)
+    assert [clock(pts, base) for pts, base in given] == expected
+
+
+def test_output_timestamps_strictly_increase_on_any_input():
+    rng = np.random.default_rng(7)
+    clock = OutputTimestamps(K90, Fraction(30000, 1001))
+    out = []
+    for _ in range(2000):
+        kind = rng.integers(5)
+        pts = None if kind == 0 else int(rng.integers(-10**6, 10**7))
+        base = [K90, Fraction(1, 1000), Fraction(1001, 30000), None][rng.integers(4)]
+        out.append(clock(pts, base))
+    assert all(b > a for a, b in zip(out, out[1:]))
+    assert clock.bridged > 0
+
+
+# ------------------------------------------------------------------------------------- sinks
+def live_sequence() -> list[tuple[int | None, Fraction | None]]:
+    """34 frames stamped the way live sources stamp them: every case of the table, one after another."""
+    seq: list[tuple[int | None, Fraction | None]] = []
+    for _, _, given, _ in TIMESTAMP_CASES:
+        seq += given
+    return seq
+
+
+def outputs(seq):
+    rng = np.random.default_rng(1)
+    for i, (pts, base) in enumerate(seq):
+        image = rng.integers(0, 255, (H, W, 3), dtype=np.uint8)
+        yield OutputFrame(Frame(i, image, pts=pts, time_base=base), image, {})
+
+
+def file_pts(path: Path) -> list[int]:
+    with av.open(str(path)) as c:
+        return [p.pts for p in c.demux(video=0) if p.size]
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_file_sink_writes_every_frame_of_live_timestamps(tmp_path, suffix):
+    seq = live_sequence()
+    sink = FileSink(tmp_path / f"rec{suffix}", StreamInfo(W, H, Fraction(25), K90, None, False))
+    for out in outputs(seq):
+        sink.write(out)
+    sink.close()
+    pts = file_pts(tmp_path / f"rec{suffix}")
+    assert (sink.failed, sink.written, probe(tmp_path / f"rec{suffix}")["frames"]) == (0, len(seq), len(seq))
+    assert all(b > a for a, b in zip(pts, pts[1:]))
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+class RefusingMuxer:
+    """Stands in for the sink's output container: refuses the muxing of the packets numbered in ``refuse``
+    (as a disk that fills up, or a muxer that rejects a timestamp, would)."""
+
+    def __init__(self, container, refuse: set[int], error: Exception) -> None:
+        self._container, self._refuse, self._error, self._n = container, refuse, error, 0
+
+    def mux(self, packet) -> None:
+        self._n += 1
+        if self._n in self._refuse:
+            raise self._error
+        self._container.mux(packet)
+
+    def close(self) -> None:
+        self._container.close()
+
+
+@pytest.mark.parametrize("error, cause", [
+    (av.error.ArgumentError(errno.EINVAL, "Invalid argument"), "not the disk"),
+    (OSError(errno.ENOSPC, "No space left on device"), "check the disk space"),
+], ids=["einval", "enospc"])
+def test_failed_writes_are_named_and_the_recording_is_finished(tmp_path, error, cause):
+    sink = FileSink(tmp_path / "rec.mp4", StreamInfo(W, H, Fraction(25), K90, None, False))
+    sink._out = RefusingMuxer(sink._out, {3, 4, 9}, error)  # fault injection: the container's mux fails
+    messages = []
+    for out in outputs([(i * 3600, K90) for i in range(20)]):
+        try:
+            sink.write(out)
+        except MediaError as exc:
+            messages.append(str(exc))
+    sink.close()
+    assert len(messages) == 3 and all(cause in m and "\n" not in m for m in messages), messages
+    assert (sink.failed, sink.written, probe(tmp_path / "rec.mp4")["frames"]) == (3, 17, 17)
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+# ------------------------------------------------------------------------------------ publisher
+def _port_taken(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+@pytest.mark.skipif(not Path(FFMPEG).exists(), reason=f"{FFMPEG} not found; install Debian's ffmpeg")
+def test_rtsp_publisher_sends_every_frame_of_live_timestamps(tmp_path):
+    from support.live import free_port
+    from unseen.server.rtsp import RtspPublisher
+
+    port, received = free_port(), tmp_path / "received.ts"  # 90 kHz, as sent
+    server = subprocess.Popen([FFMPEG, "-hide_banner", "-loglevel", "error", "-rtsp_flags", "listen",
+                               "-timeout", "20", "-i", f"rtsp://127.0.0.1:{port}/live", "-c", "copy", "-y",
+                               str(received)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while not _port_taken(port):  # binding, not connecting: ffmpeg accepts one connection only
+            assert server.poll() is None and time.monotonic() < deadline, "ffmpeg did not listen"
+            time.sleep(0.05)
+        seq = live_sequence()
+        publisher = RtspPublisher(f"rtsp://127.0.0.1:{port}/live", StreamInfo(W, H, Fraction(25), K90, None, False))
+        for out in outputs(seq):
+            publisher.write(out)
+        publisher.close()
+        _, err = server.communicate(timeout=20)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert (publisher.connects, publisher.failed, publisher.frames) == (1, 0, len(seq)), err
+    assert probe(received)["frames"] == len(seq)
+    pts = file_pts(received)
+    assert all(b > a for a, b in zip(pts, pts[1:]))
