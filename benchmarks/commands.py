@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 SUITES = ("track", "remove", "complete", "speed")
+EXTRA = ("reliability",)  # run only when named: a 30-minute soak by default, no data needed
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -21,7 +22,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     from .common import DEFAULT_DATA
 
     p.add_argument("suites", nargs="*", metavar="SUITE",
-                   help=f"suites to run, in order: {', '.join(SUITES)} (default: all; speed last)")
+                   help=f"suites to run, in order: {', '.join(SUITES + EXTRA)} (default: {', '.join(SUITES)}; "
+                        f"speed last)")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA,
                    help="data folder: one sub-folder per clip with frames/ or one video, optional masks/ "
                         f"(default {DEFAULT_DATA})")
@@ -43,12 +45,17 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="speed: frames of the long memory run (default 3000, --quick 200; 0 skips it)")
     p.add_argument("--summary-only", action="store_true",
                    help="run nothing: print the README table from the JSON files in --results")
+    p.add_argument("--soak-minutes", type=float, default=30.0,
+                   help="reliability: minutes of the soak (default 30; --quick 20 s; 0 skips it)")
+    p.add_argument("--soak-source", default="synthetic",
+                   help="reliability: the soak's source, 'synthetic' (432x240, 15 fps) or a video file, looped")
     p.add_argument("--resolutions", type=lambda s: [_size(x) for x in s.split(",") if x], default=None,
                    help="speed: comma-separated sizes (default 432x240,854x480,1280x720)")
 
 
 def add_commands(subparsers) -> None:
-    p = subparsers.add_parser("bench", help="benchmarks: track, remove, complete, speed (JSON, PNG, table)")
+    p = subparsers.add_parser("bench", help="benchmarks: track, remove, complete, speed, reliability (JSON, PNG, "
+                                            "table)")
     configure(p)
     p.set_defaults(func=cmd_bench)
 
@@ -56,17 +63,17 @@ def add_commands(subparsers) -> None:
 def cmd_bench(args) -> int:
     from unseen.engine.session import Backends
 
-    from . import complete, remove, speed, summary, track
+    from . import complete, reliability, remove, speed, summary, track
     from .common import Context
 
     if args.summary_only:
         print(summary.markdown(Path(args.results)), end="")
         return 0
     suites = list(args.suites) or list(SUITES)
-    unknown = [s for s in suites if s not in SUITES]
+    unknown = [s for s in suites if s not in SUITES + EXTRA]
     if unknown:
-        raise ValueError(f"unknown suite {unknown[0]!r}; choose from {', '.join(SUITES)}")
-    if not Path(args.data).is_dir():
+        raise ValueError(f"unknown suite {unknown[0]!r}; choose from {', '.join(SUITES + EXTRA)}")
+    if any(s in SUITES for s in suites) and not Path(args.data).is_dir():
         raise FileNotFoundError(f"data folder {str(args.data)!r} does not exist; give --data DIR")
     ctx = Context(data=Path(args.data), results=Path(args.results), quick=args.quick,
                   backends=Backends(args.segmenter, args.propagator, args.inpainter), device=args.device,
@@ -76,7 +83,12 @@ def cmd_bench(args) -> int:
                   quiet=getattr(args, "quiet", False))
     modules = {"track": track, "remove": remove, "complete": complete, "speed": speed}
     for name in suites:
-        modules[name].run(ctx)
+        if name == "reliability":
+            reliability.run(ctx, reliability.Options(soak_minutes=args.soak_minutes, soak_source=args.soak_source))
+        else:
+            modules[name].run(ctx)
+    if not any(s in SUITES for s in suites):
+        return 0  # the summary table holds the data suites
     path = summary.write(ctx.results)
     ctx.say(f"\n{summary.markdown(ctx.results)}(written to {path})")
     return 0

@@ -1,5 +1,6 @@
 """Churn leaves nothing behind: 100 WebSocket connect/request/close cycles and 20 stream create/delete
-cycles (every 4th with a click) against the app in-process; open file descriptors and threads are back at their baseline."""
+cycles (every 4th with a click) against the app in-process; open file descriptors and threads are back
+at their baseline."""
 from __future__ import annotations
 
 import asyncio
