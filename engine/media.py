@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -44,6 +45,55 @@ class StreamInfo:
     audio: bool
 
 
+@dataclass(frozen=True)
+class Truncation:
+    """A container that ended before the frame count its header declares."""
+
+    read: int  # video frames (packets) the container gave
+    declared: int  # video frames its header declares
+
+    def describe(self, uri: str) -> str:
+        return (f"input {uri!r} ended after {self.read} of the {self.declared} frames its container declares; "
+                f"the file looks truncated")
+
+
+class DecodeTally:
+    """Counts the video packets the decoder never turned into a picture (data it refused, a missing
+    reference frame).  Pictures come out in pts order, so a packet whose pts is below a picture's and
+    that has not come out never will; at the end of the stream every packet still out is counted."""
+
+    LIMIT = 256  # pending packets; a decoder holds far fewer, so older ones are counted as lost
+
+    def __init__(self) -> None:
+        self.packets = 0
+        self.pictures = 0
+        self.skipped = 0
+        self._pending: deque[int] = deque()
+
+    def sent(self, pts: int | None) -> None:
+        self.packets += 1
+        if pts is None:
+            return
+        if len(self._pending) >= self.LIMIT:
+            self._pending.popleft()
+            self.skipped += 1
+        self._pending.append(pts)
+
+    def received(self, pts: int | None) -> None:
+        self.pictures += 1
+        if pts is None or not self._pending:
+            return
+        later = [p for p in self._pending if p > pts]
+        matched = pts in self._pending
+        self.skipped += len(self._pending) - len(later) - matched
+        self._pending = deque(later)
+
+    def ended(self) -> None:
+        """The stream ended and the decoder was flushed: what has not come out never will."""
+        self.skipped = max(self.skipped, self.packets - self.pictures)
+        self._pending.clear()
+
+
 def is_network(uri: str) -> bool:
     return uri.lower().startswith(NETWORK_SCHEMES)
 
@@ -63,7 +113,9 @@ class Source:
 
     Iterating yields :class:`Frame` objects (RGB, in decode order == presentation
     order) with their pts and time base.  Audio packets, if any, go to
-    ``on_audio`` (for pass-through) as they are demuxed.
+    ``on_audio`` (for pass-through) as they are demuxed.  Frames that fail to decode
+    are skipped and counted (``skipped``); a container that ends before the frame
+    count it declares is logged and noted (``truncated``).
     """
 
     def __init__(self, uri: str | os.PathLike, *, open_timeout: float = 10.0, read_timeout: float = 10.0,
@@ -77,7 +129,15 @@ class Source:
         self._container: av.container.InputContainer | None = None
         self._files: list[Path] | None = None
         self._rate_override = rate
+        self._skipped = 0  # in passes already ended (looped files)
+        self._tally: DecodeTally | None = None
+        self.truncated: Truncation | None = None
         self.info = self._open()
+
+    @property
+    def skipped(self) -> int:
+        """Frames that could not be decoded and were skipped, so far."""
+        return self._skipped + (self._tally.skipped if self._tally is not None else 0)
 
     # -- opening --------------------------------------------------------------------------
     def _open(self) -> StreamInfo:
@@ -184,13 +244,17 @@ class Source:
         assert self._container is not None
         vs = self._container.streams.video[0]
         streams = [vs] + ([self.audio_stream] if self.audio_stream is not None else [])
+        tally = self._tally = DecodeTally()
         try:
             for packet in self._container.demux(*streams):
                 if packet.stream.type == "audio":
                     if self.on_audio is not None and packet.dts is not None:
                         self.on_audio(packet)
                     continue
-                for vf in packet.decode():
+                if packet.size:
+                    tally.sent(packet.pts)
+                for vf in self._pictures(packet):
+                    tally.received(vf.pts)
                     yield Frame(index=-1, image=vf.to_ndarray(format="rgb24"), pts=vf.pts,
                                 time_base=Fraction(vf.time_base or vs.time_base), wallclock=time.monotonic())
         except av.error.ExitError as exc:
@@ -198,6 +262,27 @@ class Source:
                              f"check that the source is up") from exc
         except av.error.FFmpegError as exc:
             raise MediaError(f"reading {self.uri!r} failed ({_short(exc)}); check the source") from exc
+        self._ended(tally)
+
+    def _pictures(self, packet: av.Packet) -> list:
+        """The pictures a packet completes; none (counted by the tally) when the decoder refuses its data."""
+        try:
+            return packet.decode()
+        except av.error.FFmpegError as exc:  # bad data in this packet: the decoder goes on with the next
+            log.debug("input %s: a frame could not be decoded (%s); skipped", self.uri, _short(exc))
+            return []
+
+    def _ended(self, tally: DecodeTally) -> None:
+        """The end of one pass over the input: settle the skipped frames, notice a truncated container."""
+        tally.ended()
+        self._skipped += tally.skipped
+        self._tally = None
+        if tally.skipped:
+            log.warning("input %r: %d frames could not be decoded and were skipped", self.uri, tally.skipped)
+        declared = self.info.frames
+        if self.truncated is None and declared is not None and tally.packets < declared:
+            self.truncated = Truncation(tally.packets, declared)
+            log.warning("%s", self.truncated.describe(self.uri))
 
     def _rewind(self) -> None:
         if self._container is not None:

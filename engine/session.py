@@ -16,7 +16,7 @@ from typing import Callable, Protocol, Sequence
 from .backends import registry
 from .backends.registry import BackendOptions
 from .masks import MaskFolder, MaskWriter
-from .media import Source
+from .media import MediaError, Source, Truncation
 from .pipeline import OutputFrame, Pipeline, PipelineConfig
 
 log = logging.getLogger("unseen.session")
@@ -56,6 +56,8 @@ class RunResult:
     seconds: float
     degraded: int
     stage_ms: dict[str, float] = field(default_factory=dict)
+    skipped: int = 0  # input frames that could not be decoded
+    truncated: Truncation | None = None  # the input ended before the frame count it declares
 
     @property
     def fps(self) -> float:
@@ -90,8 +92,10 @@ class Session:
                 self.mask_writer.write(out.frame.index, out.masks, out.image.shape[:2])
 
     def run(self, *, prompts: Sequence[concurrent.futures.Future] = (),
-            progress: Callable[[int], None] | None = None, stop: threading.Event | None = None) -> RunResult:
-        """Process the whole source.  A failed prompt (or any error) discards the outputs."""
+            progress: Callable[[int], None] | None = None, stop: threading.Event | None = None,
+            strict: bool = False) -> RunResult:
+        """Process the whole source.  A failed prompt (or any error) discards the outputs; so does,
+        with ``strict``, an input that is truncated or has frames that could not be decoded."""
         start = time.perf_counter()
         ok = False
         try:
@@ -102,6 +106,8 @@ class Session:
                 _raise_failed(prompts)
                 if progress is not None:
                     progress(1)
+            if strict:
+                _raise_damaged(self.source)
             self._deliver(self.pipeline.flush())
             _raise_failed(prompts)
             ok = True
@@ -109,7 +115,7 @@ class Session:
             self.close(keep=ok)
         p = self.pipeline
         return RunResult(p.frames_in, p.frames_out, time.perf_counter() - start, p.degraded,
-                         p.times.means())
+                         p.times.means(), self.source.skipped, self.source.truncated)
 
     def close(self, *, keep: bool = True) -> None:
         """Close sinks and source once; ``keep=False`` discards what the sinks wrote."""
@@ -127,6 +133,16 @@ class Session:
         self.pipeline.close()
         if errors and keep:
             raise errors[0]
+
+
+def _raise_damaged(source: Source) -> None:
+    """--strict: a truncated input or undecodable frames fail the run (nothing is kept)."""
+    if source.truncated is not None:
+        raise MediaError(f"{source.truncated.describe(source.uri)}; re-copy the file, or run without --strict "
+                         f"to keep the frames that were decoded")
+    if source.skipped:
+        raise MediaError(f"{source.skipped} frames of input {source.uri!r} could not be decoded; repair or "
+                         f"re-encode the input, or run without --strict to skip them")
 
 
 def _raise_failed(prompts: Sequence[concurrent.futures.Future]) -> None:

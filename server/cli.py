@@ -112,8 +112,11 @@ def cmd_run(args) -> int:
              desc["segmenter"], desc["propagator"], desc["inpainter"], pipeline.delay)
     with tqdm(total=info.frames, unit="frame", desc="unseen run", disable=args.quiet,
               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]") as bar:
-        result = session.run(prompts=futures, progress=bar.update)
-    print(f"wrote {args.output}: {result.frames_out} frames ({result.frames_in} in), "
+        result = session.run(prompts=futures, progress=bar.update, strict=args.strict)
+    damage = "".join([f"; {result.skipped} undecodable input frames skipped" if result.skipped else "",
+                      f"; input truncated: {result.truncated.read} of {result.truncated.declared} frames"
+                      if result.truncated else ""])
+    print(f"wrote {args.output}: {result.frames_out} frames ({result.frames_in} in{damage}), "
           f"{result.fps:.1f} fps, stage ms/frame {result.stage_ms}")
     if result.frames_out != result.frames_in:  # pragma: no cover - an engine bug, never a user error
         raise MediaError(f"{result.frames_in} frames in but {result.frames_out} out")
@@ -161,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--delay", type=int, default=None,
                      help=f"frames held before output (default {FILE_DELAY}; the live default is the inpainter's)")
     run.add_argument("--timeout", type=float, default=10.0, help="open/read timeout for URLs, seconds")
+    run.add_argument("--strict", action="store_true",
+                     help="fail (exit 2, no output) when the input is truncated or has undecodable frames; "
+                          "without it they are skipped, counted and reported")
     _add_backend_args(run)
     run.set_defaults(func=cmd_run)
 

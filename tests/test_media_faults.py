@@ -184,3 +184,131 @@ def test_rtsp_publisher_sends_every_frame_of_live_timestamps(tmp_path):
     assert probe(received)["frames"] == len(seq)
     pts = file_pts(received)
     assert all(b > a for a, b in zip(pts, pts[1:]))
+
+
+# ------------------------------------------------------------------- truncated and damaged input
+N = 60
+
+
+@pytest.fixture(scope="module")
+def scene():
+    from unseen.engine.synthetic import make_clip
+
+    return make_clip(N, 128, 80, seed=4)
+
+
+@pytest.fixture(scope="module")
+def faststart(tmp_path_factory, scene) -> Path:
+    """60 frames, H.264 without B-frames, a keyframe every 15, the index (moov) at the front."""
+    path = tmp_path_factory.mktemp("media") / "clip.mp4"
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as out:
+        vs = out.add_stream("libx264", rate=24)
+        vs.width, vs.height, vs.pix_fmt = 128, 80, "yuv420p"
+        vs.options = {"bf": "0", "g": "15", "keyint_min": "15", "sc_threshold": "0", "crf": "20"}
+        for i, img in enumerate(scene.frames):
+            vf = av.VideoFrame.from_ndarray(img, format="rgb24")
+            vf.pts, vf.time_base = i, Fraction(1, 24)
+            out.mux(vs.encode(vf))
+        out.mux(vs.encode(None))
+    return path
+
+
+def truncated(src: Path, dst: Path) -> Path:
+    """The file cut at 30% of its bytes (it still opens: its index is at the front)."""
+    data = src.read_bytes()
+    dst.write_bytes(data[: int(len(data) * 0.3)])
+    return dst
+
+
+def damaged(src: Path, dst: Path) -> Path:
+    """Flipped bits at the start of two non-key packets' data (the decoder refuses them) and the keyframe
+    at frame 30 dropped (the frames after it lose their reference)."""
+    with av.open(str(src)) as c, av.open(str(dst), "w") as out:
+        vs = c.streams.video[0]
+        o = out.add_stream_from_template(vs)
+        for i, p in enumerate(c.demux(vs)):
+            if p.dts is None or (i == 30 and p.is_keyframe):
+                continue
+            if i in (10, 40):
+                data = bytearray(bytes(p))
+                data[4:12] = bytes(b ^ 0xFF for b in data[4:12])
+                q = av.Packet(bytes(data))
+                q.pts, q.dts, q.time_base = p.pts, p.dts, p.time_base
+                p = q
+            p.stream = o
+            out.mux(p)
+    return dst
+
+
+def decodable(path: Path) -> tuple[int, int]:
+    """(packets, frames PyAV decodes) of a file, a packet the decoder refuses skipped: the ground truth."""
+    packets = frames = 0
+    with av.open(str(path)) as c:
+        for p in c.demux(video=0):
+            packets += bool(p.size)
+            try:
+                frames += len(p.decode())
+            except av.error.FFmpegError:
+                pass
+    return packets, frames
+
+
+INPUTS = {"intact": lambda src, dst: src, "truncated": truncated, "damaged": damaged}
+
+
+@pytest.mark.parametrize("kind, truncated_expected, skips", [
+    ("intact", False, False), ("truncated", True, True), ("damaged", False, True)])
+def test_source_counts_skipped_frames_and_notices_truncation(faststart, tmp_path, kind, truncated_expected,
+                                                            skips):
+    from unseen.engine.media import Source, Truncation
+
+    path = INPUTS[kind](faststart, tmp_path / f"{kind}.mp4")
+    packets, frames = decodable(path)
+    with Source(path) as source:
+        got = sum(1 for _ in source)
+        assert (got, source.skipped) == (frames, packets - frames)
+        assert source.truncated == (Truncation(packets, N) if truncated_expected else None)
+    assert (source.skipped > 0) == skips
+
+
+def run_cli(*argv) -> int:
+    from unseen.server.cli import main
+
+    return main(["-q", "run", *map(str, argv), "--segmenter", "classical", "--propagator", "classical",
+                 "--inpainter", "classical", "--delay", "4"])
+
+
+@pytest.mark.parametrize("kind, strict, warning, error", [
+    ("truncated", False, r"ended after \d+ of the 60 frames its container declares; the file looks truncated",
+     None),
+    ("truncated", True, None, r"ended after \d+ of the 60 frames its container declares; the file looks "
+                              r"truncated; re-copy the file, or run without --strict"),
+    ("damaged", False, r"\d+ frames could not be decoded and were skipped", None),
+    ("damaged", True, None, r"\d+ frames of input .* could not be decoded; repair or re-encode the input, or "
+                            r"run without --strict"),
+], ids=["truncated", "truncated-strict", "damaged", "damaged-strict"])
+def test_run_on_truncated_and_damaged_input(faststart, scene, tmp_path, capsys, caplog, kind, strict, warning,
+                                            error):
+    import re
+
+    path = INPUTS[kind](faststart, tmp_path / f"{kind}.mp4")
+    packets, frames = decodable(path)
+    out = tmp_path / "out.mp4"
+    x, y = scene.click(0)
+    with caplog.at_level("WARNING", logger="unseen.media"):
+        code = run_cli(path, out, "--click", f"{x},{y}", *(["--strict"] if strict else []))
+    captured = capsys.readouterr()
+    if error:
+        lines = captured.err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("unseen: error: "), captured.err
+        assert re.search(error, lines[0]), lines[0]
+        assert not out.exists() and not list(tmp_path.glob(".*partial*"))
+        return
+    assert code == 0, captured.err
+    assert any(re.search(warning, r.getMessage()) for r in caplog.records), caplog.text
+    assert probe(out)["frames"] == frames < packets
+    summary = re.search(r"wrote .*: (\d+) frames \((\d+) in(.*?)\)", captured.out)
+    assert summary and (int(summary[1]), int(summary[2])) == (frames, frames), captured.out
+    said = {"truncated": f"input truncated: {packets} of {N} frames",
+            "damaged": f"{packets - frames} undecodable input frames skipped"}[kind]
+    assert said in summary[3], captured.out
