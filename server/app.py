@@ -198,7 +198,7 @@ async def errors(request: web.Request, handler: Callable[[web.Request], Awaitabl
                                  status=500)
 
 
-async def _body(request: web.Request, limit: int) -> dict[str, Any]:
+async def _body(request: web.Request, limit: int, max_string: int = p.MAX_STRING) -> dict[str, Any]:
     """A JSON request body, bounded; only ``application/json`` (a cross-site form or text/plain is refused)."""
     if request.content_type != "application/json":
         raise ProtocolError(f"the body must be application/json, not {request.content_type[:60]!r}; send JSON "
@@ -206,7 +206,7 @@ async def _body(request: web.Request, limit: int) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > limit:
         raise ProtocolError(f"request body too large ({request.content_length} bytes, limit {limit}); send a "
                             f"smaller body", 413)
-    return p.parse_json(await request.read(), limit=limit)
+    return p.parse_json(await request.read(), limit=limit, max_string=max_string)
 
 
 def _name(request: web.Request) -> str:
@@ -290,7 +290,8 @@ async def object_op(request: web.Request) -> web.Response:
 
 async def offer(request: web.Request) -> web.Response:
     server = _server(request)
-    body = p.parse(p.OfferBody, await _body(request, server.settings.limits.max_offer_bytes), "offer")
+    limits = server.settings.limits
+    body = p.parse(p.OfferBody, await _body(request, limits.max_offer_bytes, p.MAX_SDP), "offer")
     name = _name(request)
     sdp = {"sdp": body.sdp, "type": body.type}
     if body.publish:

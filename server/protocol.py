@@ -41,14 +41,14 @@ def _reject_constant(name: str) -> float:
     raise ProtocolError(f"{name} is not a number JSON allows; send finite numbers")
 
 
-def _check_shape(value: Any, depth: int = 1) -> None:
+def _check_shape(value: Any, max_string: int) -> None:
     """Depth and string-length bounds, iteratively (a hostile body must not exhaust the stack)."""
-    stack = [(value, depth)]
+    stack = [(value, 1)]
     while stack:
         item, level = stack.pop()
         if isinstance(item, str):
-            if len(item) > MAX_STRING:
-                raise ProtocolError(f"a string of {len(item)} characters is over the {MAX_STRING}-character limit; "
+            if len(item) > max_string:
+                raise ProtocolError(f"a string of {len(item)} characters is over the {max_string}-character limit; "
                                     f"send shorter values")
         elif isinstance(item, (dict, list)):
             if level > MAX_DEPTH:
@@ -57,8 +57,9 @@ def _check_shape(value: Any, depth: int = 1) -> None:
             stack.extend((child, level + 1) for child in children)
 
 
-def parse_json(raw: bytes | str, *, limit: int) -> dict[str, Any]:
-    """A client's JSON text -> a bounded dict, or :class:`ProtocolError` (413 over ``limit`` bytes)."""
+def parse_json(raw: bytes | str, *, limit: int, max_string: int = MAX_STRING) -> dict[str, Any]:
+    """A client's JSON text -> a bounded dict, or :class:`ProtocolError` (413 over ``limit`` bytes);
+    ``max_string`` is raised only for an SDP offer."""
     size = len(raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass"))
     if size > limit:
         raise ProtocolError(f"message of {size} bytes is over the {limit}-byte limit; send a smaller message", 413)
@@ -73,7 +74,7 @@ def parse_json(raw: bytes | str, *, limit: int) -> dict[str, Any]:
         raise ProtocolError("the message is not a JSON object (not JSON at all); send {\"op\": ..., ...}") from None
     if not isinstance(value, dict):
         raise ProtocolError(f"the message is not a JSON object (a JSON {type(value).__name__}); send {{...}}")
-    _check_shape(value)
+    _check_shape(value, max_string)
     return value
 
 
