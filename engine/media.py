@@ -326,14 +326,14 @@ class OutputTimestamps:
     rate: Fraction
     start: int | None = None
     max_gap: float = 2.0
-    bridged: int = 0  # frames whose timestamp was replaced by the nominal step
+    bridged: int = field(default=0, init=False)  # frames whose timestamp was replaced by the nominal step
     _last: int | None = field(default=None, init=False, repr=False)
     _offset: int | None = field(default=None, init=False, repr=False)  # output - input, in output ticks
 
     @property
     def step(self) -> int:
-        """The nominal frame step in output ticks (at least 1)."""
-        return max(1, round(1 / (Fraction(self.rate) * self.time_base)))
+        """The nominal frame step in output ticks (at least 1; 25 fps when the rate is unknown)."""
+        return max(1, round(1 / (Fraction(self.rate or 25) * self.time_base)))
 
     def __call__(self, pts: int | None, time_base: Fraction | None = None) -> int:
         ticks = None if pts is None else round(Fraction(pts) * Fraction(time_base or self.time_base) / self.time_base)

@@ -143,10 +143,10 @@ publish = "rtsp://127.0.0.1:{port_b}/in"
     assert not list(tmp_path.glob(".*partial*"))
     recorded = probe(record)["frames"]
     finished = re.findall(r"recorded (\d+) frames to .*?, (\d+) failed writes", log)
-    published = re.findall(r"published (\d+) frames to .*? over (\d+) connection", log)
+    published = re.findall(r"published (\d+) frames to .*? over (\d+) connection\(s\), (\d+) failed writes", log)
     print(f"relay chain ({'VUI tick rate ' + str(vui_tick_rate) if vui_tick_rate else 'VUI as written'}): "
           f"frames in {frames_in}, recorded {recorded}, recorder {finished}, publisher {published}")
     assert finished and published, f"no close report in the serve log:\n{log[-2000:]}"
     assert recorded == frames_in == int(finished[0][0])
     assert finished[0][1] == "0", "failed writes to the recording"
-    assert published[0][1] == "1", "the publisher reconnected"
+    assert published[0][1:] == ("1", "0"), "the publisher reconnected or a frame was refused"
