@@ -179,7 +179,6 @@ class Pipeline:
         self._actions: collections.deque[_Action] = collections.deque()
         self._pending: list[_Action] = []  # clicks on frames that have not arrived yet
         self._lock = threading.Lock()
-        self._next_id = 1
         self._head = -1
         self._next_out = 0
         self._size: tuple[int, int] | None = None  # (width, height) once the first frame arrived
@@ -503,9 +502,12 @@ class Pipeline:
             return int(object_id)
         if len(self.objects) >= self.config.max_objects:
             raise PromptError(f"this stream already has {len(self.objects)} objects (the limit); remove one first")
-        if object_id is not None and int(object_id) < 1:
-            raise PromptError(f"object ids start at 1, not {object_id}; give a positive id or none")
-        return self._next_id if object_id is None else int(object_id)
+        limit = self.config.max_objects
+        if object_id is not None and not 1 <= int(object_id) <= limit:
+            raise PromptError(f"object ids run from 1 to {limit}, not {object_id}; give one of them or none")
+        if object_id is None:  # the smallest free id, so ids stay within 1..max_objects on an endless stream
+            return next(i for i in range(1, limit + 1) if i not in self.objects)
+        return int(object_id)
 
     def _place(self, oid: int, frame: Frame, clicks: list[Click], mask: Mask, before: Mapping[int, Mask],
                click: Click | None) -> int:
@@ -515,7 +517,6 @@ class Pipeline:
         obj = ObjectState(oid, self.config.default_effect) if new else self.objects[oid]
         if new:
             self.objects = {**self.objects, obj.id: obj}
-            self._next_id = max(self._next_id, obj.id + 1)
         obj.clicks, obj.prompt_frame = clicks, frame.index
         start = frame.index if frame.index in self._held else min(self._held)
         masks = dict(self._held[start].masks)

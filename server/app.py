@@ -25,6 +25,7 @@ from . import protocol as p
 from .access import Access
 from .config import OutputConfig, Settings, SourceConfig
 from .live import LiveStream, StreamError
+from .memory import release_memory
 from .metrics import Metrics
 from .protocol import ProtocolError
 from .webrtc import Signalling
@@ -91,10 +92,11 @@ class Server:
         stream = self.stream(name)
         self.streams.pop(name, None)
         for pc in list(stream.viewers):
-            await self.signalling._close(pc)
+            await self.signalling.close_connection(pc)
         await stream.aclose()
         self.metrics.streams.set(len(self.streams))
         self._recount_viewers()
+        await asyncio.get_running_loop().run_in_executor(None, release_memory)  # the stream's freed buffers
 
     def _viewers_changed(self, stream: LiveStream) -> None:
         if not stream.closed:

@@ -322,7 +322,8 @@ class LiveStream:
         self.pipeline = pipeline or build_pipeline(
             Backends(settings.backends.segmenter, settings.backends.propagator, settings.backends.inpainter),
             BackendOptions(device=settings.device),
-            PipelineConfig(delay=settings.delay, default_effect=effect, segment_async=True))
+            PipelineConfig(delay=settings.delay, default_effect=effect, segment_async=True,
+                           max_objects=settings.limits.max_objects))
         self.queue: FrameQueue[Frame] = FrameQueue(settings.limits.queue_frames)
         self.relay = LatestRelay(loop)
         self.sinks: list[ThreadedSink] = []

@@ -146,7 +146,7 @@ class Signalling:
                 stream = create_webcam()
             assert stream is not None
         except Exception:
-            await self._close(pc)
+            await self.close_connection(pc)
             raise
         peer = _Peer(self, pc, stream, publisher=create_webcam is not None)
         try:
@@ -160,7 +160,7 @@ class Signalling:
         if self.on_viewers_changed is not None:
             self.on_viewers_changed(stream)
 
-    async def _close(self, pc: RTCPeerConnection) -> None:
+    async def close_connection(self, pc: RTCPeerConnection) -> None:
         self.pcs.discard(pc)
         try:
             await pc.close()
@@ -168,7 +168,7 @@ class Signalling:
             pass
 
     async def close(self) -> None:
-        await asyncio.gather(*(self._close(pc) for pc in list(self.pcs)), return_exceptions=True)
+        await asyncio.gather(*(self.close_connection(pc) for pc in list(self.pcs)), return_exceptions=True)
 
 
 class _Peer:
@@ -262,7 +262,7 @@ class _Peer:
         for task in (self._watchdog, self.consumer):
             if task is not None and task is not asyncio.current_task():
                 task.cancel()
-        await self.signalling._close(self.pc)
+        await self.signalling.close_connection(self.pc)
         self.stream.viewers.discard(self.pc)
         self.signalling._changed(self.stream)
         if self.publisher and not self.stream.closed:

@@ -133,6 +133,30 @@ def test_objects_remove_clear_and_effects(clip):
     assert np.array_equal(outs[0].image, clip.frames[3])  # frame 3 leaves unchanged after clear
 
 
+def test_object_ids_stay_within_max_objects_on_an_endless_stream(clip):
+    """New objects take the smallest free id, so ids never leave 1..max_objects however many come and go."""
+    p = _pipeline(delay=1, click_lookahead=0, max_objects=2)
+    frames = iter(range(len(clip.frames)))
+
+    def settle(future):
+        i = next(frames)
+        p.step(Frame(i, clip.frames[i]))
+        return future.result(timeout=0)
+
+    assert settle(p.click(*clip.click(0), frame_index=0)) == 1
+    assert settle(p.click(290, 20)) == 2
+    with pytest.raises(PromptError, match="already has 2 objects"):
+        settle(p.click(200, 100))
+    assert settle(p.remove_object(1)) == 1
+    with pytest.raises(PromptError, match="run from 1 to 2, not 3"):
+        settle(p.click(200, 100, object_id=3))
+    assert settle(p.click(*clip.click(0))) == 1
+    for _ in range(3):  # remove and add again: the freed id comes back
+        assert settle(p.remove_object(1)) == 1
+        assert settle(p.click(*clip.click(0))) == 1
+    assert sorted(p.objects) == [1, 2]
+
+
 def test_hurry_uses_the_cheap_fill_and_counts_it(clip):
     p = _pipeline(delay=1, click_lookahead=0)
     p.click(*clip.click(0), frame_index=0)
