@@ -8,15 +8,8 @@ import os
 
 
 def _run(coro) -> int:
-    from .control import ControlError
-
-    try:
-        result = asyncio.run(coro)
-    except ControlError as exc:
-        from unseen.server.cli import UsageError
-
-        raise UsageError(str(exc)) from None
-    print(json.dumps(result, indent=2))
+    """Run a request and print its result; a refusal raises ``ControlError`` (one line, a user error)."""
+    print(json.dumps(asyncio.run(coro), indent=2))
     return 0
 
 

@@ -28,6 +28,7 @@ log = logging.getLogger("unseen.media")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 DEFAULT_FOLDER_RATE = Fraction(24)  # DAVIS-style frame folders carry no rate; 24 fps is the usual one
 MIN_RATE, MAX_RATE = Fraction(1), Fraction(240)  # a frame rate outside this is a container's guess, not a rate
+RECONNECT_BACKOFF = (0.5, 8.0)  # seconds: first wait and cap of a network peer's capped exponential backoff
 NETWORK_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 
 
@@ -96,6 +97,11 @@ class DecodeTally:
 
 def is_network(uri: str) -> bool:
     return uri.lower().startswith(NETWORK_SCHEMES)
+
+
+def redact(uri: str) -> str:
+    """Hide credentials in a URL (rtsp://user:pass@host -> rtsp://***@host)."""
+    return re.sub(r"(://)[^/@]+@", r"\1***@", uri)
 
 
 def _numbered(path: Path) -> list[Path]:

@@ -188,7 +188,9 @@ async def errors(request: web.Request, handler: Callable[[web.Request], Awaitabl
             raise
         message = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
         if exc.status == 413:
-            message = (f"request body too large (limit {request.app._client_max_size} bytes); send a smaller body")
+            limits = _server(request).settings.limits
+            message = (f"request body too large (limit {max(limits.max_message_bytes, limits.max_offer_bytes)} "
+                       f"bytes); send a smaller body")
         elif exc.status == 404:
             message = f"no such path {request.path[:100]!r}; see /api/streams, /ws, /metrics, /healthz/live"
         elif exc.status == 405:

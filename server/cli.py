@@ -209,18 +209,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _is_user_error(exc: BaseException) -> bool:
+    from unseen.client.control import ControlError
     from unseen.engine.backends.registry import BackendError
     from unseen.engine.media import MediaError
     from unseen.engine.pipeline import PromptError
     from unseen.engine.stages import SelectionError
+    from unseen.weights.registry import WeightsError
 
-    user = (UsageError, MediaError, PromptError, SelectionError, BackendError, OSError)
-    try:
-        from unseen.weights.store import WeightsError
-
-        user = user + (WeightsError,)
-    except ImportError:  # pragma: no cover
-        pass
+    user = (UsageError, MediaError, PromptError, SelectionError, BackendError, WeightsError, OSError, ControlError)
     return isinstance(exc, user)
 
 

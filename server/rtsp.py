@@ -15,10 +15,9 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from unseen.engine.media import MediaError, OutputTimestamps, StreamInfo
+from unseen.engine.media import MediaError, OutputTimestamps, RECONNECT_BACKOFF, StreamInfo, redact
 from unseen.engine.pipeline import OutputFrame
 
-from .live import BACKOFF_MAX, BACKOFF_START, redact
 
 log = logging.getLogger("unseen.rtsp")
 RTP_TIME_BASE = Fraction(1, 90000)
@@ -45,7 +44,7 @@ class RtspPublisher:
         self._video = None
         self._timestamps = OutputTimestamps(RTP_TIME_BASE, self.rate, start=0, max_gap=MAX_GAP)
         self._retry_at = 0.0
-        self._backoff = BACKOFF_START
+        self._backoff = RECONNECT_BACKOFF[0]
         self._closed = False
         self._connect()
 
@@ -68,7 +67,7 @@ class RtspPublisher:
             return False
         self._out, self._video = out, video
         self._timestamps = OutputTimestamps(RTP_TIME_BASE, self.rate, start=0, max_gap=MAX_GAP)
-        self._backoff = BACKOFF_START
+        self._backoff = RECONNECT_BACKOFF[0]
         self.connects += 1
         self.error = None
         log.info("publishing to %s (%dx%d @ %s fps)", redact(self.url), self.width, self.height, self.rate)
@@ -78,7 +77,7 @@ class RtspPublisher:
         self.error = message
         log.warning("%s; retrying in %.1f s", message, self._backoff)
         self._retry_at = time.monotonic() + self._backoff
-        self._backoff = min(BACKOFF_MAX, self._backoff * 2)
+        self._backoff = min(RECONNECT_BACKOFF[1], self._backoff * 2)
         self._drop_connection()
 
     def _drop_connection(self) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .checkpoint import check, is_torch_archive
 from .registry import (ChecksumError, CheckpointError, DownloadError, MissingWeightsError, WeightsEntry,
                        WeightsError, get)
 
@@ -177,15 +178,6 @@ def _check_integrity(path: Path, entry: WeightsEntry, action: str) -> bool:
     return True
 
 
-def is_torch_archive(path: Path | str) -> bool:
-    """Whether ``path`` is a zip written by ``torch.save`` (as opposed to a plain zip archive)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any(n.endswith("data.pkl") for n in archive.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
-
-
 def _unpack_archive(path: Path, entry: WeightsEntry) -> None:
     """Replace a plain zip archive holding the checkpoint (E2FGVI's README) by the checkpoint itself."""
     if not zipfile.is_zipfile(path) or is_torch_archive(path):
@@ -204,8 +196,6 @@ def _unpack_archive(path: Path, entry: WeightsEntry) -> None:
 
 
 def _strict_check(path: Path, entry: WeightsEntry) -> str:
-    from .loading import check
-
     report = check(path, entry.name)
     if not report.ok:
         raise CheckpointError(report.message)
@@ -273,8 +263,6 @@ def _verify_file(path: Path, entry: WeightsEntry) -> VerifyResult:
     if entry.sha256 is None and entry.size is not None and path.stat().st_size == entry.size:
         return VerifyResult(entry.name, path, True, "size matches the official file")
     note = "not the official file (sha256 differs), but " if entry.sha256 else ""
-    from .loading import check
-
     report = check(path, entry.name)
     return VerifyResult(entry.name, path, report.ok, note + report.message)
 
