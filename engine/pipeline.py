@@ -17,9 +17,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-import cv2
 import numpy as np
 
+from .degrade import DegradationCounts, Level, StaleMasks
 from .effects import Effect, apply_effect
 from .holes import BELOW_REACH, EDGE_BAND, below_object, missed_edge
 from .stages import (Click, Frame, Image, InpaintRequest, Inpainter, Mask, Propagator, Segmenter,
@@ -27,7 +27,6 @@ from .stages import (Click, Frame, Image, InpaintRequest, Inpainter, Mask, Propa
 
 log = logging.getLogger("unseen.pipeline")
 
-HURRY_MARGIN = 0.02  # a hurried frame reuses the last masks grown by this fraction of the frame size
 MAX_CATCHUP_STRIDE = 2  # frames skipped at most when re-propagating through frames already sent
 MAX_PENDING_PROMPTS = 32  # prompts queued or being segmented per stream (drop policy: refuse new ones)
 
@@ -74,7 +73,8 @@ class OutputFrame:
     frame: Frame
     image: Image
     masks: Mapping[int, Mask]
-    degraded: bool = False
+    degraded: bool = False  # given the cheap fill
+    tracking: Level = Level.FULL  # FULL, REDUCED_TRACKING or STALE_MASKS: how its masks were made
 
 
 @dataclass
@@ -100,6 +100,7 @@ class _Held:
     window: WindowEntry
     own: Mask  # the removed objects' masks with what hangs below them and the rims they missed, in this frame
     missed: Mask  # of it, what the masks missed (feet, shadows, rims): the frames next to this one remove it too
+    tracking: Level = Level.FULL  # how its masks were made (see engine/degrade.py)
 
 
 RECENT_STAGE_SAMPLES = 1024  # per-call durations kept for a live histogram (drop policy: oldest first)
@@ -169,6 +170,8 @@ class Pipeline:
         self.frames_out = 0
         self.degraded = 0
         self.propagation_skipped = 0
+        self.degradation = DegradationCounts()  # output frames per degradation level
+        self._stale = StaleMasks()  # each object's last tracked mask and motion (stale masks)
         self._held: dict[int, _Held] = {}
         # past reference frames, each with the objects its masks were tracked for
         self._references: collections.deque[tuple[WindowEntry, frozenset[int]]] = collections.deque(
@@ -220,14 +223,16 @@ class Pipeline:
         check_inside(x, y, *self._size)
 
     # ------------------------------------------------------------------ the step
-    def step(self, frame: Frame, *, hurry: bool = False) -> list[OutputFrame]:
+    def step(self, frame: Frame, *, hurry: bool | Level = False) -> list[OutputFrame]:
         """Feed the next frame; returns the frame leaving the delay line (if any).
 
-        ``hurry`` (the live runner sets it when processing falls behind) makes this step
-        cheap: the incoming frame reuses the last masks (slightly grown) instead of a
-        propagation step, and the outgoing frame gets the inpainter's cheap fill.  So the
-        delay never grows and no frame has to be dropped.
+        ``hurry`` (the live runner sets it when processing falls behind) is a :class:`Level` of
+        engine/degrade.py's ladder: from CHEAP_FILL on the outgoing frame gets the inpainter's cheap
+        fill, REDUCED_TRACKING also propagates with the propagator's cheaper step, STALE_MASKS skips
+        propagation (each object's last tracked mask moved by its measured motion).  ``True`` means
+        STALE_MASKS, ``False`` FULL.  So the delay never grows and no frame has to be dropped.
         """
+        level = hurry if isinstance(hurry, Level) else Level.STALE_MASKS if hurry else Level.FULL
         if self._size is None:
             self._size = (frame.width, frame.height)
         elif (frame.width, frame.height) != self._size:
@@ -237,15 +242,15 @@ class Pipeline:
             frame.index = self._head + 1  # the pipeline's own clock: strictly consecutive
         self._head = frame.index
         self.frames_in += 1
-        masks = self._track(frame, hurry)
+        masks, tracking = self._track(frame, level)
         own, missed = self._hole(masks, frame.image)
-        self._held[frame.index] = _Held(frame, masks, WindowEntry(frame, own), own, missed)
+        self._held[frame.index] = _Held(frame, masks, WindowEntry(frame, own), own, missed, tracking)
         self._update_hole(frame.index)
         self._update_hole(frame.index - 1)
         self._apply_actions()
         out: list[OutputFrame] = []
         if self._head - self._next_out >= self.delay:
-            out.append(self._emit(self._next_out, hurry))
+            out.append(self._emit(self._next_out, level >= Level.CHEAP_FILL))
         self._trim()
         return out
 
@@ -258,7 +263,8 @@ class Pipeline:
         self._trim()
         return out
 
-    def _track(self, frame: Frame, hurry: bool = False) -> dict[int, Mask]:
+    def _track(self, frame: Frame, level: Level = Level.FULL) -> tuple[dict[int, Mask], Level]:
+        """The masks of ``frame`` and how they were made (FULL, REDUCED_TRACKING or STALE_MASKS)."""
         t0 = time.perf_counter()
         if self.given_masks is not None:
             masks = self.given_masks(frame.index)
@@ -266,25 +272,27 @@ class Pipeline:
                 if oid not in self.objects:
                     self.objects = {**self.objects, oid: ObjectState(oid, self.config.default_effect)}
             masks = {k: v for k, v in masks.items() if k in self.objects}
-        elif self.propagator is not None and self.objects and hurry and (frame.index - 1) in self._held:
-            # behind schedule: reuse the last masks, grown to cover the object's motion meanwhile;
-            # the propagator catches up from its last frame on the next unhurried step
+        elif self.propagator is not None and self.objects and level is Level.STALE_MASKS \
+                and self._stale.covers(self.objects):
+            # far behind: the last tracked masks, moved by each object's motion (engine/degrade.py);
+            # the propagator catches up from its last frame on the next tracked step
             self.propagation_skipped += 1
-            grow = max(3, round(HURRY_MARGIN * max(frame.width, frame.height)))
-            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
-            return {oid: cv2.dilate(m.astype(np.uint8), kernel).astype(bool)
-                    for oid, m in self._held[frame.index - 1].masks.items()}
+            return self._stale.predict(frame.index, self.objects), Level.STALE_MASKS
         elif self.propagator is not None and self.objects:
+            reduced = level >= Level.REDUCED_TRACKING
             try:
-                masks = self.propagator.step(frame)
+                masks = self.propagator.step_reduced(frame) if reduced else self.propagator.step(frame)
+                self._stale.tracked(frame.index, masks)
             except Exception:  # noqa: BLE001 - keep masking with the last masks rather than leak the object
                 log.exception("propagator failed on frame %d; keeping the previous masks", frame.index)
                 previous = self._held.get(frame.index - 1)
                 masks = dict(previous.masks) if previous is not None else {}
+            self.times.add("propagate", time.perf_counter() - t0)
+            return masks, Level.REDUCED_TRACKING if reduced else Level.FULL
         else:
-            return {}
+            return {}, Level.FULL
         self.times.add("propagate", time.perf_counter() - t0)
-        return masks
+        return masks, Level.FULL
 
     def _hole(self, masks: Mapping[int, Mask], image: Image) -> tuple[Mask, Mask]:
         """Each removed object with what hangs below it and the rim its mask missed (see holes.py), and
@@ -542,16 +550,20 @@ class Pipeline:
         if frame.index in self._held:
             self._set_masks(frame.index, masks)
         self.propagator.seed(frame, masks)
+        self._stale.tracked(frame.index, masks)  # stale masks start from the re-tracked frames
         sent = [i for i in range(frame.index + 1, self._next_out) if i in self._held]
         stride = min(MAX_CATCHUP_STRIDE, max(1, -(-len(sent) // max(1, self.delay))))
         for i in sent[stride - 1::stride] + [i for i in range(max(frame.index + 1, self._next_out), self._head + 1)
                                              if i in self._held]:
             t0 = time.perf_counter()
             self._set_masks(i, self.propagator.step(self._held[i].frame))
+            self._stale.tracked(i, self._held[i].masks)
+            self._held[i].tracking = Level.FULL
             self.times.add("propagate", time.perf_counter() - t0)
 
     # ------------------------------------------------------------------ output
     def _emit(self, index: int, hurry: bool) -> OutputFrame:
+        """Complete frame ``index`` (``hurry``: with the cheap fill) and let it leave the delay line."""
         held = self._held[index]
         image = held.frame.image
         degraded = False
@@ -589,7 +601,9 @@ class Pipeline:
         self._next_out = index + 1
         self.frames_out += 1
         self.visible_masks = dict(held.masks)
-        return OutputFrame(held.frame, image, dict(held.masks), degraded)
+        for level in (Level.CHEAP_FILL,) * degraded + (held.tracking,):
+            self.degradation.count(level)
+        return OutputFrame(held.frame, image, dict(held.masks), degraded, held.tracking)
 
     def _trim(self) -> None:
         """Drop frames nobody needs any more; keep references at a stride (bounded)."""
@@ -630,6 +644,7 @@ class Pipeline:
             "frames_out": self.frames_out,
             "degraded": self.degraded,
             "propagation_skipped": self.propagation_skipped,
+            "degradation": self.degradation.as_dict(),
             "held_frames": len(self._held),
             "references": len(self._references),
             "backends": {

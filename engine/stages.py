@@ -95,6 +95,11 @@ class Propagator(abc.ABC):
     def step(self, frame: Frame) -> dict[int, Mask]:
         """Propagate every tracked object to ``frame`` (the frame after the last one seen)."""
 
+    def step_reduced(self, frame: Frame) -> dict[int, Mask]:
+        """A cheaper :meth:`step` (same contract), used while a live stream is behind (see
+        engine/degrade.py): e.g. flow at a lower working resolution.  The default is :meth:`step`."""
+        return self.step(frame)
+
     @abc.abstractmethod
     def reset(self) -> None:
         """Forget every object and all memory."""
