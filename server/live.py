@@ -7,8 +7,9 @@ A stream owns its source, its pipeline, its publisher/recorder and its viewers:
   same queue through :meth:`LiveStream.feed`.  An RTSP source that drops or stalls is
   reopened with capped exponential backoff; the pipeline (its objects, its frame clock)
   is never restarted.  Timestamps are re-based onto one continuous 90 kHz stream clock.
-* a **worker** thread runs ``pipeline.step`` off the event loop, with ``hurry=True`` when
-  more than one frame waits, so the output stays exactly D frames behind and frames
+* a **worker** thread runs ``pipeline.step`` off the event loop, at the level of degradation
+  engine/degrade.py's :class:`Ladder` picks from the frames waiting (cheap fill, then reduced
+  tracking, then stale masks), so the output stays exactly D frames behind and frames
   out == frames in (drops happen before the pipeline and are counted separately).
 * every output frame goes to the sinks (each on its own thread, see :class:`ThreadedSink`)
   and to a :class:`LatestRelay` from which every viewer takes the newest frame: a slow
@@ -31,6 +32,7 @@ import cv2
 import numpy as np
 
 from unseen.engine.backends.registry import BackendOptions
+from unseen.engine.degrade import DEGRADED_LEVELS, Ladder, Level
 from unseen.engine.effects import Effect
 from unseen.engine.media import FileSink, MediaError, Source, StreamInfo, is_network
 from unseen.engine.pipeline import OutputFrame, Pipeline, PipelineConfig, PromptError
@@ -351,6 +353,9 @@ class LiveStream:
         metrics.delay_frames.labels(name).set(self.pipeline.delay)
         for m in (metrics.frames_in, metrics.frames_out, metrics.dropped, metrics.degraded, metrics.reconnects):
             m.labels(name)
+        for level in DEGRADED_LEVELS:
+            metrics.degraded_frames.labels(name, level.key)
+        self.ladder = Ladder()  # the worker's degradation level from the frames waiting
         metrics.stream_viewers.labels(name).set(0)
 
     # ------------------------------------------------------------------ lifecycle
@@ -550,13 +555,13 @@ class LiveStream:
                 if self._stop.is_set():
                     self._unprocessed += 1  # intake stopped meanwhile: only the step in progress finishes
                     break
-                self._process(frame, hurry=len(self.queue) > 1)
+                self._process(frame, self.ladder.decide(len(self.queue)))
             if self.state != "failed" and not self._abandoned:
                 self._flush()
         except Exception as exc:  # noqa: BLE001 - never die silently: the state says failed
             self._fail("processing failed; check the server log", exc)
 
-    def _process(self, frame: Frame, hurry: bool) -> None:
+    def _process(self, frame: Frame, hurry: Level) -> None:
         try:  # the pipeline itself falls back to the previous masks / the cheap fill per stage
             outputs = self.pipeline.step(frame, hurry=hurry)
         except Exception as exc:  # noqa: BLE001 - one bad frame must not end the stream
@@ -601,6 +606,9 @@ class LiveStream:
         self.metrics.fps.labels(self.name).set(round(self._fps, 2))
         if out.degraded:
             self.metrics.degraded.labels(self.name).inc()
+        for level in (Level.CHEAP_FILL,) * out.degraded + (out.tracking,):
+            if level is not Level.FULL:
+                self.metrics.degraded_frames.labels(self.name, level.key).inc()
         wall = (out.frame.wallclock or now) + WALL_OFFSET
         self.relay.publish(View(out.image, int(out.frame.pts or 0), out.frame.index, wall, out.degraded))
 
@@ -716,6 +724,7 @@ class LiveStream:
             "frames_out": desc.get("frames_out", 0),
             "dropped": self.queue.dropped,
             "degraded": desc.get("degraded", 0),
+            "degradation": desc.get("degradation", {level.key: 0 for level in DEGRADED_LEVELS}),
             "queue_policy": FrameQueue.policy,
             "reconnects": self.reconnects,
             "viewers": len(self.viewers),

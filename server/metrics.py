@@ -7,6 +7,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 STAGES = ("segment", "propagate", "inpaint")
+LEVELS = ("cheap_fill", "reduced_tracking", "stale_masks")  # degradation levels (engine/degrade.py)
 MS_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000)
 
 
@@ -24,6 +25,9 @@ class Metrics:
                                ["stream"], registry=r)
         self.degraded = Counter("unseen_stream_degraded", "Frames given the cheap fill to hold the delay",
                                 ["stream"], registry=r)
+        self.degraded_frames = Counter("unseen_stream_degraded_frames", "Frames leaving a stream degraded, by "
+                                       "level: cheap_fill, reduced_tracking, stale_masks (engine/degrade.py)",
+                                       ["stream", "level"], registry=r)
         self.reconnects = Counter("unseen_stream_reconnects", "Source reconnections", ["stream"], registry=r)
         self.delay_frames = Gauge("unseen_delay_frames", "Fixed output delay of a stream, frames", ["stream"],
                                   registry=r)
@@ -38,6 +42,11 @@ class Metrics:
                        self.reconnects, self.delay_frames, self.fps):
             try:
                 metric.remove(stream)
+            except KeyError:
+                pass
+        for level in LEVELS:
+            try:
+                self.degraded_frames.remove(stream, level)
             except KeyError:
                 pass
 
