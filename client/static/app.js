@@ -231,6 +231,8 @@ function updateInfo(info) {
   $("s-prop").textContent = info.backends.propagator || "–";
   $("s-inp").textContent = info.backends.inpainter || "–";
   $("s-drop").textContent = `${info.dropped} / ${info.degraded}`;
+  const d = info.degradation || {};  // output frames per degradation level (engine/degrade.py)
+  $("s-degrade").textContent = `fill ${d.cheap_fill ?? 0} / tracking ${d.reduced_tracking ?? 0} / stale ${d.stale_masks ?? 0}`;
   const ids = (info.objects || []).map((o) => `${o.id}:${o.effect}`).join(",");
   if (ids !== state.objects.map((o) => `${o.id}:${o.effect}`).join(",")) renderObjects(info.objects);
 }
