@@ -1,0 +1,190 @@
+"""Falling behind degrades one thing at a time and never stops the tracker (engine/degrade.py):
+the ladder's order and hysteresis, stale masks that follow a moving object within 1.5x of its tracked
+area over a simulated slow stream (a fake clock: stage costs are counted, nothing sleeps), and the
+per-level counters in describe() and /metrics."""
+from __future__ import annotations
+
+import asyncio
+import re
+
+import cv2
+import numpy as np
+import pytest
+from support.app_client import SYNTH, client, run, settings, wait_frames
+
+from unseen.engine.degrade import AREA_CAP, Ladder, LadderConfig, Level, StaleMasks, Threshold
+from unseen.engine.effects import Effect
+from unseen.engine.pipeline import Pipeline, PipelineConfig
+from unseen.engine.stages import Frame, Inpainter, Propagator, Segmenter
+from unseen.engine.synthetic import make_clip
+from unseen.server.app import SERVER
+
+F, C, R, S = Level.FULL, Level.CHEAP_FILL, Level.REDUCED_TRACKING, Level.STALE_MASKS
+
+
+# ------------------------------------------------------------------------------ the ladder
+@pytest.mark.parametrize("backlogs, levels", [
+    ([0, 1, 1, 0], [F, F, F, F]),  # keeping up
+    ([2, 2, 1, 0, 0], [C, C, C, F, F]),  # the fill degrades first; left below 1
+    ([4, 3, 2, 1, 0], [R, R, R, C, F]),  # then tracking; down one level per step
+    ([8, 0, 0, 0, 0], [S, R, C, F, F]),  # stale only from 8 frames behind; recovers one level at a time
+    ([2, 9], [C, S]),  # a jump skips levels on the way up
+    ([4, 3, 4, 3, 4], [R] * 5),  # hysteresis: no flapping around a threshold
+    ([2, 1, 2, 1], [C] * 4),
+    ([8, 7, 6, 5, 4, 3], [S, S, S, R, S, R]),  # at most 3 stale frames in a row, then a tracked one
+    ([9] * 9, [S, S, S, R, S, S, S, R, S]),
+])
+def test_the_ladder_degrades_in_order_with_hysteresis(backlogs, levels):
+    ladder = Ladder()
+    assert [ladder.decide(b) for b in backlogs] == levels
+
+
+# ------------------------------------------------------------------------------ a slow stream, simulated
+PERIOD = 1.0  # the source's frame interval, in the fake clock's units
+COST = {"step": 1.3, "step_reduced": 0.5, "stall": 14.0, "other": 0.1}  # x PERIOD; "stall": every 60th step
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+
+class TruthPropagator(Propagator):
+    """Ground-truth masks of the clip (reduced: a half-resolution version), at a cost on the fake clock.
+    Records what it returned, and checks it is stepped forwards only (catching up over skipped frames)."""
+
+    name = "truth"
+
+    def __init__(self, clip, clock: FakeClock) -> None:
+        self.clip, self.clock = clip, clock
+        self.ids: list[int] = []
+        self.last = -1
+        self.areas: dict[int, int] = {}  # frame -> area it returned (the tracked area)
+        self.calls = 0
+
+    def seed(self, frame, masks):
+        self.ids, self.last = list(masks), frame.index
+        self.areas[frame.index] = int(sum(m.sum() for m in masks.values()))
+
+    def _run(self, frame, cost: float, mask: np.ndarray) -> dict:
+        assert frame.index > self.last, "the propagator is stepped forwards only"
+        self.calls += 1
+        self.clock.now += COST["stall"] if self.calls % 60 == 0 else cost
+        self.last = frame.index
+        self.areas[frame.index] = int(mask.sum()) * len(self.ids)
+        return {oid: mask for oid in self.ids}
+
+    def step(self, frame):
+        return self._run(frame, COST["step"], self.clip.masks[frame.index])
+
+    def step_reduced(self, frame):
+        mask = self.clip.masks[frame.index].astype(np.float32)
+        h, w = mask.shape
+        small = cv2.resize(mask, (w // 2, h // 2), interpolation=cv2.INTER_AREA) > 0.25
+        coarse = cv2.resize(small.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+        return self._run(frame, COST["step_reduced"], coarse)
+
+    def reset(self):
+        self.ids = []
+
+
+class TruthSegmenter(Segmenter):
+    def __init__(self, clip) -> None:
+        self.clip = clip
+
+    def segment(self, frame, clicks, *, neighbours=()):
+        return self.clip.masks[frame.index]
+
+
+class KeepInpainter(Inpainter):
+    """Returns the frame unchanged (the objects here are blurred, not removed)."""
+
+    def inpaint(self, request):
+        return request.entries[request.target].frame.image
+
+    cheap = inpaint
+
+
+def simulate(clip, frames: int):
+    """Frames arrive every PERIOD; the worker steps each one at the level the ladder picks from the
+    frames waiting behind it (the live worker's rule).  Returns the outputs, the propagator, the levels
+    and the largest backlog."""
+    clock = FakeClock()
+    propagator = TruthPropagator(clip, clock)
+    pipeline = Pipeline(TruthSegmenter(clip), propagator, KeepInpainter(),
+                        PipelineConfig(delay=2, click_lookahead=0, default_effect=Effect.BLUR))
+    pipeline.click(*clip.click(0), frame_index=0)
+    ladder, outs, levels, worst = Ladder(), [], [], 0
+    for i in range(frames):
+        clock.now = max(clock.now, i * PERIOD)  # the worker waits for frame i if it is early
+        backlog = min(frames - 1, int(clock.now / PERIOD)) - i  # frames arrived behind frame i
+        worst = max(worst, backlog)
+        levels.append(ladder.decide(backlog))
+        clock.now += COST["other"]
+        outs += pipeline.step(Frame(i, clip.frames[i]), hurry=levels[-1])
+    return outs + pipeline.flush(), propagator, levels, worst, pipeline
+
+
+@pytest.mark.parametrize("width", [320, 1280])  # the object moves ~1 and ~2.5 px/frame (and wobbles)
+def test_stale_masks_cover_a_moving_object_within_the_area_cap(width):
+    clip = make_clip(300, width, 192, seed=1)
+    outs, propagator, levels, worst, pipeline = simulate(clip, 300)
+    assert worst < 32  # the ladder kept the backlog under the live queue (32 frames): nothing was dropped
+    assert {C, R, S} <= set(levels)
+    assert sum(o.tracking is S for o in outs) >= 10
+    tracked = sorted(propagator.areas)
+    for o in outs:
+        i, mask = o.frame.index, o.masks[1]
+        last = max(t for t in tracked if t <= i)  # the last frame the propagator actually ran on
+        assert mask.sum() <= AREA_CAP * propagator.areas[last] + 1, (i, o.tracking, int(mask.sum()))
+        coverage = (mask & clip.masks[i]).sum() / clip.masks[i].sum()
+        assert coverage >= 0.95, (i, o.tracking, round(float(coverage), 3))
+        if o.tracking is S:  # what the viewer gets: the blur covers the object
+            assert not np.array_equal(o.image[clip.masks[i]], clip.frames[i][clip.masks[i]])
+    counts = pipeline.describe()["degradation"]
+    assert counts["stale_masks"] == sum(o.tracking is S for o in outs) == pipeline.propagation_skipped
+    assert counts["reduced_tracking"] == sum(o.tracking is R for o in outs)
+    assert counts["cheap_fill"] == 0  # blurred, not removed: nothing was filled
+
+
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_a_stale_mask_starts_from_the_tracked_one_and_never_compounds(k):
+    """However many frames a mask is stale, it is the tracked mask moved and grown once, within the cap."""
+    mask = np.zeros((100, 200), bool)
+    mask[40:60, 20:40] = True
+    stale = StaleMasks()
+    for index, dx in ((0, 0), (1, 3), (2, 6)):  # 3 px/frame to the right
+        stale.tracked(index, {1: np.roll(mask, dx, axis=1)})
+    predicted = stale.predict(2 + k, [1])[1]
+    xs = np.nonzero(predicted.any(axis=0))[0]
+    assert abs((xs.min() + xs.max()) / 2 - (29.5 + 6 + 3 * k)) <= 1  # moved by k x its velocity
+    assert predicted.sum() <= AREA_CAP * mask.sum()
+
+
+# ------------------------------------------------------------------------------ counters
+ALWAYS = LadderConfig(Threshold(0, 0), Threshold(0, 0), Threshold(0, 0), max_stale_run=1)  # stale, reduced, ...
+
+
+def _metric(text: str, level: str) -> float:
+    found = re.search(rf'unseen_stream_degraded_frames_total{{level="{level}",stream="cam"}} (\S+)', text)
+    assert found, f"no {level} counter in /metrics"
+    return float(found.group(1))
+
+
+def test_degradation_counts_reach_describe_and_metrics():
+    async def body():
+        async with client(settings(sources=[SYNTH])) as c:
+            state = await wait_frames(c, "cam", 3)
+            assert state["degradation"] == {"cheap_fill": 0, "reduced_tracking": 0, "stale_masks": 0}
+            assert _metric(await (await c.get("/metrics")).text(), "stale_masks") == 0
+            stream = c.server.app[SERVER].streams["cam"]
+            stream.ladder = Ladder(ALWAYS)  # the worker degrades every step from now on
+            assert (await c.post("/api/streams/cam/objects", json={"x": 50, "y": 50})).status == 200
+            state = await wait_frames(c, "cam", state["frames_out"] + 12)
+            while min(state["degradation"].values()) == 0:
+                state = await wait_frames(c, "cam", state["frames_out"] + 1)
+            text = await (await c.get("/metrics")).text()
+            for level, n in state["degradation"].items():
+                assert n > 0 and _metric(text, level) > 0, level
+            await asyncio.sleep(0)
+    run(body())
