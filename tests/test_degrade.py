@@ -4,7 +4,6 @@ area over a simulated slow stream (a fake clock: stage costs are counted, nothin
 per-level counters in describe() and /metrics."""
 from __future__ import annotations
 
-import asyncio
 import re
 
 import cv2
@@ -186,5 +185,4 @@ def test_degradation_counts_reach_describe_and_metrics():
             text = await (await c.get("/metrics")).text()
             for level, n in state["degradation"].items():
                 assert n > 0 and _metric(text, level) > 0, level
-            await asyncio.sleep(0)
     run(body())
