@@ -34,7 +34,7 @@ import numpy as np
 from unseen.engine.backends.registry import BackendOptions
 from unseen.engine.degrade import DEGRADED_LEVELS, Ladder, Level
 from unseen.engine.effects import Effect
-from unseen.engine.media import FileSink, MediaError, Source, StreamInfo, is_network
+from unseen.engine.media import RECONNECT_BACKOFF, FileSink, MediaError, Source, StreamInfo, is_network, redact
 from unseen.engine.pipeline import OutputFrame, Pipeline, PipelineConfig, PromptError
 from unseen.engine.session import Backends, build_pipeline
 from unseen.engine.stages import Frame
@@ -46,7 +46,6 @@ log = logging.getLogger("unseen.live")
 
 CLOCK = 90000  # the stream clock: 90 kHz, as RTP video
 TIME_BASE = Fraction(1, CLOCK)
-BACKOFF_START, BACKOFF_MAX = 0.5, 8.0
 SINK_CLOSE_SHARE = 0.2  # of close()'s timeout, kept (up to 1 s) for the sinks after the worker
 READ_BACKOFF_MAX = 2.0  # a source's reopen backoff stays short: output is back within seconds of its return
 WALL_OFFSET = time.time() - time.monotonic()  # monotonic -> wall clock (for glass-to-glass stats)
@@ -58,11 +57,6 @@ class StreamError(RuntimeError):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
-
-
-def redact(uri: str) -> str:
-    """Hide credentials in a URL (rtsp://user:pass@host -> rtsp://***@host)."""
-    return re.sub(r"(://)[^/@]+@", r"\1***@", uri)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -333,6 +327,8 @@ class LiveStream:
         self.state = "starting"
         self.last_error: str | None = None
         self.reconnects = 0
+        self.skipped = 0  # input frames the source could not decode (skipped; frames out = frames decoded)
+        self._skipped_counted = 0  # of the current source's skipped frames
         self.size: tuple[int, int] | None = None  # (width, height) of the stream
         self.rate: Fraction = Fraction(source.fps if source and source.uri.startswith("synthetic://") else 25)
         self._clock = -1  # stream pts of the last frame (90 kHz)
@@ -351,7 +347,8 @@ class LiveStream:
         self._reader: threading.Thread | None = None
         self._worker = threading.Thread(target=self._work, name=f"unseen-worker-{name}", daemon=True)
         metrics.delay_frames.labels(name).set(self.pipeline.delay)
-        for m in (metrics.frames_in, metrics.frames_out, metrics.dropped, metrics.degraded, metrics.reconnects):
+        for m in (metrics.frames_in, metrics.frames_out, metrics.dropped, metrics.degraded, metrics.reconnects,
+                  metrics.skipped):
             m.labels(name)
         for level in DEGRADED_LEVELS:
             metrics.degraded_frames.labels(name, level.key)
@@ -432,7 +429,7 @@ class LiveStream:
 
     def _read_loop(self) -> None:
         assert self.config is not None
-        backoff = BACKOFF_START
+        backoff = RECONNECT_BACKOFF[0]
         first = True
         while not self._stop.is_set():
             try:
@@ -452,7 +449,8 @@ class LiveStream:
                 self.metrics.reconnects.labels(self.name).inc()
                 log.info("%s: source reconnected", self.name)
             first = False
-            backoff = BACKOFF_START
+            backoff = RECONNECT_BACKOFF[0]
+            self._skipped_counted = 0
             self._set_state("running")
             self.last_error = None
             if self.size is None:
@@ -486,7 +484,9 @@ class LiveStream:
                 wait = t0 + secs - time.monotonic()
                 if wait > 0 and self._stop.wait(wait):
                     return False
+            self._count_skipped(source)
             self._ingest(frame.image, frame.seconds, time.monotonic())
+        self._count_skipped(source)
         if self._stop.is_set():
             return False
         if is_network(self.config.uri) or self.config.loop:
@@ -497,6 +497,14 @@ class LiveStream:
         return True
 
     _paced_last = 0.0
+
+    def _count_skipped(self, source: Source | SyntheticSource) -> None:
+        """Frames the source could not decode (and skipped) since the last count, into the stream's total."""
+        seen = getattr(source, "skipped", 0)
+        if seen > self._skipped_counted:
+            self.skipped += seen - self._skipped_counted
+            self.metrics.skipped.labels(self.name).inc(seen - self._skipped_counted)
+            self._skipped_counted = seen
 
     def _source_down(self, message: str, exc: BaseException | None, first: bool) -> None:
         """The source is away (retried with backoff).  API clients get the generic ``message``; the cause
@@ -723,6 +731,7 @@ class LiveStream:
             "frames_in": desc.get("frames_in", 0),
             "frames_out": desc.get("frames_out", 0),
             "dropped": self.queue.dropped,
+            "skipped": self.skipped,
             "degraded": desc.get("degraded", 0),
             "degradation": desc.get("degradation", {level.key: 0 for level in DEGRADED_LEVELS}),
             "queue_policy": FrameQueue.policy,

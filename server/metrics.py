@@ -29,6 +29,8 @@ class Metrics:
                                        "level: cheap_fill, reduced_tracking, stale_masks (engine/degrade.py)",
                                        ["stream", "level"], registry=r)
         self.reconnects = Counter("unseen_stream_reconnects", "Source reconnections", ["stream"], registry=r)
+        self.skipped = Counter("unseen_stream_skipped", "Input frames that could not be decoded (skipped)",
+                               ["stream"], registry=r)
         self.delay_frames = Gauge("unseen_delay_frames", "Fixed output delay of a stream, frames", ["stream"],
                                   registry=r)
         self.fps = Gauge("unseen_stream_fps", "Output frame rate of a stream", ["stream"], registry=r)
@@ -39,7 +41,7 @@ class Metrics:
 
     def forget(self, stream: str) -> None:
         for metric in (self.stream_viewers, self.frames_in, self.frames_out, self.dropped, self.degraded,
-                       self.reconnects, self.delay_frames, self.fps):
+                       self.reconnects, self.skipped, self.delay_frames, self.fps):
             try:
                 metric.remove(stream)
             except KeyError:

@@ -312,3 +312,29 @@ def test_run_on_truncated_and_damaged_input(faststart, scene, tmp_path, capsys, 
     said = {"truncated": f"input truncated: {packets} of {N} frames",
             "damaged": f"{packets - frames} undecodable input frames skipped"}[kind]
     assert said in summary[3], captured.out
+
+
+def test_a_live_stream_counts_the_frames_it_could_not_decode(faststart, tmp_path):
+    """A live stream of damaged input goes on and says how many frames it skipped (REST and /metrics)."""
+    import asyncio
+
+    from support.app_client import client, run, settings
+
+    bad = damaged(faststart, tmp_path / "damaged.mp4")
+    packets, frames = decodable(bad)
+
+    async def body():
+        async with client(settings(sources=[{"name": "cam", "uri": str(bad)}])) as c:
+            deadline = asyncio.get_running_loop().time() + 30
+            while True:
+                state = await (await c.get("/api/streams/cam")).json()
+                if state["state"] == "ended":
+                    break
+                assert asyncio.get_running_loop().time() < deadline, state
+                await asyncio.sleep(0.1)
+            metrics = await (await c.get("/metrics")).text()
+            return state, metrics
+
+    state, metrics = run(body())
+    assert state["skipped"] == packets - frames > 0 and state["frames_in"] == frames
+    assert f'unseen_stream_skipped_total{{stream="cam"}} {float(packets - frames)}' in metrics
