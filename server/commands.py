@@ -195,8 +195,11 @@ def _watchdog(after_s: float) -> None:
 
 def cmd_serve(args) -> int:
     from .config import load
+    from .memory import limit_arenas
 
     settings = load(args.config, host=args.host, port=args.port, insecure=args.insecure or None)
+    if limit_arenas():  # before any stream thread: a live stream's RSS stays flat (see server/memory.py)
+        log.debug("malloc arenas capped at 2 (set MALLOC_ARENA_MAX to choose)")
     if args.ice_loopback:
         settings.ice.loopback = True
     return asyncio.run(Serve(settings).run())

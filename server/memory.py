@@ -4,7 +4,9 @@ A stream's frames, masks and flows are numpy buffers allocated on its threads (r
 prompt, sinks), so glibc serves them from several malloc arenas; once the stream is gone, nothing
 holds them (no stream, pipeline or array survives its removal), but the freed chunks stay in the
 arenas, fragmented, and the process's RSS stays where it peaked.  ``malloc_trim(0)`` returns the
-free pages of every arena to the system.  On a C library without it (musl, macOS) this is a no-op.
+free pages of every arena to the system (:func:`release_memory`); capping the arenas at 2
+(:func:`limit_arenas`, as ``MALLOC_ARENA_MAX=2`` does) keeps a live stream's RSS flat instead of
+creeping up as each thread's arena fragments.  On a C library without them (musl, macOS) both are no-ops.
 """
 from __future__ import annotations
 
@@ -42,16 +44,33 @@ def rss_mb() -> float:
         return 0.0
 
 
-@lru_cache(maxsize=1)
-def _malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
+M_ARENA_MAX = -8  # mallopt's parameter number (glibc malloc.h)
+ARENAS = 2
+
+
+@lru_cache(maxsize=None)
+def _libc_function(name: str, argtypes: tuple) -> Callable[..., int] | None:
+    lib = ctypes.util.find_library("c")
     try:
-        trim = ctypes.CDLL(name).malloc_trim if name else None
+        fn = getattr(ctypes.CDLL(lib), name) if lib else None
     except (OSError, AttributeError):
         return None
-    if trim is not None:
-        trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return trim
+    if fn is not None:
+        fn.argtypes, fn.restype = list(argtypes), ctypes.c_int
+    return fn
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    return _libc_function("malloc_trim", (ctypes.c_size_t,))
+
+
+def limit_arenas(count: int = ARENAS) -> bool:
+    """Cap glibc's malloc arenas at ``count`` unless ``MALLOC_ARENA_MAX`` is set (then glibc already
+    applied that); True when capped here.  Call before the stream threads start."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    mallopt = _libc_function("mallopt", (ctypes.c_int, ctypes.c_int))
+    return bool(mallopt is not None and mallopt(M_ARENA_MAX, count) == 1)
 
 
 def release_memory() -> Release:
