@@ -1,44 +1,43 @@
-"""The engine's core: one per-frame step shared by ``unseen run`` and ``unseen serve``.
+"""The engine's core: one stream's tracker, and the per-frame step shared by every runner.
 
-``Pipeline.step(frame)`` takes the next input frame and returns the output frame
-that leaves the fixed delay line (exactly one per input once the line is full;
-:meth:`Pipeline.flush` empties it at the end of a stream).  Prompts (clicks,
-object removal, effect changes) may be submitted from any thread; they are applied
-on the engine's thread at the next step, on the frame the user saw when that frame
-is still held, and their result comes back through a :class:`concurrent.futures.Future`.
+A frame goes through two phases.  :meth:`Pipeline.track` takes the next input frame (propagate
+every object, build its hole, apply the prompts due) and returns an :class:`EmitJob` for the frame
+that leaves the fixed delay line now: an immutable snapshot of the frames around it.
+:meth:`Pipeline.emit` completes that frame (inpaint, effects; engine/emitter.py).  The runtime
+(engine/runtime.py) may run the two on different threads; :meth:`Pipeline.step` runs them one after
+the other (exactly one output per input once the line is full; :meth:`Pipeline.flush` empties it at
+the end of a stream).  Prompts (clicks, object removal, effect changes) may be submitted from any
+thread; they are applied on the tracker's thread at the next frame, on the frame the user saw when
+that frame is still held, and their result comes back through a :class:`concurrent.futures.Future`.
+
+Parts: engine/prompts.py (the prompt queue, objects), engine/window.py (the frame store, holes),
+engine/emitter.py (the second phase), engine/timing.py (stage times).
 """
 from __future__ import annotations
 
-import collections
 import concurrent.futures
+import dataclasses
 import logging
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
-import numpy as np
+from .degrade import Level, StaleMasks
+from .effects import Effect
+from .emitter import EmitJob, Emitter, OutputFrame
+from .holes import BELOW_REACH, EDGE_BAND
+from .prompts import Action, ObjectState, PromptError, PromptQueue, check_inside
+from .stages import Click, Frame, Inpainter, Mask, Propagator, Segmenter, SelectionError
+from .timing import RECENT_STAGE_SAMPLES, StageSample, StageTimes
+from .window import FrameStore, HoleBuilder
 
-from .degrade import DegradationCounts, Level, StaleMasks
-from .effects import Effect, apply_effect
-from .holes import BELOW_REACH, EDGE_BAND, below_object, missed_edge
-from .stages import (Click, Frame, Image, InpaintRequest, Inpainter, Mask, Propagator, Segmenter,
-                     SelectionError, WindowEntry)
+__all__ = ["EmitJob", "OutputFrame", "Pipeline", "PipelineConfig", "PromptError", "StageSample", "StageTimes",
+           "ObjectState", "check_inside", "RECENT_STAGE_SAMPLES"]
 
 log = logging.getLogger("unseen.pipeline")
 
 MAX_CATCHUP_STRIDE = 2  # frames skipped at most when re-propagating through frames already sent
 MAX_PENDING_PROMPTS = 32  # prompts queued or being segmented per stream (drop policy: refuse new ones)
-
-
-class PromptError(ValueError):
-    """A prompt cannot be applied (outside the frame, unknown object, ...)."""
-
-
-def check_inside(x: float, y: float, width: int, height: int) -> None:
-    """Raise :class:`PromptError` unless the click lies inside a ``width`` x ``height`` frame."""
-    if not (0 <= x < width and 0 <= y < height):
-        raise PromptError(f"click ({x:g},{y:g}) is outside the {width}x{height} frame; click inside the video")
 
 
 @dataclass
@@ -56,102 +55,8 @@ class PipelineConfig:
     # this far under it (x its height); 0: the hole is the mask.  Never applied to given masks (--masks-in)
 
 
-@dataclass
-class ObjectState:
-    id: int
-    effect: Effect
-    clicks: list[Click] = field(default_factory=list)
-    prompt_frame: int = -1
-
-    def describe(self) -> dict:
-        return {"id": self.id, "effect": self.effect.value, "clicks": len(self.clicks),
-                "prompt_frame": self.prompt_frame}
-
-
-@dataclass
-class OutputFrame:
-    frame: Frame
-    image: Image
-    masks: Mapping[int, Mask]
-    degraded: bool = False  # given the cheap fill
-    tracking: Level = Level.FULL  # FULL, REDUCED_TRACKING or STALE_MASKS: how its masks were made
-
-
-@dataclass
-class _Action:
-    kind: str  # click | remove | clear | effect
-    future: concurrent.futures.Future
-    click: Click | None = None
-    object_id: int | None = None
-    frame_index: int | None = None
-    pts: int | None = None
-    effect: Effect | None = None
-    segmentation: concurrent.futures.Future | None = None  # the running segmentation (async prompts)
-    on_frame: Frame | None = None
-    clicks: list[Click] | None = None
-
-
-@dataclass
-class _Held:
-    """A frame the pipeline still holds, with its masks (all objects)."""
-
-    frame: Frame
-    masks: dict[int, Mask]
-    window: WindowEntry
-    own: Mask  # the removed objects' masks with what hangs below them and the rims they missed, in this frame
-    missed: Mask  # of it, what the masks missed (feet, shadows, rims): the frames next to this one remove it too
-    tracking: Level = Level.FULL  # how its masks were made (see engine/degrade.py)
-
-
-RECENT_STAGE_SAMPLES = 1024  # per-call durations kept for a live histogram (drop policy: oldest first)
-
-
-@dataclass(frozen=True)
-class StageSample:
-    """The duration of one stage call."""
-
-    stage: str
-    ms: float
-
-
-@dataclass
-class StageTimes:
-    """Milliseconds spent per stage (totals and counts) for metrics and benchmarks, and the latest
-    per-call durations (bounded, oldest dropped) for whoever :meth:`drain` s them (the live histogram).
-
-    Written by the engine and prompt threads, read from any thread: the dicts are replaced, never
-    mutated, so a reader always iterates a consistent snapshot."""
-
-    totals: dict[str, float] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
-    recent: collections.deque[StageSample] = field(
-        default_factory=lambda: collections.deque(maxlen=RECENT_STAGE_SAMPLES), repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def add(self, stage: str, seconds: float) -> None:
-        with self._lock:
-            self.totals = {**self.totals, stage: self.totals.get(stage, 0.0) + seconds * 1000.0}
-            self.counts = {**self.counts, stage: self.counts.get(stage, 0) + 1}
-            self.recent.append(StageSample(stage, seconds * 1000.0))
-
-    def drain(self) -> list[StageSample]:
-        """The per-call durations recorded since the last drain (at most RECENT_STAGE_SAMPLES), oldest first."""
-        with self._lock:
-            samples = list(self.recent)
-            self.recent.clear()
-        return samples
-
-    def mean_ms(self, stage: str) -> float:
-        count = self.counts.get(stage, 0)
-        return self.totals.get(stage, 0.0) / count if count else 0.0
-
-    def means(self) -> dict[str, float]:
-        """Mean milliseconds per call of every stage seen so far (rounded to 0.01)."""
-        return {stage: round(self.mean_ms(stage), 2) for stage in self.counts}
-
-
 class Pipeline:
-    """Segmenter -> propagator -> inpainter -> effects -> fixed delay line, for one stream."""
+    """Segmenter -> propagator -> (emitter: inpainter -> effects) -> fixed delay line, for one stream."""
 
     def __init__(self, segmenter: Segmenter | None, propagator: Propagator | None, inpainter: Inpainter,
                  config: PipelineConfig | None = None, *,
@@ -167,37 +72,38 @@ class Pipeline:
         self.objects: dict[int, ObjectState] = {}  # replaced on change (copy-on-write): safe to read anywhere
         self.times = StageTimes()
         self.frames_in = 0
-        self.frames_out = 0
-        self.degraded = 0
         self.propagation_skipped = 0
-        self.degradation = DegradationCounts()  # output frames per degradation level
         self._stale = StaleMasks()  # each object's last tracked mask and motion (stale masks)
-        self._held: dict[int, _Held] = {}
-        # past reference frames, each with the objects its masks were tracked for
-        self._references: collections.deque[tuple[WindowEntry, frozenset[int]]] = collections.deque(
-            maxlen=max(0, self.config.ref_count))
-        # index -> (completed image, hole revision it was completed for): an output whose hole changed
-        # since (an object was added after it left) still shows that object and is no source for fills
-        self._completed: dict[int, tuple[Image, int]] = {}
-        self._actions: collections.deque[_Action] = collections.deque()
-        self._pending: list[_Action] = []  # clicks on frames that have not arrived yet
-        self._lock = threading.Lock()
+        given = given_masks is not None
+        holes = HoleBuilder(0.0 if given else self.config.hole_below, 0.0 if given else self.config.hole_edge)
+        self._held = FrameStore(holes, self.config.ref_count, self.config.ref_stride)
+        self.prompts = PromptQueue(MAX_PENDING_PROMPTS)
+        self.emitter = Emitter(inpainter, self.times)
         self._head = -1
-        self._next_out = 0
+        self._next_out = 0  # the next frame to hand to the emitter
         self._size: tuple[int, int] | None = None  # (width, height) once the first frame arrived
         self._prompt_thread = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="unseen-prompt")
                                if self.config.segment_async else None)
-        #: masks of the frame that left the delay line last (what viewers see now); replaced, never mutated
-        self.visible_masks: Mapping[int, Mask] = {}
+
+    # ------------------------------------------------------------------ what the emitter counts
+    @property
+    def frames_out(self) -> int:
+        return self.emitter.frames_out
+
+    @property
+    def degraded(self) -> int:
+        return self.emitter.degraded
+
+    @property
+    def degradation(self):
+        return self.emitter.degradation
+
+    @property
+    def visible_masks(self) -> Mapping[int, Mask]:
+        """Masks of the frame that left the delay line last (what viewers see now)."""
+        return self.emitter.visible_masks
 
     # ------------------------------------------------------------------ control (any thread)
-    def _submit(self, action: _Action) -> concurrent.futures.Future:
-        with self._lock:
-            if len(self._actions) + len(self._pending) >= MAX_PENDING_PROMPTS:
-                raise PromptError(f"{MAX_PENDING_PROMPTS} prompts are already waiting; try again in a moment")
-            self._actions.append(action)
-        return action.future
-
     def click(self, x: float, y: float, *, positive: bool = True, object_id: int | None = None,
               frame_index: int | None = None, pts: int | None = None) -> concurrent.futures.Future:
         """Add a click to ``object_id`` (a new id, or None for the next free one, starts an object).
@@ -205,26 +111,26 @@ class Pipeline:
         The future resolves to the object id once the click was applied on its frame."""
         if self._size is not None:
             self._check_inside(x, y)
-        return self._submit(_Action("click", concurrent.futures.Future(), click=Click(float(x), float(y), positive),
-                                    object_id=object_id, frame_index=frame_index, pts=pts))
+        return self.prompts.submit(Action("click", click=Click(float(x), float(y), positive),
+                                          object_id=object_id, frame_index=frame_index, pts=pts))
 
     def remove_object(self, object_id: int) -> concurrent.futures.Future:
-        return self._submit(_Action("remove", concurrent.futures.Future(), object_id=object_id))
+        return self.prompts.submit(Action("remove", object_id=object_id))
 
     def clear(self) -> concurrent.futures.Future:
-        return self._submit(_Action("clear", concurrent.futures.Future()))
+        return self.prompts.submit(Action("clear"))
 
     def set_effect(self, object_id: int, effect: Effect | str) -> concurrent.futures.Future:
-        return self._submit(_Action("effect", concurrent.futures.Future(), object_id=object_id,
-                                    effect=Effect.parse(effect)))
+        return self.prompts.submit(Action("effect", object_id=object_id, effect=Effect.parse(effect)))
 
     def _check_inside(self, x: float, y: float) -> None:
         assert self._size is not None
         check_inside(x, y, *self._size)
 
-    # ------------------------------------------------------------------ the step
+    # ------------------------------------------------------------------ the two phases
     def step(self, frame: Frame, *, hurry: bool | Level = False) -> list[OutputFrame]:
-        """Feed the next frame; returns the frame leaving the delay line (if any).
+        """Feed the next frame; returns the frame leaving the delay line (if any): :meth:`track`, then
+        :meth:`emit`.
 
         ``hurry`` (the live runner sets it when processing falls behind) is a :class:`Level` of
         engine/degrade.py's ladder: from CHEAP_FILL on the outgoing frame gets the inpainter's cheap
@@ -232,6 +138,18 @@ class Pipeline:
         propagation (each object's last tracked mask moved by its measured motion).  ``True`` means
         STALE_MASKS, ``False`` FULL.  So the delay never grows and no frame has to be dropped.
         """
+        return [self.emit(job) for job in self.track(frame, hurry=hurry)]
+
+    def flush(self) -> list[OutputFrame]:
+        """Emit every frame still held (end of stream)."""
+        return [self.emit(job) for job in self.finish()]
+
+    def emit(self, job: EmitJob) -> OutputFrame:
+        """Phase two: complete the job's frame.  Jobs must be emitted in order, one thread at a time."""
+        return self.emitter.emit(job)
+
+    def track(self, frame: Frame, *, hurry: bool | Level = False) -> list[EmitJob]:
+        """Phase one: the masks and hole of the next frame, the prompts due; the job of the frame leaving."""
         level = hurry if isinstance(hurry, Level) else Level.STALE_MASKS if hurry else Level.FULL
         if self._size is None:
             self._size = (frame.width, frame.height)
@@ -243,25 +161,29 @@ class Pipeline:
         self._head = frame.index
         self.frames_in += 1
         masks, tracking = self._track(frame, level)
-        own, missed = self._hole(masks, frame.image)
-        self._held[frame.index] = _Held(frame, masks, WindowEntry(frame, own), own, missed, tracking)
-        self._update_hole(frame.index)
-        self._update_hole(frame.index - 1)
+        self._held.add(frame, masks, tracking, self._removes)
         self._apply_actions()
-        out: list[OutputFrame] = []
+        jobs = []
         if self._head - self._next_out >= self.delay:
-            out.append(self._emit(self._next_out, level >= Level.CHEAP_FILL))
+            jobs.append(self._job(self._next_out, level >= Level.CHEAP_FILL))
         self._trim()
-        return out
+        return jobs
 
-    def flush(self) -> list[OutputFrame]:
-        """Emit every frame still held (end of stream)."""
+    def finish(self) -> list[EmitJob]:
+        """The end of the stream: the jobs of every frame still held."""
         self._apply_actions(final=True)
-        out = []
+        jobs = []
         while self._next_out <= self._head:
-            out.append(self._emit(self._next_out, False))
+            jobs.append(self._job(self._next_out, False))
         self._trim()
-        return out
+        return jobs
+
+    def _job(self, index: int, cheap: bool) -> EmitJob:
+        """Frame ``index`` leaves: a snapshot of what its completion sees."""
+        job = EmitJob(index, self._held.window(index - self.inpainter.past, index + self.delay),
+                      tuple(self._held.references), {oid: o.effect for oid, o in self.objects.items()}, cheap)
+        self._next_out = index + 1
+        return job
 
     def _track(self, frame: Frame, level: Level = Level.FULL) -> tuple[dict[int, Mask], Level]:
         """The masks of ``frame`` and how they were made (FULL, REDUCED_TRACKING or STALE_MASKS)."""
@@ -294,63 +216,21 @@ class Pipeline:
         self.times.add("propagate", time.perf_counter() - t0)
         return masks, Level.FULL
 
-    def _hole(self, masks: Mapping[int, Mask], image: Image) -> tuple[Mask, Mask]:
-        """Each removed object with what hangs below it and the rim its mask missed (see holes.py), and
-        of it what its mask missed.  Given masks (``--masks-in``) are taken as they are."""
-        assert self._size is not None
-        given = self.given_masks is not None
-        reach = 0.0 if given else self.config.hole_below
-        edge = 0.0 if given else self.config.hole_edge
-        hole = np.zeros((self._size[1], self._size[0]), bool)
-        missed = np.zeros_like(hole)
-        for oid, m in masks.items():
-            if self._removes(oid):
-                hole |= m
-                try:
-                    missed |= below_object(image, m, reach) | missed_edge(image, m, edge)
-                except Exception:  # noqa: BLE001 - a live stream keeps removing the object with its mask
-                    log.exception("hole around object %d failed; removing its mask alone", oid)
-        return hole | missed, missed
-
     def _removes(self, oid: int) -> bool:
         """Whether object ``oid`` exists and is removed (inpainted), not masked by another effect."""
         obj = self.objects.get(oid)
         return obj is not None and obj.effect is Effect.REMOVE
 
-    def _update_hole(self, index: int) -> None:
-        """What the inpainter fills in a held frame: its own hole, and what the removed objects' masks missed
-        in the frames before and after it (feet the ground beside them hid in this frame alone, a rim that
-        looked like the background here, must not show, nor be copied from this frame into the next)."""
-        held = self._held.get(index)
-        if held is None:
-            return
-        hole = held.own
-        for near in (self._held.get(index - 1), self._held.get(index + 1)):
-            if near is not None and near.missed.any():
-                hole = hole | near.missed
-        if not np.array_equal(hole, held.window.hole):
-            held.window.hole = hole
-            held.window.revision += 1
-
-    def _set_masks(self, index: int, masks: dict[int, Mask]) -> None:
-        held = self._held[index]
-        held.masks = masks
-        held.own, held.missed = self._hole(masks, held.frame.image)
-        for i in (index - 1, index, index + 1):
-            self._update_hole(i)
+    def _set_masks(self, index: int, masks: dict[int, Mask], tracking: Level | None = None) -> None:
+        self._held.set_masks(index, masks, self._removes, tracking)
 
     def _refresh_holes(self) -> None:
-        for index in self._held:
+        for index in list(self._held):
             self._set_masks(index, self._held[index].masks)
 
     # ------------------------------------------------------------------ prompts
     def _apply_actions(self, final: bool = False) -> None:
-        with self._lock:
-            actions = list(self._actions)
-            self._actions.clear()
-        waiting = self._pending + actions
-        self._pending = []
-        for action in waiting:
+        for action in self.prompts.take():
             if action.future.done():
                 continue
             try:
@@ -370,9 +250,9 @@ class Pipeline:
                 action.future.set_exception(PromptError(
                     f"click on {where} is beyond the last frame ({self._head}); click on a frame of the video"))
             else:
-                self._pending.append(action)
+                self.prompts.pending.append(action)
 
-    def _frame_for(self, action: _Action, final: bool = False) -> int | None:
+    def _frame_for(self, action: Action, final: bool = False) -> int | None:
         """The held frame a prompt applies to; None while that frame has not arrived."""
         if action.frame_index is not None:
             index = action.frame_index
@@ -401,13 +281,13 @@ class Pipeline:
                 if best is None or index > best:
                     best = index
         if best is None:
-            newest = self._held[self._head].frame.pts if self._held else None
+            newest = self._held[self._head].frame.pts if len(self._held) else None
             if newest is not None and pts > newest:
                 return None
             return min(self._held)
         return best
 
-    def _apply(self, action: _Action, final: bool = False) -> tuple[bool, object]:
+    def _apply(self, action: Action, final: bool = False) -> tuple[bool, object]:
         if action.kind == "clear":
             self.objects = {}
             if self.propagator is not None:
@@ -416,8 +296,8 @@ class Pipeline:
                 self._set_masks(index, {})
             return True, None
         if action.kind == "effect":
-            obj = self._object(action.object_id)
-            obj.effect = action.effect or Effect.REMOVE
+            obj = dataclasses.replace(self._object(action.object_id), effect=action.effect or Effect.REMOVE)
+            self.objects = {**self.objects, obj.id: obj}
             self._refresh_holes()
             return True, obj.id
         if action.kind == "remove":
@@ -439,7 +319,7 @@ class Pipeline:
             raise PromptError(f"no object {object_id}; list the objects and use one of their ids")
         return self.objects[object_id]
 
-    def _apply_click(self, action: _Action, final: bool = False) -> tuple[bool, object]:
+    def _apply_click(self, action: Action, final: bool = False) -> tuple[bool, object]:
         if action.segmentation is not None:
             if final:
                 action.segmentation.result()  # the stream ends: wait for it
@@ -454,7 +334,7 @@ class Pipeline:
         held = self._held[index]
         oid = self._target(action.object_id)
         obj = self.objects.get(oid)
-        clicks = (obj.clicks if obj is not None and obj.prompt_frame == index else []) + [action.click]
+        clicks = (list(obj.clicks) if obj is not None and obj.prompt_frame == index else []) + [action.click]
         neighbours = [self._held[i].frame for i in (index + 12, index - 12, index + 6, index - 6, index + 3, index - 3)
                       if i in self._held]
         earlier = [self._held[i].frame for i in sorted(self._held, reverse=True) if i < index][:self.config.history]
@@ -494,7 +374,7 @@ class Pipeline:
                   1000 * (time.perf_counter() - t0))
         return masks
 
-    def _finish_segmentation(self, action: _Action) -> tuple[bool, object]:
+    def _finish_segmentation(self, action: Action) -> tuple[bool, object]:
         """Apply an async segmentation once it is done (on the engine's thread)."""
         assert action.segmentation is not None and action.on_frame is not None and action.clicks is not None
         if not action.segmentation.done():
@@ -521,11 +401,9 @@ class Pipeline:
                click: Click | None) -> int:
         """Record the object's mask on ``frame``, propagate it through the held frames after it, and place
         its masks on the held frames ``before`` it (propagated back: they are sources for its fill)."""
-        new = oid not in self.objects
-        obj = ObjectState(oid, self.config.default_effect) if new else self.objects[oid]
-        if new:
-            self.objects = {**self.objects, obj.id: obj}
-        obj.clicks, obj.prompt_frame = clicks, frame.index
+        obj = self.objects.get(oid) or ObjectState(oid, self.config.default_effect)
+        obj = dataclasses.replace(obj, clicks=tuple(clicks), prompt_frame=frame.index)
+        self.objects = {**self.objects, obj.id: obj}
         start = frame.index if frame.index in self._held else min(self._held)
         masks = dict(self._held[start].masks)
         masks[obj.id] = mask
@@ -556,70 +434,19 @@ class Pipeline:
         for i in sent[stride - 1::stride] + [i for i in range(max(frame.index + 1, self._next_out), self._head + 1)
                                              if i in self._held]:
             t0 = time.perf_counter()
-            self._set_masks(i, self.propagator.step(self._held[i].frame))
+            self._set_masks(i, self.propagator.step(self._held[i].frame), Level.FULL)
             self._stale.tracked(i, self._held[i].masks)
-            self._held[i].tracking = Level.FULL
             self.times.add("propagate", time.perf_counter() - t0)
 
-    # ------------------------------------------------------------------ output
-    def _emit(self, index: int, hurry: bool) -> OutputFrame:
-        """Complete frame ``index`` (``hurry``: with the cheap fill) and let it leave the delay line."""
-        held = self._held[index]
-        image = held.frame.image
-        degraded = False
-        if held.window.hole.any():
-            # a frame from before an object was clicked (or one a catch-up strode over) has no mask of it:
-            # it shows that object as if it were background, so it is no source for this fill
-            removed = {oid for oid, m in held.masks.items() if self._removes(oid) and m.any()}
-            request = InpaintRequest(
-                target=index,
-                entries={i: self._held[i].window for i in range(index - self.inpainter.past,
-                                                                 index + self.delay + 1)
-                         if i in self._held and (i == index or removed <= self._held[i].masks.keys())},
-                references=[window for window, tracked in self._references if removed <= tracked],
-                completed={i: img for i, (img, rev) in self._completed.items()
-                           if i >= index - self.inpainter.past and i in self._held
-                           and self._held[i].window.revision == rev},
-            )
-            t0 = time.perf_counter()
-            if not hurry:
-                try:
-                    image = self.inpainter.inpaint(request)
-                except Exception:  # noqa: BLE001 - one frame's failure must not stop the stream
-                    log.exception("inpainter failed on frame %d; using the cheap fill", index)
-                    hurry = True
-            if hurry:
-                image = self.inpainter.cheap(request)
-                degraded = True
-                self.degraded += 1
-            self.times.add("inpaint", time.perf_counter() - t0)
-        self._completed[index] = (image, held.window.revision)
-        for oid, mask in held.masks.items():
-            obj = self.objects.get(oid)
-            if obj is not None and obj.effect is not Effect.REMOVE:
-                image = apply_effect(image, mask, obj.effect, object_id=oid)
-        self._next_out = index + 1
-        self.frames_out += 1
-        self.visible_masks = dict(held.masks)
-        for level in (Level.CHEAP_FILL,) * degraded + (held.tracking,):
-            self.degradation.count(level)
-        return OutputFrame(held.frame, image, dict(held.masks), degraded, held.tracking)
-
+    # ------------------------------------------------------------------ memory
     def _trim(self) -> None:
         """Drop frames nobody needs any more; keep references at a stride (bounded)."""
         keep_from = self._next_out - max(self.inpainter.past, self.config.history)
-        for action in self._pending:  # a frame being segmented stays until its mask is placed on it
-            if action.on_frame is not None:
-                keep_from = min(keep_from, action.on_frame.index)
-        for index in [i for i in self._held if i < keep_from]:
-            held = self._held.pop(index)
-            if self.config.ref_stride > 0 and index % self.config.ref_stride == 0 and self._references.maxlen:
-                self._references.append((held.window, frozenset(held.masks)))
-        for index in [i for i in self._completed if i < self._next_out - self.inpainter.past]:
-            del self._completed[index]
-        busy = any(a.segmentation is not None for a in self._pending)  # the prompt thread uses the segmenter
-        if self.segmenter is not None and self._held and not busy:
-            self.segmenter.forget(min(self._held))
+        for index in self.prompts.busy_frames():  # a frame being segmented stays until its mask is placed on it
+            keep_from = min(keep_from, index)
+        self._held.drop_before(keep_from)
+        if self.segmenter is not None and len(self._held) and not self.prompts.segmenting():
+            self.segmenter.forget(min(self._held))  # unless the prompt thread uses the segmenter
 
     def close(self) -> None:
         """Stop the prompt thread (idempotent); a segmentation still running is abandoned."""
@@ -630,6 +457,10 @@ class Pipeline:
     @property
     def held_frames(self) -> int:
         return len(self._held)
+
+    @property
+    def references(self) -> int:
+        return len(self._held.references)
 
     @property
     def head(self) -> int:
@@ -646,7 +477,7 @@ class Pipeline:
             "propagation_skipped": self.propagation_skipped,
             "degradation": self.degradation.as_dict(),
             "held_frames": len(self._held),
-            "references": len(self._references),
+            "references": self.references,
             "backends": {
                 "segmenter": getattr(self.segmenter, "name", None) if self.given_masks is None else "masks-in",
                 "propagator": getattr(self.propagator, "name", None) if self.given_masks is None else "masks-in",

@@ -120,11 +120,13 @@ class Propagator(abc.ABC):
         return None
 
 
-@dataclass
+@dataclass(frozen=True)
 class WindowEntry:
+    """A frame and its hole as the inpainter sees it; replaced (never changed) when the hole changes."""
+
     frame: Frame
     hole: Mask  # union of the masks of objects whose effect is ``remove`` (not dilated)
-    revision: int = 0  # bumped whenever ``hole`` changes (e.g. after a re-click)
+    revision: int = 0  # the replaced entry's + 1: backends key their caches on (frame index, revision)
 
 
 @dataclass
