@@ -1,0 +1,380 @@
+"""The stream runtime (engine/runtime.py): pipelined output == sequential output, bounded queues under a
+slow sink and a slow stage, close() never flushes while a worker runs, and its parts."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from fractions import Fraction
+
+import cv2
+import numpy as np
+import pytest
+
+from unseen.engine.backends.registry import BackendOptions
+from unseen.engine.media import Source
+from unseen.engine.pipeline import OutputFrame, PipelineConfig, StageTimes
+from unseen.engine.runtime import (BoundedQueue, DeviceContext, Mode, Policy, QueueSource, RuntimeConfig,
+                                   SinkFanout, StepOnly, StreamSession, ThreadSettings, Tracer)
+from unseen.engine.session import Backends, build_pipeline
+from unseen.engine.stages import Frame
+
+CLASSICAL = Backends("classical", "classical", "classical")
+
+
+def until(condition, timeout: float = 10.0) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` passes (a deadline, not a pause)."""
+    deadline = time.monotonic() + timeout
+    wake = threading.Event()
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        wake.wait(0.002)
+    return True
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.outputs: list[OutputFrame] = []
+        self.closed: list[bool] = []
+
+    def write(self, output: OutputFrame) -> None:
+        self.outputs.append(output)
+
+    def close(self, *, keep: bool = True) -> None:
+        self.closed.append(keep)
+
+
+def frames_of(images, rate=Fraction(1, 25)) -> list[Frame]:
+    return [Frame(i, img, pts=i, time_base=rate) for i, img in enumerate(images)]
+
+
+def run_mode(images, mode: Mode, click, delay=None) -> list[OutputFrame]:
+    pipeline = build_pipeline(CLASSICAL, BackendOptions(), PipelineConfig(delay=delay))
+    future = pipeline.click(*click, frame_index=0)
+    sink = ListSink()
+    result = StreamSession(frames_of(images), pipeline, [sink], config=RuntimeConfig(mode=mode)).run(
+        prompts=[future])
+    assert future.result(timeout=0) == 1
+    assert result.frames_in == result.frames_out == len(images) == len(sink.outputs)
+    assert sink.closed == [True]
+    return sink.outputs
+
+
+def assert_identical(a: list[OutputFrame], b: list[OutputFrame]) -> None:
+    assert [o.frame.index for o in a] == [o.frame.index for o in b] == list(range(len(a)))
+    for x, y in zip(a, b):
+        assert np.array_equal(x.image, y.image), f"frame {x.frame.index} differs"
+        assert x.masks.keys() == y.masks.keys()
+        assert all(np.array_equal(x.masks[k], y.masks[k]) for k in x.masks)
+        assert (x.degraded, x.tracking) == (y.degraded, y.tracking)
+
+
+# ------------------------------------------------------------------------------ same output
+def test_pipelined_output_equals_sequential_on_the_synthetic_clip(clip):
+    click = clip.click(0)
+    seq = run_mode(clip.frames[:30], Mode.SEQUENTIAL, click, delay=5)
+    pip = run_mode(clip.frames[:30], Mode.PIPELINED, click, delay=5)
+    assert sum(bool(o.masks.get(1, np.zeros(1)).any()) for o in seq) >= 25  # the object is tracked and removed
+    assert_identical(seq, pip)
+
+
+def test_pipelined_output_equals_sequential_on_a_real_clip(shared_data):
+    video = shared_data / "dog-walk-720p" / "01_dog.mp4"
+    if not video.exists():
+        pytest.skip(f"{video} not found")
+    with Source(video) as src:
+        images = [cv2.resize(f.image, (432, 240), interpolation=cv2.INTER_AREA) for f, _ in zip(src, range(40))]
+    click = (0.27 * 432, 0.55 * 240)  # the woman
+    seq = run_mode(images, Mode.SEQUENTIAL, click, delay=12)
+    pip = run_mode(images, Mode.PIPELINED, click, delay=12)
+    assert sum(o.masks[1].mean() > 0.01 for o in seq) >= 30
+    assert_identical(seq, pip)
+
+
+# ------------------------------------------------------------------------------ stubs
+class StubPhases:
+    """A two-phase pipeline with a delay of ``delay`` frames; ``emit`` may wait on ``emit_gate``."""
+
+    def __init__(self, delay: int = 2) -> None:
+        self.delay = delay
+        self.times = StageTimes()
+        self.frames_in = self.frames_out = self.degraded = 0
+        self.head = -1
+        self.next_out = 0
+        self.tracking = threading.Event()  # set while track() runs
+        self.track_gate: threading.Event | None = None
+        self.emit_gate: threading.Event | None = None
+        self.finish_calls: list[bool] = []  # per call: was a track running?
+        self.closed = 0
+
+    def track(self, frame: Frame, *, hurry=False) -> list[int]:
+        self.tracking.set()
+        try:
+            if self.track_gate is not None:
+                self.track_gate.wait(30)
+            self.head += 1
+            frame.index = self.head  # the pipeline's own clock
+            self.frames_in += 1
+            jobs = []
+            if self.head - self.next_out >= self.delay:
+                jobs.append(self.next_out)
+                self.next_out += 1
+            return jobs
+        finally:
+            self.tracking.clear()
+
+    def finish(self) -> list[int]:
+        self.finish_calls.append(self.tracking.is_set())
+        jobs = list(range(self.next_out, self.head + 1))
+        self.next_out = self.head + 1
+        return jobs
+
+    def emit(self, index: int) -> OutputFrame:
+        if self.emit_gate is not None:
+            self.emit_gate.wait(30)
+        self.frames_out += 1
+        image = np.full((4, 4, 3), index % 256, np.uint8)
+        return OutputFrame(Frame(index, image), image, {})
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def endless():
+    i = 0
+    while True:
+        yield Frame(i, np.zeros((4, 4, 3), np.uint8))
+        i += 1
+
+
+class CountingSource:
+    def __init__(self, n: int | None = None) -> None:
+        self.n = n
+        self.pulled = 0
+        self.closed = 0
+
+    def __iter__(self):
+        while self.n is None or self.pulled < self.n:
+            self.pulled += 1
+            yield Frame(self.pulled - 1, np.zeros((4, 4, 3), np.uint8))
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+class GatedSink(ListSink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def write(self, output: OutputFrame) -> None:
+        self.entered.set()
+        self.gate.wait(30)
+        super().write(output)
+
+
+def queues(session: StreamSession):
+    return (session.frames, session.jobs, session.outputs)
+
+
+# ------------------------------------------------------------------------------ bounded queues
+def test_every_queue_stays_bounded_under_a_slow_sink():
+    source, sink = CountingSource(), GatedSink()
+    session = StreamSession(source, StubPhases(), [sink], config=RuntimeConfig(queue_items=3)).start()
+    assert sink.entered.wait(10)
+    # back-pressure: every queue fills to its bound, then decoding stops
+    assert until(lambda: all(len(q) == q.maxlen for q in queues(session)))
+    held = 3 * 3 + 2 + 4  # three full queues, the delay line, one item in each of decode/track/emit/write
+    assert until(lambda: source.pulled == held)
+    assert not until(lambda: source.pulled > held, timeout=0.2)  # nothing more is decoded meanwhile
+    sink.gate.set()
+    session.close(timeout=10)
+    assert all(q.high_water <= q.maxlen for q in queues(session))
+    assert all(q.dropped == 0 for q in queues(session))  # block policy: nothing lost
+
+
+def test_every_queue_stays_bounded_under_a_slow_stage():
+    phases = StubPhases(delay=1)
+    phases.emit_gate = threading.Event()
+    source, sink = CountingSource(), ListSink()
+    session = StreamSession(source, phases, [sink], config=RuntimeConfig(queue_items=2)).start()
+    held = 2 + 2 + 1 + 3  # two full queues, the delay line, one item in each of decode/track/emit
+    assert until(lambda: len(session.frames) == 2 and len(session.jobs) == 2 and source.pulled == held)
+    assert not until(lambda: source.pulled > held, timeout=0.2)  # nothing more is decoded meanwhile
+    assert len(sink.outputs) == 0 and len(session.outputs) == 0
+    phases.emit_gate.set()
+    assert until(lambda: len(sink.outputs) > 20)
+    session.close(timeout=10)
+    assert all(q.high_water <= q.maxlen for q in queues(session))
+
+
+def test_a_live_source_drops_the_oldest_frames_and_counts_them():
+    source = QueueSource(3)
+    dropped = [source.push(Frame(-1, np.zeros((2, 2, 3), np.uint8), pts=i)) for i in range(5)]
+    assert dropped == [False, False, False, True, True] and source.dropped == 2 and source.backlog == 3
+    source.close()
+    assert [f.pts for f in source] == [2, 3, 4]  # what was queued, then the end
+    assert source.push(Frame(-1, np.zeros((2, 2, 3), np.uint8))) is False and source.backlog == 0
+
+
+@pytest.mark.parametrize("mode", list(Mode))
+def test_a_live_session_processes_pushed_frames_and_flushes_on_close(mode):
+    source, sink = QueueSource(8), ListSink()
+    phases = StubPhases(delay=2)
+    session = StreamSession(source, phases, [sink], config=RuntimeConfig(mode=mode), name="cam").start()
+    for i in range(5):
+        source.push(Frame(-1, np.zeros((4, 4, 3), np.uint8), pts=i))
+    assert until(lambda: phases.frames_in == 5)
+    report = session.close(timeout=10)
+    assert report.flushed == 2 and report.discarded == 0 and not report.abandoned
+    assert [o.frame.index for o in sink.outputs] == [0, 1, 2, 3, 4] and sink.closed == [True]
+    assert phases.finish_calls == [False] and phases.closed == 1
+
+
+# ------------------------------------------------------------------------------ close
+@pytest.mark.parametrize("mode", list(Mode))
+def test_close_waits_for_the_step_in_progress_then_flushes(mode):
+    phases = StubPhases(delay=2)
+    phases.track_gate = threading.Event()
+    source, sink = QueueSource(8), ListSink()
+    session = StreamSession(source, phases, [sink], config=RuntimeConfig(mode=mode)).start()
+    source.push(Frame(-1, np.zeros((4, 4, 3), np.uint8)))
+    assert phases.tracking.wait(10)
+    source.push(Frame(-1, np.zeros((4, 4, 3), np.uint8)))  # queued when intake stops: not processed
+    closer = threading.Thread(target=lambda: setattr(session, "report", session.close(timeout=30)))
+    closer.start()
+    assert until(lambda: session._stop.is_set())
+    assert phases.finish_calls == [] and not sink.closed  # nothing flushed or closed under the running step
+    phases.track_gate.set()
+    closer.join(10)
+    assert phases.finish_calls == [False]  # the flush ran after the step, on the worker
+    assert [o.frame.index for o in sink.outputs] == [0] and sink.closed == [True]
+    assert session.report.flushed == 1 and session.report.discarded == 1 and not session.report.abandoned
+
+
+@pytest.mark.parametrize("mode", list(Mode))
+def test_close_abandons_a_step_that_outlasts_the_timeout_and_never_flushes(mode):
+    phases = StubPhases(delay=0)
+    phases.track_gate = threading.Event()
+    source, sink = QueueSource(8), ListSink()
+    session = StreamSession(source, phases, [sink], config=RuntimeConfig(mode=mode)).start()
+    source.push(Frame(-1, np.zeros((4, 4, 3), np.uint8)))
+    assert phases.tracking.wait(10)
+    report = session.close(timeout=0.3)
+    assert report.abandoned and sink.closed == [True] and phases.closed == 1
+    phases.track_gate.set()  # the step finally ends: nothing is flushed or written after the close
+    assert until(lambda: not session.running)
+    assert phases.finish_calls == [] and sink.outputs == []
+    assert session.close() is report  # idempotent
+
+
+def test_a_failing_stage_fails_the_run_and_discards_the_output():
+    class Failing(StubPhases):
+        def emit(self, index):
+            if index == 3:
+                raise RuntimeError("inpainter exploded")
+            return super().emit(index)
+
+    sink = ListSink()
+    with pytest.raises(RuntimeError, match="exploded"):
+        StreamSession(CountingSource(10), Failing(), [sink]).run()
+    assert sink.closed == [False]
+
+
+# ------------------------------------------------------------------------------ parts
+def test_bounded_queue_block_policy_waits_for_room_and_close_releases_the_producer():
+    q: BoundedQueue[int] = BoundedQueue(2, Policy.BLOCK)
+    q.put(0)
+    q.put(1)
+    done = threading.Event()
+    producer = threading.Thread(target=lambda: (q.put(2), done.set()))
+    producer.start()
+    assert not done.wait(0.05) and len(q) == 2  # full: the producer waits
+    assert q.get() == 0
+    assert done.wait(10) and list(iter(lambda: q.get(0), None)) == [1, 2]
+    q.put(3)
+    q.put(4)
+    late = threading.Thread(target=q.put, args=(5,))
+    late.start()
+    q.close()
+    late.join(10)
+    assert not late.is_alive() and q.high_water == 2 and q.dropped == 0
+    assert [q.get(), q.get(), q.get()] == [3, 4, None]  # what was queued, then None (closed)
+
+
+def test_bounded_queue_drop_oldest_counts_what_it_drops():
+    q: BoundedQueue[int] = BoundedQueue(2, Policy.DROP_OLDEST)
+    assert [q.put(i) for i in range(4)] == [False, False, True, True]
+    assert q.dropped == 2 and q.high_water == 2 and [q.get(0), q.get(0), q.get(0)] == [2, 3, None]
+
+
+def test_sink_fanout_writes_every_sink_in_order_and_closes_once():
+    a, b = ListSink(), ListSink()
+    fan = SinkFanout([a, b])
+    outs = [StubPhases().emit(i) for i in range(3)]
+    assert all(fan.write(o) for o in outs)
+    fan.close(keep=False)
+    fan.close(keep=True)
+    assert a.outputs == b.outputs == outs and a.closed == b.closed == [False]
+    assert fan.write(outs[0]) is False and len(a.outputs) == 3  # nothing after the close
+
+
+def test_sink_fanout_closes_every_sink_and_raises_the_first_failure():
+    class Broken(ListSink):
+        def close(self, *, keep=True):
+            super().close(keep=keep)
+            raise OSError("disk full")
+
+    a, b = Broken(), ListSink()
+    with pytest.raises(OSError, match="disk full"):
+        SinkFanout([a, b]).close()
+    assert a.closed == b.closed == [True]
+
+
+def test_tracer_writes_chrome_trace_events_and_busy_time(tmp_path):
+    sink = ListSink()
+    session = StreamSession(CountingSource(6), StubPhases(delay=1), [sink], config=RuntimeConfig(trace=True))
+    result = session.run()
+    path = tmp_path / "trace.json"
+    session.tracer.write(path)
+    events = json.loads(path.read_text())["traceEvents"]
+    spans = [e for e in events if e["ph"] == "X"]
+    assert {e["name"] for e in spans} >= {"decode", "track", "emit", "write", "flush"}
+    assert all({"name", "ph", "ts", "dur", "pid", "tid"} <= e.keys() and e["dur"] >= 0 for e in spans)
+    assert len({e["tid"] for e in spans}) == 4  # one thread per worker
+    assert result.workers["emit"].calls == 6 and result.workers["track"].calls == 7  # 6 frames + the flush
+    assert 0 <= result.workers["emit"].utilisation <= 1
+
+
+def test_thread_settings_are_applied_and_stated():
+    before = cv2.getNumThreads()
+    try:
+        state = ThreadSettings(opencv=1).apply()
+        assert state["opencv"] == cv2.getNumThreads() == 1
+    finally:
+        cv2.setNumThreads(before)
+
+
+def test_the_cpu_device_context_is_a_no_op_on_the_same_path():
+    image = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
+    with DeviceContext("cpu") as ctx:
+        assert ctx.to_device(image) is image and ctx.stream is None
+        ctx.handoff()
+
+
+def test_a_step_only_pipeline_runs_through_the_same_runtime():
+    class StepPipeline(StubPhases):
+        def step(self, frame, hurry=False):
+            return [self.emit(i) for i in self.track(frame)]
+
+        def flush(self):
+            return [self.emit(i) for i in self.finish()]
+
+    stub = StepPipeline(delay=1)
+    phases = StepOnly(stub)
+    assert [o.frame.index for o in phases.track(Frame(0, np.zeros((4, 4, 3), np.uint8)))] == []
+    sink = ListSink()
+    StreamSession(CountingSource(5), StepPipeline(delay=1), [sink]).run()
+    assert [o.frame.index for o in sink.outputs] == list(range(5))
