@@ -70,7 +70,7 @@ def cmd_run(args) -> int:
     from unseen.engine.masks import MaskFolder, MaskWriter
     from unseen.engine.media import FileSink, MediaError, Source
     from unseen.engine.pipeline import PipelineConfig, check_inside
-    from unseen.engine.session import Backends, Session, build_pipeline
+    from unseen.engine.session import Backends, MaskSink, Mode, RuntimeConfig, Session, build_pipeline
 
     clicks: list[ClickArg] = list(args.click or []) + list(args.negative or [])
     if not clicks and args.masks_in is None:
@@ -106,10 +106,12 @@ def cmd_run(args) -> int:
         if c.positive and c.object is None:
             next_object += 1
         futures.append(pipeline.click(c.x, c.y, positive=c.positive, object_id=oid, frame_index=c.frame))
-    session = Session(source, pipeline, [sink], mask_writer=writer)
+    mode = Mode.SEQUENTIAL if args.sequential else Mode.PIPELINED
+    session = Session(source, pipeline, [sink] + ([MaskSink(writer)] if writer else []),
+                      config=RuntimeConfig(mode=mode))
     desc = pipeline.describe()["backends"]
-    log.info("backends: segmenter=%s propagator=%s inpainter=%s; output delay %d frames",
-             desc["segmenter"], desc["propagator"], desc["inpainter"], pipeline.delay)
+    log.info("backends: segmenter=%s propagator=%s inpainter=%s; output delay %d frames; %s",
+             desc["segmenter"], desc["propagator"], desc["inpainter"], pipeline.delay, mode.value)
     with tqdm(total=info.frames, unit="frame", desc="unseen run", disable=args.quiet,
               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]") as bar:
         result = session.run(prompts=futures, progress=bar.update, strict=args.strict)
@@ -117,7 +119,7 @@ def cmd_run(args) -> int:
                       f"; input truncated: {result.truncated.read} of {result.truncated.declared} frames"
                       if result.truncated else ""])
     print(f"wrote {args.output}: {result.frames_out} frames ({result.frames_in} in{damage}), "
-          f"{result.fps:.1f} fps, stage ms/frame {result.stage_ms}")
+          f"{result.fps:.1f} fps ({result.mode}), stage ms/frame {result.stage_ms}")
     if result.frames_out != result.frames_in:  # pragma: no cover - an engine bug, never a user error
         raise MediaError(f"{result.frames_in} frames in but {result.frames_out} out")
     return 0
@@ -167,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--strict", action="store_true",
                      help="fail (exit 2, no output) when the input is truncated or has undecodable frames; "
                           "without it they are skipped, counted and reported")
+    run.add_argument("--sequential", action="store_true",
+                     help="decode, track, inpaint and encode one after another on one thread (default: pipelined, "
+                          "each stage on its own worker; the same output)")
     _add_backend_args(run)
     run.set_defaults(func=cmd_run)
 

@@ -136,3 +136,20 @@ def test_source_loop_keeps_timestamps_increasing(tmp_path, clip):
     assert [f.index for f in frames] == list(range(40))
     pts = [f.pts for f in frames]
     assert all(b > a for a, b in zip(pts, pts[1:]))
+
+
+def test_sequential_and_pipelined_runs_write_the_same_video_and_masks(tmp_path, clip):
+    video = clip_video_path(tmp_path, clip)
+    x, y = clip.click(0)
+    outputs = {}
+    for mode in ("pipelined", "sequential"):
+        out, masks = tmp_path / f"{mode}.mp4", tmp_path / f"masks-{mode}"
+        flags = ["--sequential"] if mode == "sequential" else []
+        assert run(video, out, "--click", f"{x},{y}", "--delay", "5", "--masks-out", masks, *flags) == 0
+        with av.open(str(out)) as c:
+            frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+        outputs[mode] = (frames, [read_label_map(p) for p in sorted(masks.glob("*.png"))])
+    (frames_p, masks_p), (frames_s, masks_s) = outputs["pipelined"], outputs["sequential"]
+    assert len(frames_p) == len(frames_s) == len(masks_p) == len(masks_s) == 15
+    assert all(np.array_equal(a, b) for a, b in zip(frames_p, frames_s))
+    assert all(np.array_equal(a, b) for a, b in zip(masks_p, masks_s))
