@@ -32,6 +32,7 @@ class Context:
     classical: bool = True  # speed: time the classical backends at each resolution
     long_frames: int | None = None  # speed: frames of the long run (default 3000, quick 300)
     resolutions: list[tuple[int, int]] | None = None  # speed: override the resolutions
+    trace: Path | None = None  # speed: write a Chrome trace of the stage workers here
     quiet: bool = False
     machine: dict | None = None
     _clips: list[Clip] | None = None

@@ -15,6 +15,12 @@ random weights (same compute as trained ones) where they import, on fewer frames
 Random weights give arbitrary masks (often empty, so nothing to inpaint): the neural
 inpainter is therefore also timed alone on the holes the classical run found at the same
 size (``hole_fraction`` says how much of the frame each run had to fill).
+Every run goes through the stream runtime (engine/runtime.py).  At each size the classical
+backends run side by side on the same clip: the pass-through (decode and encode only: the limit
+of this machine), the sequential order (one thread) and the pipelined runtime (decode, track, emit
+and write workers; the run listed in ``runs``), with the same thread settings (stated), their fps
+ratio, and each worker's busy ms per frame and utilisation; ``--trace FILE`` writes every run's
+stage calls as a Chrome trace.
 Long run (first, in a fresh process): the clip at the first resolution (432x240) looped for at least 3,000 frames
 with the classical backends (decode and pipeline, no encoder), sampling RSS, held frames
 and propagator memory.
@@ -22,6 +28,7 @@ The machine's load average is recorded: other work on the machine slows every fi
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -31,7 +38,8 @@ import numpy as np
 
 from unseen.engine.backends import registry
 from unseen.engine.media import FileSink, Source, StreamInfo
-from unseen.engine.pipeline import OutputFrame, Pipeline, PipelineConfig
+from unseen.engine.pipeline import OutputFrame, Pipeline, PipelineConfig, StageTimes
+from unseen.engine.runtime import Mode, RuntimeConfig, StreamSession, ThreadSettings
 from unseen.engine.session import Backends, build_pipeline
 from unseen.engine.stages import Frame
 
@@ -47,6 +55,7 @@ NEURAL = Backends("sam:vit_b", "aot:r50_deaotl", "e2fgvi:hq")
 FRAMES = {"classical": (12, 100), "neural": (6, 8)}  # (quick, full) frames per resolution
 NEURAL_BUDGET_S = 150.0  # neural on CPU: stop feeding frames after this long (per resolution)
 LONG_FRAMES = (200, 3000)
+THREADS = ThreadSettings()  # the libraries' defaults (OpenCV: one thread per core), the same in every mode
 
 
 def source_clip(ctx: Context) -> Clip:
@@ -78,17 +87,95 @@ def scaled(ctx: Context, clip: Clip, size: tuple[int, int], frames: int | None) 
     return path
 
 
-def measure(ctx: Context, backends: Backends, opts, path: Path, frames: int, label: str,
-            budget_s: float | None = None, given: list | None = None, keep: list | None = None) -> dict:
-    """Decode -> pipeline (one click) -> encode for ``frames`` frames; times and memory.
+class PassThrough:
+    """Decode -> encode only (no tracking, no inpainting): the limit of this machine for the clip."""
 
-    With ``budget_s``, no new frame is fed once that many seconds have passed (at least 2
-    frames are fed); the frames still held are then flushed (inpainted) as at the end of a stream.
-    With ``given`` (per-frame holes), only the inpainter runs, on those holes (no click).  ``keep``
-    receives the output holes (to give them to another inpainter at the same size)."""
+    delay = 0
+
+    def __init__(self) -> None:
+        self.times = StageTimes()
+        self.frames_in = self.frames_out = self.degraded = 0
+
+    def track(self, frame: Frame, *, hurry=False) -> list[Frame]:
+        self.frames_in += 1
+        return [frame]
+
+    def finish(self) -> list[Frame]:
+        return []
+
+    def emit(self, frame: Frame) -> OutputFrame:
+        self.frames_out += 1
+        return OutputFrame(frame, frame.image, {})
+
+    def close(self) -> None:
+        pass
+
+    def describe(self) -> dict:
+        return {"backends": {"segmenter": None, "propagator": None, "inpainter": None}}
+
+
+class Limited:
+    """The first ``frames`` frames of a source; with ``budget_s``, none after that many seconds (at least 2)."""
+
+    def __init__(self, source: Source, frames: int, budget_s: float | None = None) -> None:
+        self.source = source
+        self.frames = frames
+        self.budget_s = budget_s
+        self.count = 0
+        self.uri = source.uri
+        self.on_audio = None
+
+    def __iter__(self):
+        start = time.perf_counter()
+        for frame in self.source:
+            if self.count >= self.frames or (self.budget_s is not None and self.count >= 2
+                                             and time.perf_counter() - start > self.budget_s):
+                return
+            self.count += 1
+            yield frame
+
+    @property
+    def skipped(self) -> int:
+        return self.source.skipped
+
+    @property
+    def truncated(self):
+        return self.source.truncated
+
+    def close(self) -> None:
+        self.source.close()
+
+
+class Probe:
+    """A sink that keeps each output's masks and samples the peak RSS (cheap: the hole is computed later)."""
+
+    def __init__(self) -> None:
+        self.masks: list = []
+        self.peak = report.rss_mb()
+
+    def write(self, output: OutputFrame) -> None:
+        self.masks.append((output.image.shape[:2], list(output.masks.values())))
+        self.peak = max(self.peak, report.rss_mb())
+
+    def close(self, *, keep: bool = True) -> None:
+        pass
+
+
+def measure(ctx: Context, backends: Backends | None, opts, path: Path, frames: int, label: str,
+            budget_s: float | None = None, given: list | None = None, keep: list | None = None, *,
+            mode: Mode = Mode.PIPELINED, traces: list | None = None) -> dict:
+    """Decode -> pipeline (one click) -> encode for ``frames`` frames on the runtime in ``mode``.
+
+    ``backends`` None: the pass-through (decode and encode only).  With ``budget_s``, no new frame is
+    fed once that many seconds have passed (at least 2 frames are fed); the frames still held are then
+    flushed (inpainted) as at the end of a stream.  With ``given`` (per-frame holes), only the inpainter
+    runs, on those holes (no click).  ``keep`` receives the output holes (to give them to another
+    inpainter at the same size).  ``traces`` receives (label, Chrome trace) of the run."""
     rss0 = report.rss_mb()
     t_build = time.perf_counter()
-    if given is not None:
+    if backends is None:
+        pipeline = PassThrough()
+    elif given is not None:
         inpainter = registry.create("inpainter", backends.inpainter, opts)
         pipeline = Pipeline(None, None, inpainter, PipelineConfig(),
                             given_masks=lambda i: {1: given[min(i, len(given) - 1)]})
@@ -99,45 +186,21 @@ def measure(ctx: Context, backends: Backends, opts, path: Path, frames: int, lab
     info = src.info
     out_path = ctx.results / "_cache" / f"speed-out-{os.getpid()}.mp4"
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    sink = FileSink(out_path, info)
+    probe = Probe()
     future = None
-    if given is None:
+    if backends is not None and given is None:
         future = pipeline.click(CLICK_REL[0] * info.width, CLICK_REL[1] * info.height, object_id=1, frame_index=0)
-    holes: list = []
-    decode_s = encode_s = 0.0
-    count = 0
-    peak = report.rss_mb()
-    it = iter(src)
-    start = time.perf_counter()
+    source = Limited(src, frames, budget_s)
+    session = StreamSession(source, pipeline, [FileSink(out_path, info), probe],
+                            config=RuntimeConfig(mode=mode, threads=THREADS, trace=traces is not None))
     try:
-        while count < frames:
-            if budget_s is not None and count >= 2 and time.perf_counter() - start > budget_s:
-                break
-            t0 = time.perf_counter()
-            frame = next(it, None)
-            decode_s += time.perf_counter() - t0
-            if frame is None:
-                break
-            count += 1
-            outs = pipeline.step(frame)
-            t0 = time.perf_counter()
-            for o in outs:
-                sink.write(o)
-            encode_s += time.perf_counter() - t0
-            holes += [_hole(o) for o in outs]
-            peak = max(peak, report.rss_mb())
-        outs = pipeline.flush()
-        t0 = time.perf_counter()
-        for o in outs:
-            sink.write(o)
-        sink.close()
-        holes += [_hole(o) for o in outs]
-        encode_s += time.perf_counter() - t0
+        result = session.run()
     finally:
-        src.close()
         out_path.unlink(missing_ok=True)
-    total = time.perf_counter() - start
-    peak = max(peak, report.rss_mb())
+    if traces is not None:
+        traces.append((f"{label} {mode.value} {info.width}x{info.height}", session.tracer.chrome()))
+    holes = [_hole(shape, masks) for shape, masks in probe.masks]
+    count, total = source.count, result.seconds
     click_error = None
     if keep is not None:
         keep[:] = holes
@@ -150,36 +213,65 @@ def measure(ctx: Context, backends: Backends, opts, path: Path, frames: int, lab
     segment_total = times.totals.get("segment", 0.0) / 1000.0
     steady = total - segment_total
     rate = float(info.rate)
+    workers = result.workers
     return {
-        "label": label, "size": f"{info.width}x{info.height}", "frames": count, "frames_requested": frames,
+        "label": label, "mode": mode.value, "size": f"{info.width}x{info.height}", "frames": count,
+        "frames_requested": frames,
         "stopped_by_budget": count < frames and budget_s is not None and (info.frames is None or count < info.frames),
         "backends": pipeline.describe()["backends"],
-        "ms": {"decode": 1000 * decode_s / max(1, count),
+        "ms": {"decode": 1000 * workers["decode"].busy_s / max(1, count) if "decode" in workers else None,
                "segment_per_click": times.mean_ms("segment"),
                "propagate": times.mean_ms("propagate"),
                "inpaint": times.mean_ms("inpaint"),
-               "encode": 1000 * encode_s / max(1, count)},
+               "encode": 1000 * workers["write"].busy_s / max(1, count) if "write" in workers else None},
         "counts": dict(times.counts),
+        "workers": {name: dict(w.describe(), ms_per_frame=round(1000 * w.busy_s / max(1, count), 2))
+                    for name, w in workers.items()},
+        "queue_high_water": result.queue_high_water, "queue_items": RuntimeConfig().queue_items,
+        "threads": session.threads,
         "hole_fraction": float(sum(h.mean() for h in holes) / len(holes)) if holes else 0.0,
-        "masks": "given (the classical run's holes at this size)" if given is not None else "click",
+        "masks": "none (pass-through)" if backends is None else
+                 "given (the classical run's holes at this size)" if given is not None else "click",
         "warning": ("the hole covers under 1% of the frame (the tracker lost or barely selected the object): "
-                    "little to inpaint, so this fps is optimistic") if holes and
+                    "little to inpaint, so this fps is optimistic") if backends is not None and holes and
                    sum(h.mean() for h in holes) / len(holes) < 0.01 else None,
         "fps": count / steady if steady > 0 else None,
         "fps_with_click": count / total if total > 0 else None,
         "seconds": total, "build_s": build_s,
         "delay_frames": pipeline.delay, "delay_s": pipeline.delay / rate if rate else None,
         "rate": rate,
-        "rss_before_mb": rss0, "peak_rss_mb": peak, "click_error": click_error,
+        "rss_before_mb": rss0, "peak_rss_mb": max(probe.peak, report.rss_mb()), "click_error": click_error,
         "loadavg": [round(x, 2) for x in os.getloadavg()],
     }
 
 
-def _hole(output) -> np.ndarray:
-    masks = list(output.masks.values())
+def _hole(shape: tuple[int, int], masks: list) -> np.ndarray:
     if not masks:
-        return np.zeros(output.image.shape[:2], bool)
+        return np.zeros(shape, bool)
     return np.logical_or.reduce(masks)
+
+
+def compare(runs: list[dict]) -> dict:
+    """The pass-through, sequential and pipelined runs of one size: fps, their ratio, each worker's share."""
+    by = {("pass-through" if r.get("label") == "pass-through" else r.get("mode")): r for r in runs}
+    fps = {k: r.get("fps") for k, r in by.items()}
+    seq, pip = fps.get("sequential"), fps.get("pipelined")
+    return {"size": runs[-1].get("size"), "frames": runs[-1].get("frames"), "fps": fps,
+            "pipelined_over_sequential": pip / seq if pip and seq else None,
+            "pipelined_over_pass_through": pip / fps["pass-through"] if pip and fps.get("pass-through") else None,
+            "workers": {k: r.get("workers", {}) for k, r in by.items()},
+            "threads": runs[-1].get("threads")}
+
+
+def write_trace(path: Path, traces: list[tuple[str, dict]]) -> None:
+    """Every run's stage calls in one Chrome trace (one process per run, one thread per worker)."""
+    events = []
+    for pid, (label, trace) in enumerate(traces, 1):
+        events.append({"name": "process_name", "ph": "M", "pid": pid, "tid": 0, "args": {"name": label}})
+        events += [dict(e, pid=pid) for e in trace["traceEvents"]]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}))
 
 
 def neural_backends(ctx: Context) -> tuple[Backends | None, dict]:
@@ -204,6 +296,7 @@ def neural_backends(ctx: Context) -> tuple[Backends | None, dict]:
 
 
 def long_run(ctx: Context, path: Path, frames: int) -> dict:
+    """The looped clip on the runtime (sequential: memory is sampled on the tracker's thread after each frame)."""
     pipeline = build_pipeline(Backends("classical", "classical", "classical"), ctx.options(), PipelineConfig())
     src = Source(path, loop=True)
     info = src.info
@@ -216,22 +309,19 @@ def long_run(ctx: Context, path: Path, frames: int) -> dict:
     def sample() -> dict:
         inp = pipeline.inpainter
         return {"frame": count, "t_s": round(time.perf_counter() - start, 2), "rss_mb": round(report.rss_mb(), 1),
-                "held_frames": pipeline.held_frames, "references": len(pipeline._references),
-                "completed": len(pipeline._completed),
+                "held_frames": pipeline.held_frames, "references": pipeline.references,
+                "completed": pipeline.emitter.completed_frames,
                 "propagator_memory_frames": pipeline.propagator.memory_frames() if pipeline.propagator else None,
                 "inpainter_cache": sum(len(v) for v in vars(inp).values() if isinstance(v, (dict, list)))}
 
-    try:
-        for frame in src:
-            pipeline.step(frame)
-            count += 1
-            if count == 1 or count % every == 0:
-                samples.append(sample())
-            if count >= frames:
-                break
-        pipeline.flush()
-    finally:
-        src.close()
+    def tracked(frame: Frame) -> None:
+        nonlocal count
+        count += 1
+        if count == 1 or count % every == 0:
+            samples.append(sample())
+
+    StreamSession(Limited(src, frames), pipeline, config=RuntimeConfig(mode=Mode.SEQUENTIAL, threads=THREADS),
+                  on_tracked=tracked).run()
     samples.append(sample())
     seconds = time.perf_counter() - start
     warm = samples[min(len(samples) - 1, max(1, len(samples) // 10))]
@@ -266,20 +356,26 @@ def run(ctx: Context) -> dict:
 
     holes_at: dict = {}  # size -> the classical run's output holes (for the neural inpainter)
 
-    def one(label, backends, opts, n, size, budget=None, given=None, keep=None):
+    traces: list | None = [] if ctx.trace is not None else None
+    modes: list[dict] = []
+    result["modes"] = modes
+
+    def one(label, backends, opts, n, size, budget=None, given=None, keep=None, mode=Mode.PIPELINED, into=runs):
         path = scaled(ctx, clip, size, None if not ctx.quick else max(n, 12))
-        ctx.say(f"[speed] {label} at {size[0]}x{size[1]}, {n} frames ...")
+        ctx.say(f"[speed] {label} ({mode.value}) at {size[0]}x{size[1]}, {n} frames ...")
         try:
-            r = measure(ctx, backends, opts, path, n, label, budget, given, keep)
+            r = measure(ctx, backends, opts, path, n, label, budget, given, keep, mode=mode, traces=traces)
         except Exception as exc:  # noqa: BLE001 - one failing configuration must not hide the others
             log.exception("speed run failed")
             r = {"label": label, "size": f"{size[0]}x{size[1]}", "error": f"{type(exc).__name__}: {exc}"[:400]}
             ctx.say(f"[speed] {label} at {size[0]}x{size[1]} failed: {r['error']}")
         else:
-            ctx.say(f"[speed] {label} {r['size']}: {r['fps']:.3g} fps over {r['frames']} frames "
-                    f"({', '.join(f'{k} {v:.1f}' for k, v in r['ms'].items())} ms), peak RSS {r['peak_rss_mb']:.0f} MiB")
-        runs.append(r)
+            ctx.say(f"[speed] {label} ({mode.value}) {r['size']}: {r['fps']:.3g} fps over {r['frames']} frames ("
+                    f"{', '.join(f'{k} {v:.1f}' for k, v in r['ms'].items() if v is not None)} ms), peak RSS "
+                    f"{r['peak_rss_mb']:.0f} MiB")
+        into.append(r)
         report.write_json(json_path, result)  # partial results survive an interrupted run
+        return r
 
     # the long run first: its RSS at the start is then not inflated by the larger frames of the runs below
     long_n = ctx.long_frames if ctx.long_frames is not None else LONG_FRAMES[q]
@@ -296,8 +392,18 @@ def run(ctx: Context) -> dict:
 
     classical = Backends("classical", "classical", "classical")
     for size in resolutions if ctx.classical else []:
+        # side by side on the same clip: the pass-through (decode + encode: this machine's limit), the
+        # sequential order and the pipelined runtime (the run kept in ``runs``)
+        side: list[dict] = []
+        one("pass-through", None, None, n_classical, size, into=side)
+        one("classical", classical, ctx.options(), n_classical, size, mode=Mode.SEQUENTIAL, into=side)
         holes_at[size] = []
-        one("classical", classical, ctx.options(), n_classical, size, keep=holes_at[size])
+        pipelined = one("classical", classical, ctx.options(), n_classical, size, keep=holes_at[size])
+        modes.append(compare(side + [pipelined]))
+        report.write_json(json_path, result)
+    if traces:
+        write_trace(ctx.trace, traces)
+        result["trace"] = str(ctx.trace)
 
     result["neural"] = {"requested": ctx.neural}
     on_cpu = ctx.device == "cpu"
@@ -349,10 +455,34 @@ def rows(result: dict) -> list[list]:
     return out
 
 
+MODE_HEADERS = ["size", "frames", "pass-through fps", "sequential fps", "pipelined fps", "pipelined / sequential",
+                "pipelined workers: ms/frame (busy %)", "sequential stages: ms/frame"]
+WORKERS = ("decode", "track", "emit", "write")
+
+
+def mode_rows(result: dict) -> list[list]:
+    out = []
+    for m in result.get("modes", []):
+        fps, workers = m["fps"], m["workers"]
+        pip = workers.get("pipelined", {})
+        seq = workers.get("sequential", {})
+        out.append([m["size"], m["frames"], report.fmt(fps.get("pass-through"), 2), report.fmt(fps.get("sequential"), 2),
+                    report.fmt(fps.get("pipelined"), 2), report.fmt(m["pipelined_over_sequential"], 2),
+                    ", ".join(f"{w} {pip[w]['ms_per_frame']:.1f} ({100 * pip[w]['utilisation']:.0f}%)"
+                              for w in WORKERS if w in pip),
+                    ", ".join(f"{w} {seq[w]['ms_per_frame']:.1f}" for w in WORKERS if w in seq)])
+    return out
+
+
 def print_table(result: dict) -> None:
     print(f"\nspeed (ms per frame; segment ms per click; load average {result['loadavg_start']}"
           f"{', quick' if result['quick'] else ''})")
     print(report.table(HEADERS, rows(result)))
+    if result.get("modes"):
+        threads = result["modes"][0].get("threads")
+        print(f"\nsequential vs pipelined on the same clip (threads in both: {threads}; track = propagate + hole + "
+              f"clicks, emit = inpaint + effects, write = encode)")
+        print(report.table(MODE_HEADERS, mode_rows(result)))
     for r in result["runs"]:
         if r.get("warning"):
             print(f"  {r['label']} {r['size']}: {r['warning']}")

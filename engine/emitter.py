@@ -57,6 +57,11 @@ class Emitter:
         #: masks of the frame that left last (what viewers see now); replaced, never mutated
         self.visible_masks: Mapping[int, Mask] = {}
 
+    @property
+    def completed_frames(self) -> int:
+        """Completed images kept for the next frames' fills (at most ``inpainter.past``)."""
+        return len(self._completed)
+
     def emit(self, job: EmitJob) -> OutputFrame:
         held = job.held[job.index]
         image, degraded = held.frame.image, False

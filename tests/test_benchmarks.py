@@ -235,12 +235,25 @@ def test_speed_measure_with_given_holes(data_dir, tmp_path):
 
 
 def test_quick_speed_skips_neural_on_cpu(data_dir, tmp_path):
+    trace = tmp_path / "trace.json"
     rc = commands.main(["-q", "--data", str(data_dir), "--results", str(tmp_path), "--quick", "speed",
-                        "--long-frames", "0", "--resolutions", "160x96"])
+                        "--long-frames", "0", "--resolutions", "160x96", "--trace", str(trace)])
     assert rc == 0
     speed = json.loads((tmp_path / "speed.json").read_text())
     assert "long_run" not in speed and len(speed["runs"]) == 1
     assert "--quick on CPU" in speed["neural"]["skipped"]
+    # side by side: pass-through, sequential, pipelined on the same clip, with each worker's share
+    (modes,) = speed["modes"]
+    assert modes["size"] == "160x96" and set(modes["fps"]) == {"pass-through", "sequential", "pipelined"}
+    assert all(v > 0 for v in modes["fps"].values()) and modes["pipelined_over_sequential"] > 0
+    assert set(modes["workers"]["pipelined"]) == {"decode", "track", "emit", "write"}
+    assert all(0 <= w["utilisation"] <= 1 and w["ms_per_frame"] >= 0 for w in modes["workers"]["pipelined"].values())
+    assert speed["runs"][0]["mode"] == "pipelined" and "opencv" in modes["threads"]
+    assert all(v <= speed["runs"][0]["queue_items"] for v in speed["runs"][0]["queue_high_water"].values())
+    events = json.loads(trace.read_text())["traceEvents"]
+    spans = [e for e in events if e["ph"] == "X"]
+    assert {e["pid"] for e in spans} == {1, 2, 3} and {"decode", "track", "emit", "write"} <= {e["name"] for e in spans}
+    assert all({"name", "ph", "ts", "dur", "pid", "tid"} <= e.keys() for e in spans)
 
 
 def test_unseen_bench_command_is_registered():
