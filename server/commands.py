@@ -138,15 +138,17 @@ class Serve:
 
         app = create_app(self.settings)
         runner = web.AppRunner(app, access_log=access_logger, shutdown_timeout=HTTP_CLOSE_S / 2)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):  # from the start: a signal while streams start drains them too
+            loop.add_signal_handler(sig, self._signalled, sig)
         await runner.setup()  # starts the configured streams
         try:
-            site = web.TCPSite(runner, self.settings.host, self.settings.port)
-            await site.start()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self._signalled, sig)
-            names = ", ".join(app[SERVER].streams) or "none"
-            print(f"unseen serve: http://{self.settings.host}:{self.settings.port}/ (streams: {names})", flush=True)
+            if not self._stop.is_set():
+                site = web.TCPSite(runner, self.settings.host, self.settings.port)
+                await site.start()
+                names = ", ".join(app[SERVER].streams) or "none"
+                print(f"unseen serve: http://{self.settings.host}:{self.settings.port}/ (streams: {names})",
+                      flush=True)
             await self._stop.wait()
             await self._drain(runner, app[SERVER])
         finally:
