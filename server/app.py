@@ -102,9 +102,10 @@ class Server:
         if not stream.closed:
             self.metrics.stream_viewers.labels(stream.name).set(len(stream.viewers))
         self._recount_viewers()
-        if stream.config is None and stream.closed:
-            self.streams.pop(stream.name, None)
+        if stream.config is None and stream.closed and self.streams.get(stream.name) is stream:
+            self.streams.pop(stream.name)  # a webcam stream ends with its browser
             self.metrics.streams.set(len(self.streams))
+            asyncio.get_running_loop().run_in_executor(None, release_memory)
 
     def _recount_viewers(self) -> None:
         self.metrics.viewers.set(sum(len(s.viewers) for s in self.streams.values()))
