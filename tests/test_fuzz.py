@@ -241,3 +241,20 @@ def test_parse_json_bounds():
                            ("x" * 2000, "over the 1000-byte limit")]:
         with pytest.raises(protocol.ProtocolError, match=fragment):
             protocol.parse_json(text, limit=1000 if text.startswith("x") else 10**5)
+
+
+def test_offers_have_their_own_size_cap():
+    """limits.max_message_bytes caps JSON messages, not WebRTC offers (at 1024 every real offer got a 413)."""
+    s = settings(sources=[SYNTH])
+    s.limits.max_message_bytes = 1024
+
+    async def body():
+        async with client(s) as c:
+            offer = {"sdp": "v=0\r\n" + "a=x-padding\r\n" * 600, "type": "offer"}  # about 8 KB, like a browser's
+            r = await c.post("/api/streams/cam/offer", json=offer)
+            error = _check_error(r.status, await r.text())
+            assert r.status == 400 and "too large" not in error  # it reached the SDP parser
+            r = await c.post("/api/streams/cam/objects", data=json.dumps({"x": 1, "y": 1, "pad": "p" * 2000}),
+                             headers={"Content-Type": "application/json"})
+            assert r.status == 413  # other bodies keep the message cap
+    run(body())
