@@ -463,6 +463,7 @@ class StreamSession:
         self._flush_after: int | None = None  # jobs made before the final flush
         self._stop = threading.Event()
         self._abandoned = False
+        self._no_flush = False
         self._closed = False
         self._report: CloseReport | None = None
         self._close_lock = threading.Lock()
@@ -503,8 +504,11 @@ class StreamSession:
     def running(self) -> bool:
         return any(t.is_alive() for t in self._workers)
 
-    def stop(self) -> None:
-        """Stop intake: frames not yet tracked are not processed; the tracker flushes the delay line."""
+    def stop(self, *, flush: bool = True) -> None:
+        """Stop intake: frames not yet tracked are not processed; the tracker then flushes the delay line
+        (``flush=False``: it does not, e.g. once the stream failed)."""
+        if not flush:
+            self._no_flush = True
         self._stop.set()
         if isinstance(self.source, QueueSource):
             self.source.close()  # wakes a worker waiting for a frame
@@ -631,7 +635,7 @@ class StreamSession:
                     break
                 for job in self._track_one(frame, device):
                     self.jobs.put(job)
-            if not self._abandoned and self.error is None:
+            if not (self._abandoned or self._no_flush) and self.error is None:
                 for job in self._finish(device):
                     self.jobs.put(job)
         finally:
@@ -726,7 +730,7 @@ class StreamSession:
                 break
             for job in self._track_one(frame, device):
                 self._emit_and_write(job, device)
-        if not self._abandoned and self.error is None:
+        if not (self._abandoned or self._no_flush) and self.error is None:
             for job in self._finish(device):
                 self._emit_and_write(job, device)
 

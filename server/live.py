@@ -7,13 +7,14 @@ A stream owns its source, its pipeline, its publisher/recorder and its viewers:
   same queue through :meth:`LiveStream.feed`.  An RTSP source that drops or stalls is
   reopened with capped exponential backoff; the pipeline (its objects, its frame clock)
   is never restarted.  Timestamps are re-based onto one continuous 90 kHz stream clock.
-* a **worker** thread runs ``pipeline.step`` off the event loop, at the level of degradation
-  engine/degrade.py's :class:`Ladder` picks from the frames waiting (cheap fill, then reduced
-  tracking, then stale masks), so the output stays exactly D frames behind and frames
+* the frames go through engine/runtime.py's :class:`StreamSession` (the same runtime as files and
+  benchmarks; pipelined: track and emit on their own workers, off the event loop), at the level of
+  degradation engine/degrade.py's :class:`Ladder` picks from the frames waiting (cheap fill, then
+  reduced tracking, then stale masks), so the output stays exactly D frames behind and frames
   out == frames in (drops happen before the pipeline and are counted separately).
-* every output frame goes to the sinks (each on its own thread, see :class:`ThreadedSink`)
-  and to a :class:`LatestRelay` from which every viewer takes the newest frame: a slow
-  viewer skips frames, it never grows a queue or delays the others.
+* every output frame goes to :class:`LiveOutputs`: the sinks (each on its own thread, see
+  :class:`ThreadedSink`) and a :class:`LatestRelay` from which every viewer takes the newest frame:
+  a slow viewer skips frames, it never grows a queue or delays the others.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, Iterator
 
 import cv2
 import numpy as np
@@ -36,6 +37,7 @@ from unseen.engine.degrade import DEGRADED_LEVELS, Ladder, Level
 from unseen.engine.effects import Effect
 from unseen.engine.media import RECONNECT_BACKOFF, FileSink, MediaError, Source, StreamInfo, is_network, redact
 from unseen.engine.pipeline import OutputFrame, Pipeline, PipelineConfig, PromptError
+from unseen.engine.runtime import BoundedQueue, CloseReport, Mode, QueueSource, RuntimeConfig, StreamSession
 from unseen.engine.session import Backends, build_pipeline
 from unseen.engine.stages import Frame
 
@@ -46,7 +48,6 @@ log = logging.getLogger("unseen.live")
 
 CLOCK = 90000  # the stream clock: 90 kHz, as RTP video
 TIME_BASE = Fraction(1, CLOCK)
-SINK_CLOSE_SHARE = 0.2  # of close()'s timeout, kept (up to 1 s) for the sinks after the worker
 READ_BACKOFF_MAX = 2.0  # a source's reopen backoff stays short: output is back within seconds of its return
 WALL_OFFSET = time.time() - time.monotonic()  # monotonic -> wall clock (for glass-to-glass stats)
 
@@ -64,52 +65,8 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
-T = TypeVar("T")
-
-
 # ----------------------------------------------------------------------------- queues/relays
-class FrameQueue(Generic[T]):
-    """A bounded FIFO between two threads; when full the oldest item is dropped (counted).
-
-    Once closed it takes nothing more, and a reader gets what is left, then None at once."""
-
-    policy = "drop-oldest"
-
-    def __init__(self, maxlen: int) -> None:
-        self._items: collections.deque[T] = collections.deque()
-        self._maxlen = maxlen
-        self._cond = threading.Condition()
-        self.dropped = 0
-        self.closed = False
-
-    def put(self, item: T) -> bool:
-        """Add an item (ignored once closed); returns True when an older one had to be dropped."""
-        with self._cond:
-            if self.closed:
-                return False
-            dropped = len(self._items) >= self._maxlen
-            if dropped:
-                self._items.popleft()
-                self.dropped += 1
-            self._items.append(item)
-            self._cond.notify()
-        return dropped
-
-    def get(self, timeout: float) -> T | None:
-        """The oldest item, waiting up to ``timeout`` s for one; None when none came (or closed and empty)."""
-        with self._cond:
-            self._cond.wait_for(lambda: self._items or self.closed, timeout)
-            return self._items.popleft() if self._items else None
-
-    def close(self) -> None:
-        """Take no more items; wake every reader."""
-        with self._cond:
-            self.closed = True
-            self._cond.notify_all()
-
-    def __len__(self) -> int:
-        with self._cond:
-            return len(self._items)
+FrameQueue = BoundedQueue  # bounded, drop-oldest by default (engine/runtime.py)
 
 
 @dataclass
@@ -167,7 +124,7 @@ class ThreadedSink:
     def __init__(self, name: str, factory: Callable[[StreamInfo], Any], maxlen: int = 30) -> None:
         self.name = name
         self._factory = factory
-        self._queue: FrameQueue[OutputFrame] = FrameQueue(maxlen)
+        self._queue: FrameQueue[OutputFrame] = FrameQueue(maxlen)  # drop-oldest
         self._info: StreamInfo | None = None
         self._keep = True
         self._thread: threading.Thread | None = None
@@ -291,13 +248,64 @@ class NewestFrame:
     pts: int
 
 
-@dataclass(frozen=True)
-class CloseReport:
-    """What :meth:`LiveStream.close` did with the frames in flight."""
+class LiveOutputs:
+    """The runtime's sink for a live stream: the publisher and recorder (each a :class:`ThreadedSink`,
+    started from the first output's size), the viewers' relay and the output metrics."""
 
-    flushed: int  # frames the flush of the delay line delivered to the sinks
-    discarded: int  # frames received but not processed (queued when intake stopped)
-    abandoned: bool  # the worker outlasted the timeout: no flush, the sinks were closed with what they had
+    def __init__(self, name: str, outputs: OutputConfig, metrics: Metrics, relay: LatestRelay,
+                 rate: Callable[[], Fraction]) -> None:
+        self.name = name
+        self.outputs = outputs
+        self.metrics = metrics
+        self.relay = relay
+        self.rate = rate
+        self.sinks: list[ThreadedSink] = []
+        self.fps = 0.0
+        self.deadline: float | None = None  # monotonic time by which close() must be done
+        self._last_out: float | None = None
+
+    def write(self, out: OutputFrame) -> None:
+        if not self.sinks and (self.outputs.publish or self.outputs.record):
+            self._start_sinks(out.image)
+        for sink in self.sinks:
+            sink.write(out)
+        now = time.monotonic()
+        if self._last_out is not None:
+            dt = now - self._last_out
+            if dt > 0:
+                self.fps = 1 / dt if self.fps == 0 else 0.9 * self.fps + 0.1 / dt
+        self._last_out = now
+        self.metrics.frames_out.labels(self.name).inc()
+        self.metrics.fps.labels(self.name).set(round(self.fps, 2))
+        if out.degraded:
+            self.metrics.degraded.labels(self.name).inc()
+        for level in (Level.CHEAP_FILL,) * out.degraded + (out.tracking,):
+            if level is not Level.FULL:
+                self.metrics.degraded_frames.labels(self.name, level.key).inc()
+        wall = (out.frame.wallclock or now) + WALL_OFFSET
+        self.relay.publish(View(out.image, int(out.frame.pts or 0), out.frame.index, wall, out.degraded))
+
+    def _start_sinks(self, image: np.ndarray) -> None:
+        h, w = image.shape[:2]
+        info = StreamInfo(w, h, self.rate(), TIME_BASE, None, False)
+        if self.outputs.publish:
+            from .rtsp import RtspPublisher
+
+            url = self.outputs.publish
+            sink = ThreadedSink(f"publisher-{self.name}", lambda i: RtspPublisher(url, i))
+            sink.start(info)
+            self.sinks.append(sink)
+        if self.outputs.record:
+            path = self.outputs.record
+            sink = ThreadedSink(f"recorder-{self.name}", lambda i: FileSink(path, i, preset="veryfast", crf=20))
+            sink.start(info)
+            self.sinks.append(sink)
+
+    def close(self, *, keep: bool = True) -> None:
+        """Each sink writes what it has queued and closes (recordings end playable), by ``deadline``."""
+        for sink in self.sinks:
+            left = 10.0 if self.deadline is None else self.deadline - time.monotonic()
+            sink.close(keep=keep, timeout=max(0.0, left))
 
 
 class LiveStream:
@@ -305,7 +313,7 @@ class LiveStream:
 
     def __init__(self, name: str, source: SourceConfig | None, settings: Settings, metrics: Metrics,
                  loop: asyncio.AbstractEventLoop, *, outputs: OutputConfig | None = None,
-                 pipeline: Pipeline | None = None) -> None:
+                 pipeline: Pipeline | None = None, mode: Mode = Mode.PIPELINED) -> None:
         self.name = name
         self.config = source
         self.kind = "webcam" if source is None else ("synthetic" if source.uri.startswith("synthetic://")
@@ -320,9 +328,11 @@ class LiveStream:
             BackendOptions(device=settings.device),
             PipelineConfig(delay=settings.delay, default_effect=effect, segment_async=True,
                            max_objects=settings.limits.max_objects))
-        self.queue: FrameQueue[Frame] = FrameQueue(settings.limits.queue_frames)
+        self.source = QueueSource(settings.limits.queue_frames)  # the reader or feed() pushes, drop-oldest
+        self.queue: FrameQueue[Frame] = self.source.queue
         self.relay = LatestRelay(loop)
-        self.sinks: list[ThreadedSink] = []
+        self.out = LiveOutputs(name, self.outputs, metrics, self.relay, lambda: self.rate)
+        self.sinks = self.out.sinks
         self.viewers: set[Any] = set()
         self.state = "starting"
         self.last_error: str | None = None
@@ -333,19 +343,18 @@ class LiveStream:
         self.rate: Fraction = Fraction(source.fps if source and source.uri.startswith("synthetic://") else 25)
         self._clock = -1  # stream pts of the last frame (90 kHz)
         self._received = 0  # frames put into the queue
-        self._unprocessed = 0  # frames the worker took after intake stopped (not processed)
         self._last_source_s: float | None = None
         self._gap = True  # the next frame follows a (re)connect: use the nominal step
-        self._fps = 0.0
-        self._last_out: float | None = None
-        self._stop = threading.Event()  # intake and processing stop (close, or a failure)
-        self._abandoned = False  # close() gave up on the worker: it must not deliver any more
-        self._flushed: int | None = None  # frames the worker's final flush delivered (None: no flush ran)
+        self._stop = threading.Event()  # intake stops (close, or a failure)
         self._closed = False
         self._report: CloseReport | None = None
         self._close_lock = threading.Lock()
         self._reader: threading.Thread | None = None
-        self._worker = threading.Thread(target=self._work, name=f"unseen-worker-{name}", daemon=True)
+        self.session = StreamSession(self.source, self.pipeline, [self.out], name=name,
+                                     config=RuntimeConfig(mode=mode),
+                                     pace=lambda backlog: self.ladder.decide(backlog),
+                                     on_error=self._frame_failed, on_failure=self._worker_failed,
+                                     on_tracked=self._tracked)
         metrics.delay_frames.labels(name).set(self.pipeline.delay)
         for m in (metrics.frames_in, metrics.frames_out, metrics.dropped, metrics.degraded, metrics.reconnects,
                   metrics.skipped):
@@ -357,7 +366,7 @@ class LiveStream:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "LiveStream":
-        self._worker.start()
+        self.session.start()
         if self.config is not None:
             self._reader = threading.Thread(target=self._read, name=f"unseen-reader-{self.name}", daemon=True)
             self._reader.start()
@@ -376,28 +385,18 @@ class LiveStream:
             self._closed = True
         deadline = time.monotonic() + timeout
         self._stop.set()
-        self.queue.close()  # wakes the worker; frames still queued are not processed
-        if self._worker.ident is not None:  # the sinks keep a share of the time to finish their files
-            self._worker.join(max(0.0, deadline - min(SINK_CLOSE_SHARE * timeout, 1.0) - time.monotonic()))
-        elif self.state != "failed":
-            self._flush()  # never started: nothing else touches the pipeline
-        abandoned = self._worker.is_alive()
-        if abandoned:
-            self._abandoned = True
-            log.warning("%s: the worker is still busy after %.1f s; closing without flushing the delay line",
-                        self.name, timeout)
-        self.pipeline.close()
-        for sink in self.sinks:
-            sink.close(timeout=max(0.0, deadline - time.monotonic()))
+        self.state = "closed"  # from now on: intake stopped, what is in flight drains
+        self.out.deadline = deadline  # the sinks close within the time left
+        # frames still queued are not processed; the step in progress ends, then the runtime flushes
+        report = self.session.close(timeout=timeout)
+        self._observe_stages()
         if self._reader is not None:
             self._reader.join(max(0.0, min(deadline - time.monotonic(), 1.0)))  # its source closes as it stops
         self.relay.publish(None)
-        self.state = "closed"
         self.metrics.forget(self.name)
-        self._report = CloseReport(self._flushed or 0, len(self.queue) + self._unprocessed, abandoned)
+        self._report = report
         log.info("%s: closed; the flush delivered %d frames, %d received frames were not processed%s",
-                 self.name, self._report.flushed, self._report.discarded,
-                 " (worker abandoned)" if abandoned else "")
+                 self.name, report.flushed, report.discarded, " (worker abandoned)" if report.abandoned else "")
         return self._report
 
     async def aclose(self, timeout: float = 10.0) -> CloseReport:
@@ -418,7 +417,7 @@ class LiveStream:
         self.last_error = message
         self._set_state("failed")
         self._stop.set()
-        self.queue.close()
+        self.session.stop(flush=False)
 
     # ------------------------------------------------------------------ input
     def _read(self) -> None:
@@ -540,7 +539,7 @@ class LiveStream:
         self._last_source_s = seconds
         pts = self._clock + max(1, round(delta * CLOCK)) if self._clock >= 0 else 0
         frame = Frame(index=-1, image=image, pts=pts, time_base=TIME_BASE, wallclock=arrived)
-        if self.queue.put(frame):
+        if self.source.push(frame):
             self.metrics.dropped.labels(self.name).inc()
         self._received += 1
         self._clock = pts
@@ -553,88 +552,23 @@ class LiveStream:
             return None
         return NewestFrame(self._received - self.queue.dropped - 1, self._clock)
 
-    # ------------------------------------------------------------------ processing
-    def _work(self) -> None:
-        try:
-            while not self._stop.is_set():
-                frame = self.queue.get(0.5)
-                if frame is None:
-                    continue
-                if self._stop.is_set():
-                    self._unprocessed += 1  # intake stopped meanwhile: only the step in progress finishes
-                    break
-                self._process(frame, self.ladder.decide(len(self.queue)))
-            if self.state != "failed" and not self._abandoned:
-                self._flush()
-        except Exception as exc:  # noqa: BLE001 - never die silently: the state says failed
-            self._fail("processing failed; check the server log", exc)
-
-    def _process(self, frame: Frame, hurry: Level) -> None:
-        try:  # the pipeline itself falls back to the previous masks / the cheap fill per stage
-            outputs = self.pipeline.step(frame, hurry=hurry)
-        except Exception as exc:  # noqa: BLE001 - one bad frame must not end the stream
-            log.exception("%s: processing frame failed", self.name)
-            self.last_error = f"processing a frame failed ({type(exc).__name__}); check the server log"
-            outputs = []
+    # ------------------------------------------------------------------ processing (the runtime's workers)
+    def _tracked(self, frame: Frame) -> None:
         self.metrics.frames_in.labels(self.name).inc()
         self._observe_stages()
-        for out in outputs:
-            self._deliver(out)
 
-    def _flush(self) -> None:
-        """Empty the delay line into the sinks (the end of the stream); counts what it delivered."""
-        flushed = 0
-        try:
-            for out in self.pipeline.flush():
-                self._deliver(out)
-                flushed += 1
-        except Exception:  # noqa: BLE001 - closing must finish
-            log.exception("%s: flushing the delay line failed", self.name)
-        self._flushed = flushed
+    def _frame_failed(self, stage: str, exc: BaseException) -> None:
+        """One bad frame must not end the stream (the pipeline itself falls back per stage)."""
+        log.error("%s: processing a frame failed (%s)", self.name, stage, exc_info=exc)
+        self.last_error = f"processing a frame failed ({type(exc).__name__}); check the server log"
+
+    def _worker_failed(self, worker: str, exc: BaseException) -> None:
+        self._fail("processing failed; check the server log", exc)
 
     def _observe_stages(self) -> None:
         """Every stage call's own duration into the histogram (the pipeline keeps the latest, bounded)."""
         for sample in self.pipeline.times.drain():
             self.metrics.stage_ms.labels(sample.stage).observe(sample.ms)
-
-    def _deliver(self, out: OutputFrame) -> None:
-        if self._abandoned:
-            return  # close() gave up on this worker: its sinks are closed
-        if not self.sinks and (self.outputs.publish or self.outputs.record):
-            self._start_sinks(out.image)
-        for sink in self.sinks:
-            sink.write(out)
-        now = time.monotonic()
-        if self._last_out is not None:
-            dt = now - self._last_out
-            if dt > 0:
-                self._fps = 1 / dt if self._fps == 0 else 0.9 * self._fps + 0.1 / dt
-        self._last_out = now
-        self.metrics.frames_out.labels(self.name).inc()
-        self.metrics.fps.labels(self.name).set(round(self._fps, 2))
-        if out.degraded:
-            self.metrics.degraded.labels(self.name).inc()
-        for level in (Level.CHEAP_FILL,) * out.degraded + (out.tracking,):
-            if level is not Level.FULL:
-                self.metrics.degraded_frames.labels(self.name, level.key).inc()
-        wall = (out.frame.wallclock or now) + WALL_OFFSET
-        self.relay.publish(View(out.image, int(out.frame.pts or 0), out.frame.index, wall, out.degraded))
-
-    def _start_sinks(self, image: np.ndarray) -> None:
-        h, w = image.shape[:2]
-        info = StreamInfo(w, h, self.rate, TIME_BASE, None, False)
-        if self.outputs.publish:
-            from .rtsp import RtspPublisher
-
-            url = self.outputs.publish
-            sink = ThreadedSink(f"publisher-{self.name}", lambda i: RtspPublisher(url, i))
-            sink.start(info)
-            self.sinks.append(sink)
-        if self.outputs.record:
-            path = self.outputs.record
-            sink = ThreadedSink(f"recorder-{self.name}", lambda i: FileSink(path, i, preset="veryfast", crf=20))
-            sink.start(info)
-            self.sinks.append(sink)
 
     # ------------------------------------------------------------------ prompts
     def _check_click(self, x: float, y: float) -> None:
@@ -722,7 +656,7 @@ class LiveStream:
             "width": self.size[0] if self.size else None,
             "height": self.size[1] if self.size else None,
             "rate": round(rate, 3),
-            "fps": round(self._fps, 2),
+            "fps": round(self.out.fps, 2),
             "delay_frames": delay,
             "delay_seconds": round(delay / rate, 3) if rate else None,
             "objects": self.objects(),
@@ -734,7 +668,7 @@ class LiveStream:
             "skipped": self.skipped,
             "degraded": desc.get("degraded", 0),
             "degradation": desc.get("degradation", {level.key: 0 for level in DEGRADED_LEVELS}),
-            "queue_policy": FrameQueue.policy,
+            "queue_policy": self.queue.policy.value,
             "reconnects": self.reconnects,
             "viewers": len(self.viewers),
             "outputs": {"publish": redact(self.outputs.publish) if self.outputs.publish else None,
