@@ -51,6 +51,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="reliability: the soak's source, 'synthetic' (432x240, 15 fps) or a video file, looped")
     p.add_argument("--resolutions", type=lambda s: [_size(x) for x in s.split(",") if x], default=None,
                    help="speed: comma-separated sizes (default 432x240,854x480,1280x720)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="speed: OpenCV and torch threads in every mode (default: the libraries' own, one per core)")
     p.add_argument("--trace", type=Path, default=None, metavar="FILE",
                    help="speed: write a Chrome trace (chrome://tracing, Perfetto) of every run's stage workers")
 
@@ -82,6 +84,7 @@ def cmd_bench(args) -> int:
                   precision=args.precision,
                   weights_dir=args.weights_dir, frames=args.frames, neural=args.neural, classical=args.classical,
                   long_frames=args.long_frames, resolutions=args.resolutions, trace=args.trace,
+                  threads=args.threads,
                   quiet=getattr(args, "quiet", False))
     modules = {"track": track, "remove": remove, "complete": complete, "speed": speed}
     for name in suites:

@@ -33,6 +33,7 @@ class Context:
     long_frames: int | None = None  # speed: frames of the long run (default 3000, quick 300)
     resolutions: list[tuple[int, int]] | None = None  # speed: override the resolutions
     trace: Path | None = None  # speed: write a Chrome trace of the stage workers here
+    threads: int | None = None  # speed: OpenCV/torch threads in every mode (None: the libraries' defaults)
     quiet: bool = False
     machine: dict | None = None
     _clips: list[Clip] | None = None

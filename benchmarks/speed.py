@@ -55,7 +55,6 @@ NEURAL = Backends("sam:vit_b", "aot:r50_deaotl", "e2fgvi:hq")
 FRAMES = {"classical": (12, 100), "neural": (6, 8)}  # (quick, full) frames per resolution
 NEURAL_BUDGET_S = 150.0  # neural on CPU: stop feeding frames after this long (per resolution)
 LONG_FRAMES = (200, 3000)
-THREADS = ThreadSettings()  # the libraries' defaults (OpenCV: one thread per core), the same in every mode
 
 
 def source_clip(ctx: Context) -> Clip:
@@ -85,6 +84,11 @@ def scaled(ctx: Context, clip: Clip, size: tuple[int, int], frames: int | None) 
         sink.write(OutputFrame(Frame(i, img, pts=i, time_base=1 / rate), img, {}))
     sink.close()
     return path
+
+
+def threads(ctx: Context) -> ThreadSettings:
+    """The same in every mode: ``--threads N``, else the libraries' defaults (OpenCV: one per core)."""
+    return ThreadSettings(opencv=ctx.threads, torch=ctx.threads)
 
 
 class PassThrough:
@@ -192,7 +196,7 @@ def measure(ctx: Context, backends: Backends | None, opts, path: Path, frames: i
         future = pipeline.click(CLICK_REL[0] * info.width, CLICK_REL[1] * info.height, object_id=1, frame_index=0)
     source = Limited(src, frames, budget_s)
     session = StreamSession(source, pipeline, [FileSink(out_path, info), probe],
-                            config=RuntimeConfig(mode=mode, threads=THREADS, trace=traces is not None))
+                            config=RuntimeConfig(mode=mode, threads=threads(ctx), trace=traces is not None))
     try:
         result = session.run()
     finally:
@@ -320,7 +324,7 @@ def long_run(ctx: Context, path: Path, frames: int) -> dict:
         if count == 1 or count % every == 0:
             samples.append(sample())
 
-    StreamSession(Limited(src, frames), pipeline, config=RuntimeConfig(mode=Mode.SEQUENTIAL, threads=THREADS),
+    StreamSession(Limited(src, frames), pipeline, config=RuntimeConfig(mode=Mode.SEQUENTIAL, threads=threads(ctx)),
                   on_tracked=tracked).run()
     samples.append(sample())
     seconds = time.perf_counter() - start
