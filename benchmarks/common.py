@@ -6,9 +6,15 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
 
 from unseen.engine.backends.registry import BackendOptions
+from unseen.engine.pipeline import OutputFrame
+from unseen.engine.runtime import StreamSession
 from unseen.engine.session import Backends
+from unseen.engine.stages import Frame
 
 from . import report
 from .data import Clip, discover
@@ -77,3 +83,25 @@ class Context:
         path = report.write_json(self.results / f"{suite}.json", result)
         self.say(f"[{suite}] wrote {path} ({result['elapsed_s']:.1f} s)")
         return path
+
+
+class Collect:
+    """A sink that keeps every output frame (the suites score them)."""
+
+    def __init__(self) -> None:
+        self.outputs: list[OutputFrame] = []
+
+    def write(self, output: OutputFrame) -> None:
+        self.outputs.append(output)
+
+    def close(self, *, keep: bool = True) -> None:
+        pass
+
+
+def run_frames(pipeline, images: Sequence[np.ndarray], *,
+               on_tracked: Callable[[Frame], None] | None = None) -> list[OutputFrame]:
+    """``images`` through ``pipeline`` on the stream runtime (pipelined, as ``unseen run``); the outputs."""
+    sink = Collect()
+    StreamSession([Frame(t, img) for t, img in enumerate(images)], pipeline, [sink], name="bench",
+                  on_tracked=on_tracked).run()
+    return sink.outputs

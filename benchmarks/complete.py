@@ -20,10 +20,10 @@ import time
 
 from unseen.engine.backends import registry
 from unseen.engine.pipeline import Pipeline, PipelineConfig
-from unseen.engine.stages import Frame, dilate_hole
+from unseen.engine.stages import dilate_hole
 
 from . import report
-from .common import Context
+from .common import Context, run_frames
 from .data import pairs
 from .metrics import detail, mean, psnr, ssim
 
@@ -45,11 +45,8 @@ def _complete_clip(ctx: Context, a, b, limit: int | None) -> dict:
     inpainter = registry.create("inpainter", ctx.backends.inpainter, ctx.options(dilation=0))
     inpainter.dilation = 0
     pipeline = Pipeline(None, None, inpainter, PipelineConfig(), given_masks=lambda i: {1: holes[min(i, n - 1)]})
-    outputs = []
     t0 = time.perf_counter()
-    for t in range(n):
-        outputs += pipeline.step(Frame(t, gt[t]))
-    outputs += pipeline.flush()
+    outputs = run_frames(pipeline, gt[:n])
     seconds = time.perf_counter() - t0
     out = [o.image for o in outputs][:n]
     return {

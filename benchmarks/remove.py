@@ -25,7 +25,7 @@ from unseen.engine.stages import Frame, dilate_hole
 from unseen.engine.synthetic import interior_point
 
 from . import report
-from .common import Context
+from .common import Context, run_frames
 from .data import largest_object, pairs
 from .metrics import detail, flicker, jaccard, mean, psnr, ssim
 
@@ -58,14 +58,14 @@ def composite(a, b, limit: int | None):
 def click_and_run(pipeline, frames: list[np.ndarray], x: int, y: int) -> tuple[list, object]:
     """Run ``frames`` through ``pipeline`` with one click on frame 0 (sent once frame 2 arrived)."""
     late = pipeline.delay >= 3 and len(frames) > 3
-    future = None if late else pipeline.click(x, y, object_id=1, frame_index=0)
-    outputs = []
-    for t, img in enumerate(frames):
-        outputs += pipeline.step(Frame(t, img))
-        if late and t == 2:
-            future = pipeline.click(x, y, object_id=1, frame_index=0)
-    outputs += pipeline.flush()
-    return outputs, future
+    futures = [] if late else [pipeline.click(x, y, object_id=1, frame_index=0)]
+
+    def tracked(frame: Frame) -> None:
+        if late and frame.index == 2:
+            futures.append(pipeline.click(x, y, object_id=1, frame_index=0))
+
+    outputs = run_frames(pipeline, frames, on_tracked=tracked)
+    return outputs, futures[0] if futures else None
 
 
 def _run_pair(ctx: Context, a, b, limit: int | None) -> dict:
