@@ -19,310 +19,34 @@ Modes (:class:`Mode`):
 Both modes apply the same :class:`ThreadSettings`.  Each worker runs inside its own
 :class:`DeviceContext` (on CUDA: its own stream, pinned host buffers, non-blocking copies; on CPU
 the same calls do nothing).  :class:`Tracer` records every stage call as Chrome trace events.
+Those parts (queues, the live source, the fan-out, settings, device context, tracer) live in
+engine/streams.py.
 """
 from __future__ import annotations
 
-import collections
 import concurrent.futures
-import contextlib
 import enum
-import json
 import logging
-import os
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Generic, Iterable, Iterator, Protocol, Sequence, TypeVar
-
-import numpy as np
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from .degrade import Level
 from .media import MediaError, Truncation
 from .pipeline import OutputFrame
 from .stages import Frame
+from .streams import (BoundedQueue, DeviceContext, Policy, QueueSource, Sink, SinkFanout, ThreadSettings,
+                      TraceEvent, Tracer)
+
+__all__ = ["BoundedQueue", "CloseReport", "DeviceContext", "Mode", "Policy", "QueueSource", "RunResult",
+           "RuntimeConfig", "Sink", "SinkFanout", "StepOnly", "StreamSession", "ThreadSettings", "TraceEvent",
+           "Tracer", "TwoPhase", "WorkerStats", "two_phase"]
 
 log = logging.getLogger("unseen.runtime")
 
-T = TypeVar("T")
 STAGES = ("decode", "track", "emit", "write")
 SINK_CLOSE_SHARE = 0.2  # of close()'s timeout, kept (up to 1 s) for the sinks after the workers
-
-
-# ----------------------------------------------------------------------------- queues
-class Policy(enum.Enum):
-    """What a full queue does with a new item."""
-
-    BLOCK = "block"  # the producer waits for room: back-pressure (files, between stages)
-    DROP_OLDEST = "drop-oldest"  # the oldest item is dropped and counted (live input)
-
-
-class BoundedQueue(Generic[T]):
-    """A bounded FIFO between threads with a named :class:`Policy`.  Once closed it takes nothing
-    more (a blocked producer returns at once), and a reader gets what is left, then None."""
-
-    def __init__(self, maxlen: int, policy: Policy = Policy.DROP_OLDEST) -> None:
-        if maxlen < 1:
-            raise ValueError("a queue holds at least one item")
-        self.maxlen = maxlen
-        self.policy = policy
-        self._items: collections.deque[T] = collections.deque()
-        self._cond = threading.Condition()
-        self.dropped = 0
-        self.high_water = 0  # the most items it ever held (never above maxlen)
-        self.closed = False
-
-    def put(self, item: T) -> bool:
-        """Add an item (ignored once closed); True when an older one had to be dropped."""
-        with self._cond:
-            if self.policy is Policy.BLOCK:
-                self._cond.wait_for(lambda: len(self._items) < self.maxlen or self.closed)
-            if self.closed:
-                return False
-            dropped = len(self._items) >= self.maxlen
-            if dropped:
-                self._items.popleft()
-                self.dropped += 1
-            self._items.append(item)
-            self.high_water = max(self.high_water, len(self._items))
-            self._cond.notify_all()
-        return dropped
-
-    def get(self, timeout: float | None = None) -> T | None:
-        """The oldest item, waiting up to ``timeout`` s (None: until one comes or the queue closes)."""
-        with self._cond:
-            self._cond.wait_for(lambda: self._items or self.closed, timeout)
-            if not self._items:
-                return None
-            item = self._items.popleft()
-            self._cond.notify_all()
-            return item
-
-    def close(self) -> None:
-        """Take no more items; wake every reader and blocked producer."""
-        with self._cond:
-            self.closed = True
-            self._cond.notify_all()
-
-    def drain(self) -> int:
-        """Discard what is queued; returns how many items that was."""
-        with self._cond:
-            n = len(self._items)
-            self._items.clear()
-            self._cond.notify_all()
-            return n
-
-    def __len__(self) -> int:
-        with self._cond:
-            return len(self._items)
-
-
-class QueueSource:
-    """A live source: frames pushed from any thread (a reader, a browser track) into a bounded
-    drop-oldest queue; iterating yields them until :meth:`close` (then what is left)."""
-
-    live = True
-    skipped = 0
-    truncated: Truncation | None = None
-
-    def __init__(self, maxlen: int) -> None:
-        self.queue: BoundedQueue[Frame] = BoundedQueue(maxlen, Policy.DROP_OLDEST)
-        self.on_audio = None
-
-    def push(self, frame: Frame) -> bool:
-        """True when the oldest queued frame had to be dropped for it."""
-        return self.queue.put(frame)
-
-    @property
-    def dropped(self) -> int:
-        return self.queue.dropped
-
-    @property
-    def backlog(self) -> int:
-        return len(self.queue)
-
-    def __iter__(self) -> Iterator[Frame]:
-        while True:
-            frame = self.queue.get()
-            if frame is None:
-                return
-            yield frame
-
-    def close(self) -> None:
-        self.queue.close()
-
-
-# ----------------------------------------------------------------------------- sinks
-class Sink(Protocol):
-    def write(self, output: OutputFrame) -> None: ...
-
-    def close(self, *, keep: bool = True) -> None: ...
-
-
-class SinkFanout:
-    """Every output to every sink, in order; audio packets to the sinks that take them.  Writes and
-    close are serialised (one lock): nothing is written while or after the sinks close."""
-
-    def __init__(self, sinks: Sequence[Sink] = ()) -> None:
-        self.sinks = list(sinks)
-        self.written = 0
-        self.closed = False
-        self._lock = threading.Lock()
-
-    def write(self, output: OutputFrame) -> bool:
-        """False (nothing written) once closed."""
-        with self._lock:
-            if self.closed:
-                return False
-            for sink in self.sinks:
-                sink.write(output)
-            self.written += 1
-            return True
-
-    def write_audio(self, packet: Any) -> None:
-        with self._lock:
-            if self.closed:
-                return
-            for sink in self.sinks:
-                write_audio = getattr(sink, "write_audio", None)
-                if write_audio is not None:
-                    write_audio(packet)
-
-    def close(self, *, keep: bool = True) -> None:
-        """Close every sink once (idempotent); ``keep=False`` discards what they wrote.  Raises the
-        first failure (when keeping)."""
-        with self._lock:
-            if self.closed:
-                return
-            self.closed = True
-        errors = []
-        for sink in self.sinks:
-            try:
-                sink.close(keep=keep)
-            except Exception as exc:  # noqa: BLE001 - close every sink, report the first failure
-                errors.append(exc)
-        if errors and keep:
-            raise errors[0]
-
-
-# ----------------------------------------------------------------------------- settings, devices, traces
-@dataclass(frozen=True)
-class ThreadSettings:
-    """Library thread pools, the same for every mode (None: leave the library's default)."""
-
-    opencv: int | None = None
-    torch: int | None = None
-
-    def apply(self) -> dict[str, int | None]:
-        """Set them; returns what is in force (stated in benchmark output)."""
-        import cv2
-
-        if self.opencv is not None:
-            cv2.setNumThreads(self.opencv)
-        torch = sys.modules.get("torch")  # only when a backend loaded it: no import for the classical path
-        if torch is not None and self.torch is not None:
-            torch.set_num_threads(self.torch)
-        return {"opencv": cv2.getNumThreads(), "torch": torch.get_num_threads() if torch is not None else None}
-
-
-class DeviceContext:
-    """A worker's device context.  On CUDA: a stream of its own (entered for the worker's whole loop),
-    pinned host buffers and non-blocking copies, and :meth:`handoff` synchronises the stream before a
-    result goes to the next worker.  On CPU every call is a no-op on the same path."""
-
-    def __init__(self, device: str = "cpu") -> None:
-        self.device = device
-        self.cuda = device.startswith("cuda")
-        self.stream = None
-        self._stack = contextlib.ExitStack()
-        if self.cuda:
-            import torch
-
-            self.stream = torch.cuda.Stream(device=device)
-
-    def __enter__(self) -> "DeviceContext":
-        if self.stream is not None:
-            import torch
-
-            self._stack.enter_context(torch.cuda.stream(self.stream))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stack.close()
-
-    def to_device(self, array: np.ndarray) -> Any:
-        """A host array on the device: pinned, copied without blocking (CPU: the array itself)."""
-        if not self.cuda:
-            return array
-        import torch
-
-        return torch.from_numpy(np.ascontiguousarray(array)).pin_memory().to(self.device, non_blocking=True)
-
-    def handoff(self) -> None:
-        """Wait for this worker's queued device work before its result leaves the worker."""
-        if self.stream is not None:
-            self.stream.synchronize()
-
-
-@dataclass(frozen=True)
-class TraceEvent:
-    name: str
-    tid: int
-    ts_us: float
-    dur_us: float
-
-    def as_chrome(self, pid: int) -> dict:
-        return {"name": self.name, "ph": "X", "ts": round(self.ts_us, 1), "dur": round(self.dur_us, 1),
-                "pid": pid, "tid": self.tid}
-
-
-class Tracer:
-    """Stage calls as Chrome trace events (``ph: X``), at most ``limit`` (drop policy: newest not
-    recorded, counted), and busy time per worker (always)."""
-
-    def __init__(self, enabled: bool = False, limit: int = 200_000, *, one_thread: bool = False) -> None:
-        self.enabled = enabled
-        self.one_thread = one_thread  # sequential: every stage on thread 1
-        self.limit = limit
-        self.events: list[TraceEvent] = []
-        self.dropped = 0
-        self.busy: dict[str, float] = {}  # worker -> seconds busy
-        self.calls: dict[str, int] = {}
-        self.t0 = time.perf_counter()
-        self._tids: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def record(self, worker: str, stage: str, start: float, end: float) -> None:
-        with self._lock:
-            self.busy[worker] = self.busy.get(worker, 0.0) + end - start
-            self.calls[worker] = self.calls.get(worker, 0) + 1
-            if not self.enabled:
-                return
-            if len(self.events) >= self.limit:
-                self.dropped += 1
-                return
-            tid = 1 if self.one_thread else self._tids.setdefault(worker, len(self._tids) + 1)
-            self.events.append(TraceEvent(stage, tid, (start - self.t0) * 1e6, (end - start) * 1e6))
-
-    @contextlib.contextmanager
-    def span(self, worker: str, stage: str):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.record(worker, stage, start, time.perf_counter())
-
-    def chrome(self) -> dict:
-        pid = os.getpid()
-        with self._lock:
-            tids = {"sequential": 1} if self.one_thread else self._tids
-            names = [{"name": "thread_name", "ph": "M", "pid": pid, "tid": tid, "args": {"name": w}}
-                     for w, tid in tids.items()]
-            return {"traceEvents": names + [e.as_chrome(pid) for e in self.events], "displayTimeUnit": "ms"}
-
-    def write(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps(self.chrome()))
 
 
 # ----------------------------------------------------------------------------- the two phases
