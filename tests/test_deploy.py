@@ -18,18 +18,27 @@ from pathlib import Path
 
 import pytest
 
-yaml = pytest.importorskip("yaml", reason="PyYAML is not installed (it comes with kubernetes-validate)")
-
-from support.app_client import SYNTH, client, run, settings, wait_frames  # noqa: E402
-from unseen.server import config as cfg  # noqa: E402
-from unseen.server.access import Access  # noqa: E402
-from unseen.server.commands import DRAIN_S  # noqa: E402
+from support.app_client import SYNTH, client, run, settings, wait_frames
+from unseen.server import config as cfg
+from unseen.server.access import Access
+from unseen.server.commands import DRAIN_S
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
 DASHBOARD = ROOT / "deploy" / "grafana" / "unseen.json"
 MANIFESTS = sorted(K8S.glob("*.yaml"))
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet")
+
+
+class _Yaml:
+    """PyYAML, imported when a test reads YAML (it comes with kubernetes-validate); those tests skip without it."""
+
+    def __getattr__(self, name: str):
+        return getattr(pytest.importorskip("yaml", reason="PyYAML is not installed (pip install kubernetes-validate)"),
+                       name)
+
+
+yaml = _Yaml()
 
 
 def _docs(path: Path) -> list[dict]:
