@@ -257,14 +257,18 @@ def _hole(shape: tuple[int, int], masks: list) -> np.ndarray:
 
 def compare(runs: list[dict]) -> dict:
     """The pass-through, sequential and pipelined runs of one size: fps, their ratio, each worker's share."""
-    by = {("pass-through" if r.get("label") == "pass-through" else r.get("mode")): r for r in runs}
+    def kind(r: dict, i: int) -> str:
+        return ("pass-through", "sequential", "pipelined")[i] if len(runs) == 3 else str(r.get("mode"))
+
+    by = {kind(r, i): r for i, r in enumerate(runs)}
     fps = {k: r.get("fps") for k, r in by.items()}
+    errors = {k: r["error"] for k, r in by.items() if "error" in r}
     seq, pip = fps.get("sequential"), fps.get("pipelined")
     return {"size": runs[-1].get("size"), "frames": runs[-1].get("frames"), "fps": fps,
             "pipelined_over_sequential": pip / seq if pip and seq else None,
             "pipelined_over_pass_through": pip / fps["pass-through"] if pip and fps.get("pass-through") else None,
             "workers": {k: r.get("workers", {}) for k, r in by.items()},
-            "threads": runs[-1].get("threads")}
+            "threads": runs[-1].get("threads"), "errors": errors}
 
 
 def write_trace(path: Path, traces: list[tuple[str, dict]]) -> None:
