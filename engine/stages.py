@@ -13,6 +13,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from .fill import texture_fill
+
 Mask = np.ndarray  # HxW bool
 Image = np.ndarray  # HxWx3 uint8, RGB
 
@@ -162,8 +164,6 @@ class Inpainter(abc.ABC):
 
     def cheap(self, request: InpaintRequest) -> Image:
         """A fast fallback used when the session is behind its deadline (counted as degraded)."""
-        from .backends.classical_inpaint import texture_fill
-
         entry = request.entries[request.target]
         return texture_fill(entry.frame.image, dilate_hole(entry.hole, self.dilation))
 

@@ -5,9 +5,10 @@ import cv2
 import numpy as np
 import pytest
 
-from unseen.engine.backends.classical_inpaint import FlowGuidedInpainter, _carry, fill_invalid, spatial_fill, texture_fill
+from unseen.engine.backends.classical_inpaint import FlowGuidedInpainter, _carry
 from unseen.engine.backends.classical_propagate import FlowPropagator
 from unseen.engine.backends.classical_segment import ClassicalSegmenter
+from unseen.engine.fill import fill_invalid, spatial_fill, texture_fill
 from unseen.engine.stages import Click, Frame, InpaintRequest, SelectionError, WindowEntry, dilate_hole
 from unseen.engine.synthetic import iou, make_clip, psnr
 

@@ -1,0 +1,126 @@
+"""Filling a hole in one image from the image itself: push-pull interpolation of a field, Telea,
+and a seam-corrected copy of the texture beside the hole.
+
+Used by the classical inpainter and by every inpainter's cheap (degraded) fill; imports only
+numpy and OpenCV, so any module of the engine may use it.  Images are HxWx3 uint8, holes HxW bool.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def fill_invalid(field: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Push-pull interpolation: fill ``field`` (HxWxC float32) where ``valid`` is False."""
+    if valid.all() or not valid.any():
+        return field
+    levels = []
+    f = field * valid[..., None]
+    w = valid.astype(np.float32)
+    while True:
+        levels.append((f, w))
+        if (w > 0).all() or min(w.shape) <= 2:
+            break
+        h2, w2 = (w.shape[0] + 1) // 2, (w.shape[1] + 1) // 2
+        f = cv2.resize(f, (w2, h2), interpolation=cv2.INTER_AREA)
+        w = cv2.resize(w, (w2, h2), interpolation=cv2.INTER_AREA)
+        if f.ndim == 2:
+            f = f[..., None]
+    # pull: from the coarsest level up, fill where the weight is low
+    f, w = levels[-1]
+    est = f / np.maximum(w, 1e-6)[..., None]
+    for f, w in reversed(levels[:-1]):
+        up = cv2.resize(est, (w.shape[1], w.shape[0]), interpolation=cv2.INTER_LINEAR)
+        if up.ndim == 2:
+            up = up[..., None]
+        alpha = np.clip(w, 0, 1)[..., None]
+        est = np.where(alpha > 0, f / np.maximum(w, 1e-6)[..., None], 0) * alpha + up * (1 - alpha)
+    out = field.copy()
+    out[~valid] = est[~valid]
+    return out
+
+
+def spatial_fill(image: np.ndarray, hole: np.ndarray, radius: int = 5) -> np.ndarray:
+    """Telea inpainting of ``hole`` on a crop around it (cost grows with the hole, not the frame)."""
+    if not hole.any():
+        return image
+    ys, xs = np.nonzero(hole)
+    h, w = hole.shape
+    pad = 2 * radius + 8
+    y0, y1 = max(0, ys.min() - pad), min(h, ys.max() + pad + 1)
+    x0, x1 = max(0, xs.min() - pad), min(w, xs.max() + pad + 1)
+    out = image.copy()
+    crop = cv2.inpaint(np.ascontiguousarray(image[y0:y1, x0:x1]), hole[y0:y1, x0:x1].astype(np.uint8),
+                       radius, cv2.INPAINT_TELEA)
+    out[y0:y1, x0:x1][hole[y0:y1, x0:x1]] = crop[hole[y0:y1, x0:x1]]
+    return out
+
+
+def _offsets(ww: int, hh: int, r: int) -> list[tuple[int, int]]:
+    """Candidate source displacements for a hole of ``ww`` x ``hh`` (ring ``r``): beside it
+    (left/right, a little up or down), then above/below; nearest first."""
+    out = []
+    for f in (1.0, 1.3, 1.7, 2.2):
+        dx = round(f * (ww + r))
+        for dy in (0, round(0.25 * hh), -round(0.25 * hh)):
+            out += [(dy, dx), (dy, -dx)]
+    for f in (1.0, 1.3, 1.7):
+        dy = round(f * (hh + r))
+        out += [(dy, 0), (-dy, 0)]
+    return out
+
+
+def texture_fill(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """Fill each piece of ``hole`` with real texture: the displaced copy of the picture whose ring
+    around the piece best matches the ring around the hole, its colours corrected by the membrane
+    (push-pull) interpolation of the mismatch at the border so the seam vanishes.  Pieces with no
+    clean source nearby (or tiny ones) get Telea.  Only ``hole`` pixels change.
+
+    Telea alone smooths a person-sized hole into a blurred silhouette (a ghost); a copy of the
+    grass or wall beside it looks like the scene.  The copy is chosen per frame, but the engine
+    carries a filled region forward by flow, so it stays put while the hole does."""
+    if not hole.any():
+        return image
+    out = image.copy()
+    img = image.astype(np.float32)
+    h, w = hole.shape
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(hole.astype(np.uint8), connectivity=8)
+    rest = np.zeros_like(hole)
+    for k in range(1, n):
+        x, y, ww, hh, area = (int(v) for v in stats[k])
+        if area < 48 or min(ww, hh) < 4:
+            rest |= labels == k
+            continue
+        r = max(3, round(0.2 * min(ww, hh)))
+        y0, y1, x0, x1 = max(0, y - r), min(h, y + hh + r), max(0, x - r), min(w, x + ww + r)
+        comp = labels[y0:y1, x0:x1] == k
+        ring = (cv2.dilate(comp.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2)) > 0)
+        ring &= ~hole[y0:y1, x0:x1]
+        if ring.sum() < 8:
+            rest |= labels == k
+            continue
+        target = img[y0:y1, x0:x1]
+        best, best_cost = None, np.inf
+        for dy, dx in _offsets(ww, hh, r):
+            sy0, sx0 = y0 + dy, x0 + dx
+            if sy0 < 0 or sx0 < 0 or sy0 + (y1 - y0) > h or sx0 + (x1 - x0) > w:
+                continue
+            src_hole = hole[sy0:sy0 + y1 - y0, sx0:sx0 + x1 - x0]
+            if (src_hole & (comp | ring)).sum() > 0.02 * comp.sum():
+                continue
+            src = img[sy0:sy0 + y1 - y0, sx0:sx0 + x1 - x0]
+            cost = float(((src[ring] - target[ring]) ** 2).sum(axis=1).mean())
+            cost *= 1.0 + 0.05 * np.hypot(dy, dx) / max(ww, hh)  # nearer sources are likelier the same surface
+            if cost < best_cost:
+                best, best_cost = (src, src_hole), cost
+        if best is None:
+            rest |= labels == k
+            continue
+        src, src_hole = best
+        valid = ~hole[y0:y1, x0:x1] & ~src_hole
+        correction = fill_invalid(np.where(valid[..., None], target - src, 0).astype(np.float32), valid)
+        patch = np.clip(src + correction + 0.5, 0, 255).astype(np.uint8)
+        out[y0:y1, x0:x1][comp] = patch[comp]
+    if rest.any():
+        out = spatial_fill(out, rest)
+    return out
