@@ -378,3 +378,16 @@ def test_a_step_only_pipeline_runs_through_the_same_runtime():
     sink = ListSink()
     StreamSession(CountingSource(5), StepPipeline(delay=1), [sink]).run()
     assert [o.frame.index for o in sink.outputs] == list(range(5))
+
+
+def test_the_cuda_device_context_runs_on_its_own_stream():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    image = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
+    with DeviceContext("cuda") as ctx:
+        assert torch.cuda.current_stream() == ctx.stream
+        tensor = ctx.to_device(image)
+        ctx.handoff()
+        assert tensor.is_cuda and np.array_equal(tensor.cpu().numpy(), image)
+    assert torch.cuda.current_stream() != ctx.stream
