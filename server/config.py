@@ -13,7 +13,7 @@ import json
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -117,6 +117,7 @@ class Settings(BaseSettings):
     delay: int | None = Field(None, ge=0)  # output delay in frames; None = what the inpainter needs
     backends: BackendsConfig = Field(default_factory=BackendsConfig)
     device: str = "cpu"
+    runtime: Literal["pipelined", "sequential"] = "pipelined"  # each stage on its own worker, or one thread
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     ice: IceConfig = Field(default_factory=IceConfig)
@@ -208,6 +209,7 @@ host = "127.0.0.1"        # listen address; beyond loopback ("0.0.0.0") a securi
 port = 8080               # one port: browser client, WebRTC signalling, /ws, /api, /metrics, /healthz
 # delay = 5               # output delay in frames (fixed); unset = what the inpainter needs
 device = "cpu"            # cpu or cuda[:N] for the neural backends
+runtime = "pipelined"     # pipelined: track and inpaint on their own workers; sequential: one thread
 demo = true               # with no [[sources]], serve the synthetic scene looped as stream "demo"
 
 [backends]                # per stage: auto | classical | sam:vit_b | aot:r50_deaotl | e2fgvi:hq ...

@@ -313,7 +313,7 @@ class LiveStream:
 
     def __init__(self, name: str, source: SourceConfig | None, settings: Settings, metrics: Metrics,
                  loop: asyncio.AbstractEventLoop, *, outputs: OutputConfig | None = None,
-                 pipeline: Pipeline | None = None, mode: Mode = Mode.PIPELINED) -> None:
+                 pipeline: Pipeline | None = None, mode: Mode | None = None) -> None:
         self.name = name
         self.config = source
         self.kind = "webcam" if source is None else ("synthetic" if source.uri.startswith("synthetic://")
@@ -351,7 +351,7 @@ class LiveStream:
         self._close_lock = threading.Lock()
         self._reader: threading.Thread | None = None
         self.session = StreamSession(self.source, self.pipeline, [self.out], name=name,
-                                     config=RuntimeConfig(mode=mode),
+                                     config=RuntimeConfig(mode=mode or Mode(settings.runtime)),
                                      pace=lambda backlog: self.ladder.decide(backlog),
                                      on_error=self._frame_failed, on_failure=self._worker_failed,
                                      on_tracked=self._tracked)

@@ -399,3 +399,16 @@ def test_close_abandons_a_step_that_outlasts_the_timeout(loop, tmp_path):
     assert report.abandoned and report.flushed == 0 and took < 3.0
     assert stream.state == "closed"
     assert probe(record)["frames"] == 1  # what it had: the frame out before the step that hung
+
+
+@pytest.mark.parametrize("runtime", ["pipelined", "sequential"])
+def test_a_stream_runs_on_the_runtime_in_either_mode(loop, runtime):
+    stream = LiveStream("cam", None, settings(runtime=runtime), Metrics(), loop,
+                        pipeline=StubPipeline(lambda p, f: [OutputFrame(f, f.image, {})])).start()
+    assert stream.session.config.mode.value == runtime
+    for i in range(3):
+        stream.feed(np.full((H, W, 3), i, np.uint8), None)
+    wait_until(lambda: stream.pipeline.frames_out == 3, 10, "three frames out")
+    report = stream.close(timeout=5)
+    assert not report.abandoned and report.discarded == 0 and stream.state == "closed"
+    assert stream.describe()["queue_policy"] == "drop-oldest"
