@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 SUITES = ("track", "remove", "complete", "speed")
-EXTRA = ("reliability",)  # run only when named: a 30-minute soak by default, no data needed
+EXTRA = ("reliability", "live")  # run only when named: a 30-minute soak; a 2-minute live RTSP run
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -49,6 +49,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="reliability: minutes of the soak (default 30; --quick 20 s; 0 skips it)")
     p.add_argument("--soak-source", default="synthetic",
                    help="reliability: the soak's source, 'synthetic' (432x240, 15 fps) or a video file, looped")
+    p.add_argument("--live-seconds", type=float, default=None,
+                   help="live: seconds of the live RTSP run after the click (default 120; --quick 20)")
     p.add_argument("--resolutions", type=lambda s: [_size(x) for x in s.split(",") if x], default=None,
                    help="speed: comma-separated sizes (default 432x240,854x480,1280x720)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
@@ -58,7 +60,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def add_commands(subparsers) -> None:
-    p = subparsers.add_parser("bench", help="benchmarks: track, remove, complete, speed, reliability (JSON, PNG, "
+    p = subparsers.add_parser("bench", help="benchmarks: track, remove, complete, speed, reliability, live (JSON, PNG, "
                                             "table)")
     configure(p)
     p.set_defaults(func=cmd_bench)
@@ -67,7 +69,7 @@ def add_commands(subparsers) -> None:
 def cmd_bench(args) -> int:
     from unseen.engine.session import Backends
 
-    from . import complete, reliability, remove, speed, summary, track
+    from . import complete, live, reliability, remove, speed, summary, track
     from .common import Context
 
     if args.summary_only:
@@ -90,6 +92,8 @@ def cmd_bench(args) -> int:
     for name in suites:
         if name == "reliability":
             reliability.run(ctx, reliability.Options(soak_minutes=args.soak_minutes, soak_source=args.soak_source))
+        elif name == "live":
+            live.run(ctx, seconds=args.live_seconds)
         else:
             modules[name].run(ctx)
     if not any(s in SUITES for s in suites):
