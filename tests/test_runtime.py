@@ -391,3 +391,35 @@ def test_the_cuda_device_context_runs_on_its_own_stream():
         ctx.handoff()
         assert tensor.is_cuda and np.array_equal(tensor.cpu().numpy(), image)
     assert torch.cuda.current_stream() != ctx.stream
+
+
+def test_pipelined_stages_overlap_so_the_slowest_sets_the_rate():
+    """Frame t+1 is tracked while frame t-D is emitted: with two stages of one step each, both are busy at once
+    (sequentially they never are)."""
+    both = threading.Event()
+
+    class Overlap(StubPhases):
+        def __init__(self, wait: float):
+            super().__init__(delay=0)
+            self.emitting = threading.Event()
+            self.wait = wait
+
+        def track(self, frame, *, hurry=False):
+            if self.emitting.is_set():
+                both.set()
+            return super().track(frame, hurry=hurry)
+
+        def emit(self, index):
+            self.emitting.set()
+            try:
+                if index == 0:
+                    both.wait(self.wait)  # pipelined: the first emit waits for a track beside it
+                return super().emit(index)
+            finally:
+                self.emitting.clear()
+
+    for mode, overlap, wait in ((Mode.SEQUENTIAL, False, 0), (Mode.PIPELINED, True, 30)):
+        both.clear()
+        sink = ListSink()
+        StreamSession(CountingSource(8), Overlap(wait), [sink], config=RuntimeConfig(mode=mode)).run()
+        assert both.is_set() is overlap and len(sink.outputs) == 8
