@@ -9,8 +9,13 @@ visible; then from past reference frames; then from the previous output's fill
 flickering, and never takes back a part of the object a mask missed); what no frame
 saw is filled with texture copied from beside the hole.  Only the dilated hole is replaced.
 
-Flows are computed once per consecutive frame pair at a reduced size and cached,
-so the cost per frame is two flows plus sampling, whatever the window length.
+Flows are computed once per frame pair at a reduced size, in a
+:class:`~unseen.engine.flow.FlowCache` shared with the classical propagator (which has already
+computed each frame's flow back to the previous one when that frame arrived: the backward walk and
+the previous fill take them from there), so the cost per frame is one new flow (forward) plus
+sampling, whatever the window length.  The flows are completed inside the holes over the whole
+frame: completing them on the hole's box (padded by up to 3x its size) lost 0.04-0.5 dB on
+`unseen demo`, as the push-pull's coarse levels then no longer see the whole frame's motion.
 """
 from __future__ import annotations
 
@@ -18,127 +23,12 @@ import collections
 import cv2
 import numpy as np
 
+from ..fill import fill_invalid, texture_fill
+from ..flow import FlowCache, shared
 from ..stages import Image, InpaintRequest, Inpainter, Mask, WindowEntry, dilate_hole
 from .registry import BackendOptions
 
-FLOW_SIZE = 480  # long side flows are computed at
 HOLE_GROW = 6  # extra dilation (px at flow size) of holes where flow is untrusted
-
-
-def fill_invalid(field: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Push-pull interpolation: fill ``field`` (HxWxC float32) where ``valid`` is False."""
-    if valid.all() or not valid.any():
-        return field
-    levels = []
-    f = field * valid[..., None]
-    w = valid.astype(np.float32)
-    while True:
-        levels.append((f, w))
-        if (w > 0).all() or min(w.shape) <= 2:
-            break
-        h2, w2 = (w.shape[0] + 1) // 2, (w.shape[1] + 1) // 2
-        f = cv2.resize(f, (w2, h2), interpolation=cv2.INTER_AREA)
-        w = cv2.resize(w, (w2, h2), interpolation=cv2.INTER_AREA)
-        if f.ndim == 2:
-            f = f[..., None]
-    # pull: from the coarsest level up, fill where the weight is low
-    f, w = levels[-1]
-    est = f / np.maximum(w, 1e-6)[..., None]
-    for f, w in reversed(levels[:-1]):
-        up = cv2.resize(est, (w.shape[1], w.shape[0]), interpolation=cv2.INTER_LINEAR)
-        if up.ndim == 2:
-            up = up[..., None]
-        alpha = np.clip(w, 0, 1)[..., None]
-        est = np.where(alpha > 0, f / np.maximum(w, 1e-6)[..., None], 0) * alpha + up * (1 - alpha)
-    out = field.copy()
-    out[~valid] = est[~valid]
-    return out
-
-
-def spatial_fill(image: Image, hole: Mask, radius: int = 5) -> Image:
-    """Telea inpainting of ``hole`` on a crop around it (cost grows with the hole, not the frame)."""
-    if not hole.any():
-        return image
-    ys, xs = np.nonzero(hole)
-    h, w = hole.shape
-    pad = 2 * radius + 8
-    y0, y1 = max(0, ys.min() - pad), min(h, ys.max() + pad + 1)
-    x0, x1 = max(0, xs.min() - pad), min(w, xs.max() + pad + 1)
-    out = image.copy()
-    crop = cv2.inpaint(np.ascontiguousarray(image[y0:y1, x0:x1]), hole[y0:y1, x0:x1].astype(np.uint8),
-                       radius, cv2.INPAINT_TELEA)
-    out[y0:y1, x0:x1][hole[y0:y1, x0:x1]] = crop[hole[y0:y1, x0:x1]]
-    return out
-
-
-def _offsets(ww: int, hh: int, r: int) -> list[tuple[int, int]]:
-    """Candidate source displacements for a hole of ``ww`` x ``hh`` (ring ``r``): beside it
-    (left/right, a little up or down), then above/below; nearest first."""
-    out = []
-    for f in (1.0, 1.3, 1.7, 2.2):
-        dx = round(f * (ww + r))
-        for dy in (0, round(0.25 * hh), -round(0.25 * hh)):
-            out += [(dy, dx), (dy, -dx)]
-    for f in (1.0, 1.3, 1.7):
-        dy = round(f * (hh + r))
-        out += [(dy, 0), (-dy, 0)]
-    return out
-
-
-def texture_fill(image: Image, hole: Mask) -> Image:
-    """Fill each piece of ``hole`` with real texture: the displaced copy of the picture whose ring
-    around the piece best matches the ring around the hole, its colours corrected by the membrane
-    (push-pull) interpolation of the mismatch at the border so the seam vanishes.  Pieces with no
-    clean source nearby (or tiny ones) get Telea.  Only ``hole`` pixels change.
-
-    Telea alone smooths a person-sized hole into a blurred silhouette (a ghost); a copy of the
-    grass or wall beside it looks like the scene.  The copy is chosen per frame, but the engine
-    carries a filled region forward by flow, so it stays put while the hole does."""
-    if not hole.any():
-        return image
-    out = image.copy()
-    img = image.astype(np.float32)
-    h, w = hole.shape
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(hole.astype(np.uint8), connectivity=8)
-    rest = np.zeros_like(hole)
-    for k in range(1, n):
-        x, y, ww, hh, area = (int(v) for v in stats[k])
-        if area < 48 or min(ww, hh) < 4:
-            rest |= labels == k
-            continue
-        r = max(3, round(0.2 * min(ww, hh)))
-        y0, y1, x0, x1 = max(0, y - r), min(h, y + hh + r), max(0, x - r), min(w, x + ww + r)
-        comp = labels[y0:y1, x0:x1] == k
-        ring = (cv2.dilate(comp.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2)) > 0)
-        ring &= ~hole[y0:y1, x0:x1]
-        if ring.sum() < 8:
-            rest |= labels == k
-            continue
-        target = img[y0:y1, x0:x1]
-        best, best_cost = None, np.inf
-        for dy, dx in _offsets(ww, hh, r):
-            sy0, sx0 = y0 + dy, x0 + dx
-            if sy0 < 0 or sx0 < 0 or sy0 + (y1 - y0) > h or sx0 + (x1 - x0) > w:
-                continue
-            src_hole = hole[sy0:sy0 + y1 - y0, sx0:sx0 + x1 - x0]
-            if (src_hole & (comp | ring)).sum() > 0.02 * comp.sum():
-                continue
-            src = img[sy0:sy0 + y1 - y0, sx0:sx0 + x1 - x0]
-            cost = float(((src[ring] - target[ring]) ** 2).sum(axis=1).mean())
-            cost *= 1.0 + 0.05 * np.hypot(dy, dx) / max(ww, hh)  # nearer sources are likelier the same surface
-            if cost < best_cost:
-                best, best_cost = (src, src_hole), cost
-        if best is None:
-            rest |= labels == k
-            continue
-        src, src_hole = best
-        valid = ~hole[y0:y1, x0:x1] & ~src_hole
-        correction = fill_invalid(np.where(valid[..., None], target - src, 0).astype(np.float32), valid)
-        patch = np.clip(src + correction + 0.5, 0, 255).astype(np.uint8)
-        out[y0:y1, x0:x1][comp] = patch[comp]
-    if rest.any():
-        out = spatial_fill(out, rest)
-    return out
 
 
 def _sample(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -189,15 +79,14 @@ def _carry(fill: Image, offset: np.ndarray, inside: Mask, x: np.ndarray, y: np.n
 class FlowGuidedInpainter(Inpainter):
     name = "classical"
 
-    def __init__(self, future: int = 5, past: int = 5, dilation: int = 4, feather: int = 2) -> None:
+    def __init__(self, future: int = 5, past: int = 5, dilation: int = 4, feather: int = 2,
+                 flows: FlowCache | None = None) -> None:
         self.future = future
         self.past = past
         self.dilation = dilation
         self.feather = feather
-        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-        self._flows: dict[tuple[int, int], np.ndarray] = {}  # raw flow i -> j at flow size
+        self._flows = flows if flows is not None else shared()  # raw flows (and grey frames) at flow size, shared with the propagator
         self._completed: collections.OrderedDict = collections.OrderedDict()  # (i, j, rev) -> completed flow
-        self._gray: dict[int, np.ndarray] = {}
         self._holes: dict[tuple[int, int], Mask] = {}  # (i, rev) -> dilated hole (full size)
         # (i, rev) -> its fill before feathering, and where each filled pixel's content really is (px)
         self._fills: collections.OrderedDict = collections.OrderedDict()
@@ -206,23 +95,11 @@ class FlowGuidedInpainter(Inpainter):
         self.filled = {"window": 0, "reference": 0, "previous": 0, "spatial": 0}
 
     def reset(self) -> None:
-        self._flows.clear()
         self._completed.clear()
-        self._gray.clear()
         self._holes.clear()
         self._fills.clear()
 
     # -- cached pieces ---------------------------------------------------------------------
-    def _gray_of(self, entry: WindowEntry) -> np.ndarray:
-        i = entry.frame.index
-        if i not in self._gray:
-            g = cv2.cvtColor(entry.frame.image, cv2.COLOR_RGB2GRAY)
-            if self._scale != 1.0:
-                g = cv2.resize(g, (round(g.shape[1] * self._scale), round(g.shape[0] * self._scale)),
-                               interpolation=cv2.INTER_AREA)
-            self._gray[i] = g
-        return self._gray[i]
-
     def _hole_of(self, entry: WindowEntry) -> Mask:
         key = (entry.frame.index, entry.revision)
         if key not in self._holes:
@@ -238,9 +115,7 @@ class FlowGuidedInpainter(Inpainter):
         if key in self._completed:
             self._completed.move_to_end(key)
             return self._completed[key]
-        if (i, j) not in self._flows:
-            self._flows[(i, j)] = self._dis.calc(self._gray_of(a), self._gray_of(b), None)
-        flow = self._flows[(i, j)]
+        flow = self._flows.flow(a.frame.image, b.frame.image)
         hole = self._hole_of(a)
         if hole.any():
             small = cv2.resize(hole.astype(np.uint8), (flow.shape[1], flow.shape[0]), interpolation=cv2.INTER_NEAREST)
@@ -252,10 +127,6 @@ class FlowGuidedInpainter(Inpainter):
         return flow
 
     def _forget(self, oldest: int) -> None:
-        for k in [k for k in self._flows if min(k) < oldest]:
-            del self._flows[k]
-        for k in [k for k in self._gray if k < oldest]:
-            del self._gray[k]
         for k in [k for k in self._holes if k[0] < oldest]:
             del self._holes[k]
 
@@ -268,7 +139,7 @@ class FlowGuidedInpainter(Inpainter):
         hole = self._hole_of(target)
         if not hole.any():
             return image
-        self._scale = min(1.0, FLOW_SIZE / max(image.shape[:2]))
+        self._scale = self._flows.scale(image)
         h, w = hole.shape
         ys, xs = np.nonzero(hole)
         n = ys.size
@@ -385,4 +256,5 @@ class FlowGuidedInpainter(Inpainter):
 
 
 def create(variant: str | None, options: BackendOptions) -> FlowGuidedInpainter:
-    return FlowGuidedInpainter(future=options.future, past=options.past, dilation=options.dilation)
+    return FlowGuidedInpainter(future=options.future, past=options.past, dilation=options.dilation,
+                               flows=options.flows)

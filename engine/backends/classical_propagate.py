@@ -14,6 +14,11 @@ While the camera is still, three more checks keep a mask on its object:
 - each object's look is carried along the flow with its mask: masked pixels that have not looked
   like it for several frames in a row leave it (a mask left behind by a slow object).
 
+Flows come from a :class:`~unseen.engine.flow.FlowCache` (``BackendOptions.flows``, else the process's):
+the inpainter then finds the flows between consecutive frames already computed.  The warp is
+computed on each object's box (grown by the motion), GrabCut on its region at a working size
+(REFINE_SIZE): their cost stays with the object, not the frame.
+
 Memory: the previous frame, the background model, one look and one mask per object (constant on
 an endless stream).
 """
@@ -24,10 +29,10 @@ from typing import Mapping
 import cv2
 import numpy as np
 
+from ..flow import FlowCache, shared, to_working
 from ..stages import Frame, Mask, Propagator
 from .registry import BackendOptions
 
-FLOW_SIZE = 480  # long side the flow is computed at
 REFINE_SIZE = 256  # long side of the region the refinement runs at
 MIN_AGREEMENT = 0.8  # IoU the refined mask must keep with the warped one to be used ...
 MAX_GROWTH = 1.1  # ... and the area ratio it may change by in one frame ...
@@ -54,21 +59,19 @@ MAX_DISOCCLUDED = 0.05  # more of the mask than this unconfirmed in one frame is
 # disocclusion (motion blur, a fast turn): then the warp is kept as it is
 
 
-def _gray(image: np.ndarray, scale: float) -> np.ndarray:
-    g = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    if scale != 1.0:
-        g = cv2.resize(g, (round(g.shape[1] * scale), round(g.shape[0] * scale)), interpolation=cv2.INTER_AREA)
-    return g
+def _channel_max(image: np.ndarray) -> np.ndarray:
+    """The largest of the three channels at each pixel (numpy's max over a short last axis is slow)."""
+    return np.maximum(np.maximum(image[..., 0], image[..., 1]), image[..., 2])
 
 
 class FlowPropagator(Propagator):
     name = "classical"
 
-    def __init__(self, refine: bool = True, band: int | None = None) -> None:
+    def __init__(self, refine: bool = True, band: int | None = None, flows: FlowCache | None = None) -> None:
         self.refine = refine
         self.band = band
-        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-        self._prev_gray: np.ndarray | None = None
+        self._flows = flows if flows is not None else shared()
+        self._prev: np.ndarray | None = None  # the previous frame's image (its flows and grey are cached)
         self._look: dict[int, np.ndarray] = {}  # object id -> its look, carried along the flow (flow size)
         self._stale: dict[int, np.ndarray] = {}  # object id -> frames in a row each pixel differed from it
         self._soft: dict[int, np.ndarray] = {}  # object id -> float32 mask at full size
@@ -83,13 +86,13 @@ class FlowPropagator(Propagator):
     def memory_frames(self) -> int:
         """The previous frame, the background model (one frame's worth) while the camera is still, and
         each object's carried look (one frame's worth at flow size each)."""
-        return (self._prev_gray is not None) + (self._bg is not None) + len(self._look)
+        return (self._prev is not None) + (self._bg is not None) + len(self._look)
 
     def fork(self) -> "FlowPropagator":
-        return FlowPropagator(refine=self.refine, band=self.band)
+        return FlowPropagator(refine=self.refine, band=self.band, flows=self._flows)
 
     def reset(self) -> None:
-        self._prev_gray = None
+        self._prev = None
         self._soft.clear()
         self._area.clear()
         self._look.clear()
@@ -97,32 +100,26 @@ class FlowPropagator(Propagator):
         self._bg = self._seen = None
 
     def seed(self, frame: Frame, masks: Mapping[int, Mask]) -> None:
-        self._scale = min(1.0, FLOW_SIZE / max(frame.image.shape[:2]))
-        self._prev_gray = _gray(frame.image, self._scale)
+        self._scale = self._flows.scale(frame.image)
+        self._prev = frame.image
         self._soft = {oid: m.astype(np.float32) for oid, m in masks.items()}
         self._area = {oid: float(m.sum()) for oid, m in masks.items()}
         self._restart_looks(self._small(frame.image), masks)
 
     def step(self, frame: Frame) -> dict[int, Mask]:
-        if self._prev_gray is None or not self._soft:
+        if self._prev is None or not self._soft:
             self.seed(frame, {})
             return {}
-        gray = _gray(frame.image, self._scale)
         small = self._small(frame.image)
-        flow = self._dis.calc(gray, self._prev_gray, None)  # for each new pixel: where it was before
+        flow = self._flows.flow(frame.image, self._prev)  # for each new pixel: where it was before
         still = float(np.median(cv2.magnitude(flow[..., 0], flow[..., 1]))) < STILL_FLOW
         # still camera: what moving objects uncover (disocclusions) is told apart; a moving camera's
         # clips (DAVIS) were tracked as well or better without it
-        unconfirmed = self._unconfirmed(flow, gray) if still else None
-        h, w = frame.image.shape[:2]
+        unconfirmed = self._unconfirmed(flow, frame.image) if still else None
         small_flow = flow
-        if self._scale != 1.0:
-            flow = cv2.resize(flow, (w, h), interpolation=cv2.INTER_LINEAR) / self._scale
-        gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-        map_x, map_y = gx + flow[..., 0], gy + flow[..., 1]
         out: dict[int, Mask] = {}
         for oid, soft in self._soft.items():
-            warped = cv2.remap(soft, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            warped = self._warp(soft, small_flow)
             apart = None if unconfirmed is None else self._apart(small_flow, unconfirmed, warped > 0.5)
             if apart is not None:
                 uncovered = apart[1] & (warped > 0.5)  # disoccluded and not moving with it: not the object
@@ -131,7 +128,7 @@ class FlowPropagator(Propagator):
             mask = warped > 0.5
             soft = warped  # carried unthresholded: thresholding every step would bias the edges
             if self.refine and mask.any():
-                refined = self._refine(frame.image, warped, mask)
+                refined = self._refine(frame.image, mask)
                 area = float(refined.sum())
                 anchor = self._area.get(oid, area)
                 # the refinement may follow the object's outline, but not creep out over many frames
@@ -146,13 +143,32 @@ class FlowPropagator(Propagator):
             out[oid] = mask
             self._soft[oid] = soft
         self._resolve_overlaps(out)
-        self._prev_gray = gray
+        self._prev = frame.image
         self._learn_background(small, out, still)  # before the look check: what it takes away is not
         # learned as background on the frame it leaves the object
         if still:  # (on the moving-camera clips it took more of the object than it gave back)
             self._check_looks(small, small_flow, out)
         else:  # the looks start over from this frame, as the background model does
             self._restart_looks(small, out)
+        return out
+
+    def _warp(self, soft: np.ndarray, flow: np.ndarray) -> np.ndarray:
+        """``soft`` (full size) moved along ``flow`` (flow size, from the new frame to the previous one).
+        Only its box grown by the largest motion is computed: nothing lands elsewhere."""
+        h, w = soft.shape
+        out = np.zeros_like(soft)
+        x, y, bw, bh = cv2.boundingRect((soft > 0).astype(np.uint8))
+        if bw == 0:
+            return out
+        reach = int(np.ceil(np.abs(flow).max() / self._scale)) + 2
+        x0, y0, x1, y1 = max(0, x - reach), max(0, y - reach), min(w, x + bw + reach), min(h, y + bh + reach)
+        gx, gy = np.meshgrid(np.arange(x0, x1, dtype=np.float32), np.arange(y0, y1, dtype=np.float32))
+        # the flow at these pixels, as a linear resize of the whole flow to full size would give it
+        sx, sy = flow.shape[1] / w, flow.shape[0] / h
+        f = cv2.remap(flow, (gx + 0.5) * sx - 0.5, (gy + 0.5) * sy - 0.5, cv2.INTER_LINEAR,
+                      borderMode=cv2.BORDER_REPLICATE) / self._scale
+        out[y0:y1, x0:x1] = cv2.remap(soft, gx + f[..., 0], gy + f[..., 1], cv2.INTER_LINEAR,
+                                      borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         return out
 
     def _restart_looks(self, small: np.ndarray, ids) -> None:
@@ -177,7 +193,7 @@ class FlowPropagator(Propagator):
             stale = cv2.remap(self._stale[oid], map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT)
             m = mask if mask.shape == (sh, sw) else cv2.resize(mask.astype(np.uint8), (sw, sh),
                                                               interpolation=cv2.INTER_NEAREST_EXACT) > 0
-            differs = np.abs(look - now).max(axis=2) > LOOK_DIFF
+            differs = _channel_max(cv2.absdiff(look, now)) > LOOK_DIFF
             stale = np.where(m & differs, np.minimum(stale.astype(np.int16) + 1, 255), 0).astype(np.uint8)
             gone = (stale >= LOOK_PERSIST).astype(np.uint8)
             gone = cv2.morphologyEx(gone, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
@@ -188,18 +204,17 @@ class FlowPropagator(Propagator):
                 self._soft[oid] = np.minimum(self._soft[oid], mask.astype(np.float32))
                 m = m & ~gone
                 stale[gone] = 0
-            follow = m & ~differs
-            look[follow] += LOOK_RATE * (now[follow] - look[follow])
-            look[~m] = now[~m]  # outside the object: what is there now, for a part that joins it
+            cv2.accumulateWeighted(now, look, LOOK_RATE, mask=(m & ~differs).astype(np.uint8))  # follows it
+            np.copyto(look, now, where=~m[..., None])  # outside the object: what is there now, for a part that joins it
             self._look[oid], self._stale[oid] = look, stale
 
-    def _unconfirmed(self, backward: np.ndarray, gray: np.ndarray) -> np.ndarray:
+    def _unconfirmed(self, backward: np.ndarray, image: np.ndarray) -> np.ndarray:
         """Pixels (flow size) just disoccluded: the forward flow does not confirm their backward flow, and
         what was where it points is not what they show (a part that moves fast but is tracked is not).
 
         Only around the objects (their box, padded by the motion): the forward flow costs as much as
         the backward one over the whole frame, and nowhere else is it needed."""
-        assert self._prev_gray is not None
+        assert self._prev is not None
         h, w = backward.shape[:2]
         out = np.zeros((h, w), bool)
         points = [np.argwhere(soft[::4, ::4] > 0.5) * 4 for soft in self._soft.values()]  # (y, x), full size
@@ -214,8 +229,10 @@ class FlowPropagator(Propagator):
         if y1 - y0 < 16 or x1 - x0 < 16:
             return out
         b = np.ascontiguousarray(backward[y0:y1, x0:x1])
-        now, before = np.ascontiguousarray(gray[y0:y1, x0:x1]), np.ascontiguousarray(self._prev_gray[y0:y1, x0:x1])
-        forward = self._dis.calc(before, now, None)
+        now = np.ascontiguousarray(self._flows.gray(image)[y0:y1, x0:x1])
+        before = np.ascontiguousarray(self._flows.gray(self._prev)[y0:y1, x0:x1])
+        forward = self._flows.dis().calc(before, now, None)  # on the crop: the whole frame's flow, from the
+        # cache, took 0.007 of J&F on schoolgirls (DIS smooths differently over a larger image)
         gx, gy = np.meshgrid(np.arange(x1 - x0, dtype=np.float32), np.arange(y1 - y0, dtype=np.float32))
         map_x, map_y = gx + b[..., 0], gy + b[..., 1]
         there = cv2.remap(forward, map_x, map_y, cv2.INTER_LINEAR)
@@ -250,14 +267,11 @@ class FlowPropagator(Propagator):
         return apart[0] > 0, apart[1] > 0
 
     def _small(self, image: np.ndarray) -> np.ndarray:
-        if self._scale == 1.0:
-            return image
-        h, w = image.shape[:2]
-        return cv2.resize(image, (round(w * self._scale), round(h * self._scale)), interpolation=cv2.INTER_AREA)
+        return to_working(image, self._scale)
 
     def _difference(self, small: np.ndarray) -> np.ndarray:
         assert self._bg is not None
-        return cv2.GaussianBlur(np.abs(small.astype(np.float32) - self._bg).max(axis=2), (5, 5), 0)
+        return cv2.GaussianBlur(_channel_max(cv2.absdiff(small.astype(np.float32), self._bg)), (5, 5), 0)
 
     def _gate(self, small: np.ndarray, mask: Mask, apart: Mask | None = None) -> Mask:
         """Still camera: masked pixels that show the known background leave the object; pixels just
@@ -310,12 +324,13 @@ class FlowPropagator(Propagator):
                 taken |= cv2.resize(mask.astype(np.uint8), (sw, sh), interpolation=cv2.INTER_NEAREST)
         free = cv2.dilate(taken, np.ones((7, 7), np.uint8)) == 0
         first = free & (self._seen == 0)
-        self._bg[first] = frame[first]
-        follow = free & ~first
-        self._bg[follow] += BG_RATE * (frame[follow] - self._bg[follow])
-        self._seen[free] = np.minimum(self._seen[free] + 1, 1000)
+        np.copyto(self._bg, frame, where=first[..., None])
+        follow = (free & ~first).astype(np.uint8)
+        cv2.accumulateWeighted(frame, self._bg, BG_RATE, mask=follow)  # bg += BG_RATE (frame - bg) there
+        cv2.add(self._seen, free.astype(np.uint16), dst=self._seen)
+        np.minimum(self._seen, 1000, out=self._seen)
 
-    def _refine(self, image: np.ndarray, warped: np.ndarray, mask: Mask) -> Mask:
+    def _refine(self, image: np.ndarray, mask: Mask) -> Mask:
         """Narrow-band GrabCut around the warped outline: sure inside, sure outside, unsure in the band."""
         h, w = mask.shape
         ys, xs = np.nonzero(mask)
@@ -368,4 +383,4 @@ class FlowPropagator(Propagator):
 
 
 def create(variant: str | None, options: BackendOptions) -> FlowPropagator:
-    return FlowPropagator(refine=bool(options.extra.get("refine", True)))
+    return FlowPropagator(refine=bool(options.extra.get("refine", True)), flows=options.flows)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..flow import FlowCache
+
 log = logging.getLogger("unseen.backends")
 
 STAGES = ("segmenter", "propagator", "inpainter")
@@ -62,6 +64,9 @@ class BackendOptions:
     ref_stride: int = 10  # inpainter: one past reference frame every `ref_stride` frames
     ref_count: int = 3  # inpainter: past reference frames kept
     dilation: int = 4  # inpainter: hole dilation (3x3 cross iterations)
+    # classical propagator and inpainter: the engine.flow.FlowCache they share (one per stream is best;
+    # None: the process's own, bounded, shared by every stream)
+    flows: FlowCache | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -1,0 +1,130 @@
+"""Dense optical flow at a working resolution, computed once per pair of frames and shared.
+
+The classical propagator and the classical inpainter need DIS flow between the same consecutive
+frames (the propagator when a frame arrives, the inpainter a few frames later, when that frame's
+neighbours fill a hole): a :class:`FlowCache` computes each flow (and each frame's grey image at
+the working size) once.  Entries are keyed by the frames' images themselves, held by weak
+reference (the cache keeps no frame alive, and an entry is never returned for another image, even
+one that reuses a freed image's address).  The cache is bounded: least recently used entries are
+evicted first.
+
+Imports only numpy and OpenCV: any module of the engine may use it.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+import weakref
+
+import cv2
+import numpy as np
+
+FLOW_SIZE = 480  # long side the flow is computed at (px)
+CAPACITY = 32  # flows kept (about 1 MB each at 480x270), least recently used evicted first
+
+
+def working_scale(shape: tuple[int, ...], size: int = FLOW_SIZE) -> float:
+    """Scale from a frame of ``shape`` (H, W, ...) to the working size (never above 1)."""
+    return min(1.0, size / max(shape[:2]))
+
+
+def to_working(image: np.ndarray, scale: float, interpolation: int = cv2.INTER_AREA) -> np.ndarray:
+    """``image`` resized by ``scale`` (rounded to whole pixels); the image itself at scale 1."""
+    if scale == 1.0:
+        return image
+    h, w = image.shape[:2]
+    return cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=interpolation)
+
+
+class _Keyed:
+    """A bounded LRU map whose keys are tuples of live arrays (compared by identity)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: collections.OrderedDict = collections.OrderedDict()  # ids -> (weakrefs, value)
+
+    def get(self, arrays: tuple[np.ndarray, ...]):
+        key = tuple(id(a) for a in arrays)
+        item = self._items.get(key)
+        if item is None:
+            return None
+        refs, value = item
+        if any(r() is not a for r, a in zip(refs, arrays)):  # an old entry at a reused address
+            del self._items[key]
+            return None
+        self._items.move_to_end(key)
+        return value
+
+    def put(self, arrays: tuple[np.ndarray, ...], value) -> None:
+        key = tuple(id(a) for a in arrays)
+        self._items[key] = (tuple(weakref.ref(a) for a in arrays), value)
+        self._items.move_to_end(key)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+class FlowCache:
+    """DIS optical flow (preset medium) and grey images at the working size, each computed once.
+
+    ``flow(a, b)`` is, for each pixel of ``a`` (at the working size), where it is in ``b`` (working
+    px).  Thread-safe: each thread has its own DIS instance; two threads asking for the same flow at
+    once may both compute it (the same result)."""
+
+    def __init__(self, capacity: int = CAPACITY, size: int = FLOW_SIZE) -> None:
+        self.size = size
+        self._flows = _Keyed(capacity)
+        self._grays = _Keyed(capacity)
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self.computed = 0  # flows computed (the rest were found): for tests and diagnostics
+
+    def scale(self, image: np.ndarray) -> float:
+        return working_scale(image.shape, self.size)
+
+    def gray(self, image: np.ndarray) -> np.ndarray:
+        with self._lock:
+            found = self._grays.get((image,))
+        if found is None:
+            found = to_working(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), self.scale(image))
+            with self._lock:
+                self._grays.put((image,), found)
+        return found
+
+    def flow(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        with self._lock:
+            found = self._flows.get((a, b))
+        if found is None:
+            found = self.dis().calc(self.gray(a), self.gray(b), None)
+            with self._lock:
+                self._flows.put((a, b), found)
+                self.computed += 1
+        return found
+
+    def dis(self) -> cv2.DISOpticalFlow:
+        """This thread's DIS instance (one is not safe to share between threads)."""
+        dis = getattr(self._local, "dis", None)
+        if dis is None:
+            dis = self._local.dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+        return dis
+
+    def __len__(self) -> int:
+        return len(self._flows)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._flows.clear()
+            self._grays.clear()
+
+
+_shared = FlowCache()
+
+
+def shared() -> FlowCache:
+    """The process's cache, for backends not handed one (``BackendOptions.flows``)."""
+    return _shared

@@ -1,0 +1,105 @@
+"""The shared flow cache (engine/flow.py) and the propagator's warp confined to the object's box."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from unseen.engine.backends.classical_inpaint import FlowGuidedInpainter
+from unseen.engine.backends.classical_propagate import FlowPropagator
+from unseen.engine.flow import FlowCache, working_scale
+from unseen.engine.stages import Frame, InpaintRequest, WindowEntry
+
+
+def _texture(h: int = 120, w: int = 200, seed: int = 0) -> np.ndarray:
+    noise = np.random.default_rng(seed).integers(0, 255, (h // 4, w // 4, 3), dtype=np.uint8)
+    return cv2.GaussianBlur(cv2.resize(noise, (w, h), interpolation=cv2.INTER_CUBIC), (3, 3), 0)
+
+
+def _shifted(image: np.ndarray, dx: int) -> np.ndarray:
+    return np.ascontiguousarray(np.roll(image, dx, axis=1))
+
+
+def test_each_flow_is_computed_once_per_pair_and_direction():
+    cache = FlowCache()
+    a = _texture()
+    b = _shifted(a, 3)
+    first = cache.flow(a, b)
+    assert cache.flow(a, b) is first and cache.computed == 1
+    cache.flow(b, a)
+    assert cache.computed == 2  # the other direction is another flow
+    cache.flow(a.copy(), b)
+    assert cache.computed == 3  # the same content in another image is another frame
+
+
+def test_a_flow_is_the_motion_at_the_working_size():
+    a = _texture(240, 640)
+    b = _shifted(a, 8)  # content moves 8 px to the right
+    cache = FlowCache(size=320)
+    flow = cache.flow(a, b)
+    assert cache.scale(a) == working_scale(a.shape, 320) == 0.5
+    assert flow.shape == (120, 320, 2)
+    inner = flow[20:-20, 20:-20]
+    assert np.median(inner[..., 0]) == pytest.approx(4.0, abs=0.2) and abs(np.median(inner[..., 1])) < 0.2
+
+
+def test_least_recently_used_flows_are_evicted_first():
+    cache = FlowCache(capacity=2)
+    frames = [_texture(seed=i) for i in range(4)]
+    cache.flow(frames[0], frames[1])
+    cache.flow(frames[1], frames[2])
+    cache.flow(frames[0], frames[1])  # used again: now the most recent
+    cache.flow(frames[2], frames[3])  # evicts (1, 2)
+    assert len(cache) == 2 and cache.computed == 3
+    cache.flow(frames[0], frames[1])
+    assert cache.computed == 3
+    cache.flow(frames[1], frames[2])
+    assert cache.computed == 4
+
+
+def test_the_cache_keeps_no_frame_alive():
+    cache = FlowCache()
+    a, b = _texture(seed=1), _texture(seed=2)
+    cache.flow(a, b)
+    (refs, _), = cache._flows._items.values()
+    del a, b
+    assert all(r() is None for r in refs)
+
+
+def test_the_inpainter_takes_the_propagators_flows():
+    """The propagator computes each new frame's flow back to the previous one; the inpainter, a few
+    frames later, walks back along the same flows: it computes only the forward ones."""
+    cache = FlowCache()
+    base = _texture(160, 240)
+    frames = [Frame(i, _shifted(base, 2 * i)) for i in range(7)]
+    mask = np.zeros((160, 240), bool)
+    mask[60:100, 80:120] = True
+    propagator = FlowPropagator(refine=False, flows=cache)
+    propagator.seed(frames[0], {1: mask})
+    for f in frames[1:]:
+        propagator.step(f)
+    assert cache.computed == 6
+    inpainter = FlowGuidedInpainter(future=3, past=3, flows=cache)
+    entries = {f.index: WindowEntry(f, mask) for f in frames}
+    inpainter.inpaint(InpaintRequest(3, entries))
+    assert cache.computed - 6 <= 3  # at most the forward flows 3->4, 4->5, 5->6
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.5625])
+def test_the_warp_on_the_objects_box_equals_the_whole_frames(scale):
+    h, w = 120, 200
+    soft = np.zeros((h, w), np.float32)
+    soft[40:80, 60:110] = 1.0
+    soft = cv2.GaussianBlur(soft, (7, 7), 0)
+    sh, sw = round(h * scale), round(w * scale)
+    yy, xx = np.mgrid[0:sh, 0:sw].astype(np.float32)
+    flow = np.stack([3 * np.sin(xx / 17) + 1.5, 2 * np.cos(yy / 11) - 1], axis=2).astype(np.float32)
+    propagator = FlowPropagator()
+    propagator._scale = scale
+    boxed = propagator._warp(soft, flow)
+    full = cv2.resize(flow, (w, h), interpolation=cv2.INTER_LINEAR) / scale if scale != 1.0 else flow
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    whole = cv2.remap(soft, gx + full[..., 0], gy + full[..., 1], cv2.INTER_LINEAR,
+                      borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    assert np.abs(boxed - whole).max() < 0.05
+    assert ((boxed > 0.5) != (whole > 0.5)).sum() <= 4
