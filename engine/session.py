@@ -5,11 +5,13 @@ all drive it.  Here: the backends a pipeline is built from, and the mask files a
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
 from .backends import registry
 from .backends.registry import BackendOptions
+from .flow import FlowCache
 from .masks import MaskFolder, MaskWriter
 from .pipeline import OutputFrame, Pipeline, PipelineConfig
 from .runtime import Mode, RunResult, RuntimeConfig, Sink, StreamSession
@@ -34,6 +36,8 @@ def build_pipeline(backends: Backends, options: BackendOptions | None = None,
                    config: PipelineConfig | None = None, *, masks_in: MaskFolder | None = None) -> Pipeline:
     """Create the backends (logging each choice) and the pipeline around them."""
     options = options or BackendOptions()
+    if options.flows is None:  # one flow cache per stream, shared by its propagator and inpainter
+        options = dataclasses.replace(options, flows=FlowCache())
     inpainter = registry.create("inpainter", backends.inpainter, options)
     if masks_in is not None:
         return Pipeline(None, None, inpainter, config, given_masks=masks_in.masks)
