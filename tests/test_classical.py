@@ -446,3 +446,20 @@ def test_carry_back_and_forth_neither_blurs_nor_drifts():
     core = (slice(10, -10), slice(10, -10))
     assert psnr(cur[core], img[core]) > 35
     assert cur[core].astype(float).std() == pytest.approx(img[core].astype(float).std(), rel=0.02)
+
+
+def test_the_reduced_step_follows_the_object_cheaply_and_a_full_step_goes_on_from_it(clip):
+    """step_reduced (a live stream that is behind) warps the masks along the flow without refining them: the
+    object is still followed, and full steps after reduced ones track as well as before."""
+    from unseen.engine.backends.registry import BackendOptions, create
+    from unseen.engine.stages import Frame
+    from unseen.engine.synthetic import iou
+
+    prop = create("propagator", "classical", BackendOptions())
+    prop.seed(Frame(0, clip.frames[0]), {1: clip.masks[0]})
+    for i in range(1, 30):
+        kind = "reduced" if i % 3 else "full"
+        step = prop.step_reduced if kind == "reduced" else prop.step
+        masks = step(Frame(i, clip.frames[i]))
+        assert iou(masks[1], clip.masks[i]) > 0.8, (i, kind)
+    assert prop.memory_frames() <= 3  # no state added by the reduced steps

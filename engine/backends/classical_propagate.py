@@ -152,6 +152,38 @@ class FlowPropagator(Propagator):
             self._restart_looks(small, out)
         return out
 
+    def step_reduced(self, frame: Frame) -> dict[int, Mask]:
+        """The cheaper step of a live stream that is behind: the masks follow the (cached) flow alone, without
+        the GrabCut refinement (most of a step's time), the disocclusion check and the background model.
+        The objects' looks are carried along the flow as in a full step, so the next one goes on from here."""
+        if self._prev is None or not self._soft:
+            return self.step(frame)
+        flow = self._flows.flow(frame.image, self._prev)
+        out: dict[int, Mask] = {}
+        for oid, soft in self._soft.items():
+            warped = self._warp(soft, flow)
+            out[oid] = warped > 0.5
+            self._soft[oid] = warped
+        self._resolve_overlaps(out)
+        self._prev = frame.image
+        self._carry_looks(flow)
+        return out
+
+    def _carry_looks(self, flow: np.ndarray) -> None:
+        """Each object's look and its count of differing frames moved along ``flow``, unchecked."""
+        if not self._look:
+            return
+        sh, sw = flow.shape[:2]
+        gx, gy = np.meshgrid(np.arange(sw, dtype=np.float32), np.arange(sh, dtype=np.float32))
+        map_x, map_y = gx + flow[..., 0], gy + flow[..., 1]
+        for oid in list(self._look):
+            if self._look[oid].shape[:2] != (sh, sw):
+                continue
+            self._look[oid] = cv2.remap(self._look[oid], map_x, map_y, cv2.INTER_LINEAR,
+                                        borderMode=cv2.BORDER_REPLICATE)
+            self._stale[oid] = cv2.remap(self._stale[oid], map_x, map_y, cv2.INTER_NEAREST,
+                                         borderMode=cv2.BORDER_CONSTANT)
+
     def _warp(self, soft: np.ndarray, flow: np.ndarray) -> np.ndarray:
         """``soft`` (full size) moved along ``flow`` (flow size, from the new frame to the previous one).
         Only its box grown by the largest motion is computed: nothing lands elsewhere."""
