@@ -49,6 +49,7 @@ log = logging.getLogger("unseen.live")
 CLOCK = 90000  # the stream clock: 90 kHz, as RTP video
 TIME_BASE = Fraction(1, CLOCK)
 READ_BACKOFF_MAX = 2.0  # a source's reopen backoff stays short: output is back within seconds of its return
+LIVE_QUEUE_ITEMS = 1  # between a live stream's workers: stages overlap, yet a frame waits behind one at most
 WALL_OFFSET = time.time() - time.monotonic()  # monotonic -> wall clock (for glass-to-glass stats)
 
 
@@ -351,7 +352,8 @@ class LiveStream:
         self._close_lock = threading.Lock()
         self._reader: threading.Thread | None = None
         self.session = StreamSession(self.source, self.pipeline, [self.out], name=name,
-                                     config=RuntimeConfig(mode=mode or Mode(settings.runtime)),
+                                     config=RuntimeConfig(mode=mode or Mode(settings.runtime),
+                                                          queue_items=LIVE_QUEUE_ITEMS),
                                      pace=lambda backlog: self.ladder.decide(backlog),
                                      on_error=self._frame_failed, on_failure=self._worker_failed,
                                      on_tracked=self._tracked)
