@@ -19,10 +19,8 @@ A stream owns its source, its pipeline, its publisher/recorder and its viewers:
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import logging
-import re
 import threading
 import time
 from dataclasses import dataclass

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from unseen.engine.effects import Effect
 
-from .config import NAME, OutputConfig, SourceConfig
+from .config import NAME, SourceConfig
 
 MAX_DEPTH = 32
 MAX_STRING = 4096

@@ -20,7 +20,7 @@ import av
 import pytest
 
 from conftest import write_av
-from support.live import SYSTEM_PYTHON, Proc, free_port, running, unseen_cmd, wait_port
+from support.live import SYSTEM_PYTHON, Proc, free_port, gst_missing, running, unseen_cmd
 from unseen.client.control import rest
 from unseen.engine.media import probe
 from unseen.engine.synthetic import make_clip
@@ -35,14 +35,7 @@ pytestmark = [pytest.mark.rtsp, pytest.mark.slow, pytest.mark.timeout(120)]
 def _missing() -> str | None:
     if not Path(FFMPEG).exists():
         return f"{FFMPEG} not found; install Debian's ffmpeg"
-    if not Path(SYSTEM_PYTHON).exists():
-        return f"{SYSTEM_PYTHON} not found; install Debian's python3-gi (tests/support/ci_services.sh)"
-    check = subprocess.run([SYSTEM_PYTHON, "-c", "import gi; gi.require_version('GstRtspServer', '1.0'); "
-                                                 "from gi.repository import GstRtspServer"],
-                           capture_output=True, timeout=30)
-    if check.returncode != 0:
-        return f"{SYSTEM_PYTHON} lacks gi/GstRtspServer; run tests/support/ci_services.sh"
-    return None
+    return gst_missing()
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import av
 import numpy as np
 import pytest
 
-from support.live import (SYSTEM_PYTHON, Proc, free_port, object_like, object_pixels, running, static_scene,
+from support.live import (SYSTEM_PYTHON, Proc, free_port, gst_missing, object_like, object_pixels, running, static_scene,
                           unseen_cmd, wait_port, write_pngs)
 from unseen.client.control import Control, rest
 from unseen.server.live import LIVE_QUEUE_ITEMS
@@ -31,21 +30,9 @@ SERVER = Path(__file__).parent / "support" / "rtsp_server.py"
 PYAV_RTSP = {"rtsp_transport": "tcp", "probesize": "32768", "analyzeduration": "0", "fflags": "nobuffer"}
 
 
-def _gst_available() -> str | None:
-    if not Path(SYSTEM_PYTHON).exists():
-        return f"{SYSTEM_PYTHON} not found; install Debian's python3-gi (tests/support/ci_services.sh)"
-    probe = subprocess.run([SYSTEM_PYTHON, "-c", "import gi; gi.require_version('GstRtspServer', '1.0'); "
-                                                 "from gi.repository import GstRtspServer"],
-                           capture_output=True, timeout=30)
-    if probe.returncode != 0:
-        return (f"{SYSTEM_PYTHON} lacks gi/GstRtspServer; run tests/support/ci_services.sh "
-                f"(gir1.2-gst-rtsp-server-1.0 python3-gi)")
-    return None
-
-
 @pytest.fixture(scope="module")
 def gst():
-    reason = _gst_available()
+    reason = gst_missing()
     if reason:
         pytest.skip(reason)
 

@@ -15,7 +15,7 @@ from unseen.engine.backends.registry import BackendOptions
 from unseen.engine.media import Source
 from unseen.engine.pipeline import OutputFrame, PipelineConfig, StageTimes
 from unseen.engine.runtime import (BoundedQueue, DeviceContext, Mode, Policy, QueueSource, RuntimeConfig,
-                                   SinkFanout, StepOnly, StreamSession, ThreadSettings, Tracer)
+                                   SinkFanout, StepOnly, StreamSession, ThreadSettings)
 from unseen.engine.session import Backends, build_pipeline
 from unseen.engine.stages import Frame
 

@@ -22,6 +22,19 @@ ROOT = Path(__file__).resolve().parents[2]
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 
+def gst_missing() -> str | None:
+    """Why GStreamer's RTSP server cannot run here (Debian's python3 with gi), or None when it can."""
+    if not Path(SYSTEM_PYTHON).exists():
+        return f"{SYSTEM_PYTHON} not found; install Debian's python3-gi (tests/support/ci_services.sh)"
+    probe = subprocess.run([SYSTEM_PYTHON, "-c", "import gi; gi.require_version('GstRtspServer', '1.0'); "
+                                                 "from gi.repository import GstRtspServer"],
+                           capture_output=True, timeout=30)
+    if probe.returncode != 0:
+        return (f"{SYSTEM_PYTHON} lacks gi/GstRtspServer; run tests/support/ci_services.sh "
+                f"(gir1.2-gst-rtsp-server-1.0 python3-gi)")
+    return None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
