@@ -273,3 +273,24 @@ def test_propagator_memory_gap_defaults():
     assert t.engine.long_term_gap == 9999 and t.engine.memory_cap == 8
     big = create("propagator", "aot:deaotl", BackendOptions(memory_gap=7, extra={"random_weights": True}))
     assert big.engine.long_term_gap == 7
+
+
+def test_streams_on_a_device_share_one_model():
+    """Several streams in one process hold one copy of a model per device (and free it with the last one)."""
+    import gc
+
+    from unseen.engine.backends import registry
+    from unseen.engine.backends.neural import MODELS
+
+    options = registry.BackendOptions(extra={"random_weights": True})
+    built = MODELS.builds
+    a = registry.create("propagator", "aot:aott", options)
+    b = registry.create("propagator", "aot:aott", registry.BackendOptions(extra={"random_weights": True}))
+    assert a.model is b.model and MODELS.builds == built + 1
+    other = registry.create("propagator", "aot:aott", registry.BackendOptions(extra={"random_weights": True},
+                                                                               precision="bf16"))
+    assert other.model is not a.model  # another precision is another copy
+    del a, b, other
+    gc.collect()
+    c = registry.create("propagator", "aot:aott", options)  # all gone: built anew
+    assert MODELS.builds == built + 3 and c.model is not None

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..models.aot import AOT, aot_config, aot_input_size, build_aot
 from ..models.aot_memory import AOTInference
 from ..stages import Frame, Mask, Propagator
-from .neural import compile_module, load_weights
+from .neural import MODELS, compile_module, load_weights, model_key
 from .registry import BackendError, BackendOptions
 
 DEFAULT_VARIANT = "r50_deaotl"
@@ -133,8 +133,12 @@ def create(variant: str | None, options: BackendOptions) -> AOTPropagator:
         cfg = aot_config(variant)
     except KeyError as exc:
         raise BackendError(str(exc.args[0])) from None
-    model = build_aot(variant) if options.extra.get("random_weights") else load_weights(variant, options)
-    model.encoder = compile_module(model.encoder, options.compile)  # the encoder dominates the cost
+    def build() -> torch.nn.Module:
+        model = build_aot(variant) if options.extra.get("random_weights") else load_weights(variant, options)
+        model.encoder = compile_module(model.encoder, options.compile)  # the encoder dominates the cost
+        return model
+
+    model = MODELS.get(model_key(variant, options), build)  # one copy per device for every stream
     gap = options.extra.get("memory_gap", options.memory_gap if cfg.long_term_gap < 9999 else cfg.long_term_gap)
     return AOTPropagator(model, device=options.device, precision=options.precision,
                          memory_cap=options.memory_cap, memory_gap=int(gap),

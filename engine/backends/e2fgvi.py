@@ -24,7 +24,7 @@ from torch import nn
 
 from ..models.e2fgvi import E2FGVI_SIZE, PAD_MULTIPLE, build_e2fgvi
 from ..stages import Image, Inpainter, InpaintRequest, Mask, dilate_hole
-from .neural import compile_module, load_weights
+from .neural import MODELS, compile_module, load_weights, model_key
 from .registry import BackendError, BackendOptions
 
 log = logging.getLogger("unseen.e2fgvi")
@@ -253,9 +253,10 @@ class E2FGVIInpainter(Inpainter):
 
 
 def _load(hq: bool, options: BackendOptions) -> nn.Module:
+    name = "e2fgvi_hq" if hq else "e2fgvi"
     if options.extra.get("random_weights"):
-        return build_e2fgvi(hq).eval().to(options.device)
-    return load_weights("e2fgvi_hq" if hq else "e2fgvi", options)
+        return MODELS.get(model_key(name, options), lambda: build_e2fgvi(hq).eval().to(options.device))
+    return MODELS.get(model_key(name, options), lambda: load_weights(name, options))
 
 
 def create(variant: str | None, options: BackendOptions) -> E2FGVIInpainter:

@@ -1,5 +1,10 @@
-"""What the neural backends share: loading official weights and the optional compile step."""
+"""What the neural backends share: loading official weights, the optional compile step, and one copy of each
+model per device for every stream of the process."""
 from __future__ import annotations
+
+import threading
+import weakref
+from typing import Callable, Hashable
 
 from torch import nn
 
@@ -37,3 +42,51 @@ def compile_module(module: nn.Module, how: str) -> nn.Module:
                                "`pip install 'unseen[tensorrt]'` or use --compile torch") from exc
         return torch.compile(module, backend="torch_tensorrt", dynamic=True)
     raise BackendError(f"unknown compile mode {how!r}; use none, torch or tensorrt")
+
+
+class ModelCache:
+    """One model per key (weights, device, precision, compile mode) for every stream of the process.
+
+    Streams on a device share the module (inference only: the per-stream memory, AOT's bank or SAM's
+    features, lives in each stream's backend, never in the module).  Entries are weak: a model is freed
+    with the last stream that uses it, so the cache holds nothing on its own (bounded by the live streams)."""
+
+    def __init__(self) -> None:
+        self._models: dict[Hashable, weakref.ref[nn.Module]] = {}
+        self._lock = threading.Lock()
+        self.builds = 0  # models built (not taken from the cache), for tests and the log
+
+    def get(self, key: Hashable, build: Callable[[], nn.Module]) -> nn.Module:
+        with self._lock:  # one build per key even when streams start together
+            ref = self._models.get(key)
+            model = ref() if ref is not None else None
+            if model is None:
+                model = build()
+                self.builds += 1
+                self._models[key] = weakref.ref(model)
+            return model
+
+
+MODELS = ModelCache()
+
+
+def model_key(weights: str, options: BackendOptions) -> tuple:
+    """What makes two streams' copies of model ``weights`` the same one: device, precision, compile mode, and
+    the checkpoint file as it is now (a file imported again gives new streams the new weights)."""
+    random = bool(options.extra.get("random_weights"))
+    return (weights, str(options.device), options.precision, options.compile, random,
+            None if random else _file_identity(weights, options))
+
+
+def _file_identity(weights: str, options: BackendOptions) -> tuple | None:
+    from unseen.weights.registry import WeightsError
+    from unseen.weights.store import find
+
+    try:
+        path = find(weights, options.weights_dir)
+    except WeightsError:  # an unknown name: loading it names the problem
+        return None
+    if path is None:
+        return None
+    stat = path.stat()
+    return str(path), stat.st_mtime_ns, stat.st_size

@@ -23,7 +23,7 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from ..stages import Click, Frame, Mask, Segmenter, SelectionError
-from .neural import compile_module, load_weights
+from .neural import MODELS, compile_module, load_weights, model_key
 from .registry import BackendError, BackendOptions
 
 VARIANTS = ("vit_h", "vit_l", "vit_b")
@@ -174,12 +174,18 @@ def create(variant: str | None, options: BackendOptions) -> SamSegmenter:
     if kind not in VARIANTS:
         raise BackendError(f"unknown SAM variant {variant!r}; use sam:vit_h, sam:vit_l or sam:vit_b")
     extra = options.extra
-    if extra.get("sam_config"):
+    def build() -> torch.nn.Module:
+        if extra.get("random_weights"):
+            model = sam_model_registry[kind](checkpoint=None)
+        else:
+            model = load_weights(f"sam_{kind}", options)
+        model.image_encoder = compile_module(model.image_encoder, options.compile)  # the per-click cost
+        return model
+
+    if extra.get("sam_config"):  # a custom (test) configuration: its own model
         model = build_sam_from_config(extra["sam_config"])
-    elif extra.get("random_weights"):
-        model = sam_model_registry[kind](checkpoint=None)
+        model.image_encoder = compile_module(model.image_encoder, options.compile)
     else:
-        model = load_weights(f"sam_{kind}", options)
-    model.image_encoder = compile_module(model.image_encoder, options.compile)  # the per-click cost
+        model = MODELS.get(model_key(f"sam_{kind}", options), build)  # one copy per device for every stream
     return SamSegmenter(model, device=options.device, precision=options.precision, box=extra.get("box"),
                         cache_frames=int(extra.get("cache_frames", 4)))
