@@ -228,6 +228,11 @@ class StreamSession:
     def running(self) -> bool:
         return any(t.is_alive() for t in self._workers)
 
+    @property
+    def stopping(self) -> bool:
+        """Intake has stopped (:meth:`stop` or :meth:`close` was called)."""
+        return self._stop.is_set()
+
     def stop(self, *, flush: bool = True) -> None:
         """Stop intake: frames not yet tracked are not processed; the tracker then flushes the delay line
         (``flush=False``: it does not, e.g. once the stream failed)."""

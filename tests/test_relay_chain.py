@@ -10,7 +10,6 @@ reports 12 fps for a 24 fps stream.
 """
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import time
@@ -20,7 +19,7 @@ import av
 import pytest
 
 from conftest import write_av
-from support.live import SYSTEM_PYTHON, Proc, free_port, gst_missing, running, unseen_cmd
+from support.live import SYSTEM_PYTHON, Proc, free_port, gst_missing, running, unseen_cmd, wait_state
 from unseen.client.control import rest
 from unseen.engine.media import probe
 from unseen.engine.synthetic import make_clip
@@ -54,20 +53,6 @@ def make_source_clip(folder: Path, vui_tick_rate: int | None) -> Path:
     subprocess.run([FFMPEG, "-hide_banner", "-loglevel", "error", "-y", "-i", str(clip), "-c", "copy",
                     "-bsf:v", f"h264_metadata=tick_rate={vui_tick_rate}", str(out)], check=True, timeout=30)
     return out
-
-
-def wait_state(base: str, predicate, timeout: float, what: str) -> dict:
-    deadline = time.monotonic() + timeout
-    s: dict = {}
-    while time.monotonic() < deadline:
-        try:
-            s = rest(base, "GET", "/api/streams/cam")
-            if predicate(s):
-                return s
-        except Exception:  # noqa: BLE001 - the server may still be starting
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; last state: {json.dumps(s)[:600]}")
 
 
 def read_back(url: str, n: int, timeout: float = 15.0) -> int:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from support.live import (SYSTEM_PYTHON, Proc, free_port, gst_missing, object_like, object_pixels, running, static_scene,
-                          unseen_cmd, wait_port, write_pngs)
+                          unseen_cmd, wait_port, wait_state, write_pngs)
 from unseen.client.control import Control, rest
 from unseen.server.live import LIVE_QUEUE_ITEMS
 from unseen.engine.synthetic import interior_point
@@ -52,20 +52,6 @@ def read_frames(url: str, n: int, timeout: float = 20.0) -> tuple[list[np.ndarra
 
 def state(base: str) -> dict:
     return rest(base, "GET", "/api/streams/cam")
-
-
-def wait_state(base: str, predicate, timeout: float, what: str) -> dict:
-    deadline = time.monotonic() + timeout
-    s = {}
-    while time.monotonic() < deadline:
-        try:
-            s = state(base)
-            if predicate(s):
-                return s
-        except Exception:  # noqa: BLE001 - the server may still be starting
-            pass
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}; last state: {json.dumps(s)[:600]}")
 
 
 def test_rtsp_pull_click_republish_and_reconnect(gst, tmp_path):

@@ -234,18 +234,24 @@ def test_a_live_session_processes_pushed_frames_and_flushes_on_close(mode):
 
 
 # ------------------------------------------------------------------------------ close
-@pytest.mark.parametrize("mode", list(Mode))
-def test_close_waits_for_the_step_in_progress_then_flushes(mode):
-    phases = StubPhases(delay=2)
+def _session_in_a_blocked_step(mode: Mode, delay: int):
+    """A running session whose tracker is inside its first step, held there until ``phases.track_gate`` is set."""
+    phases = StubPhases(delay=delay)
     phases.track_gate = threading.Event()
     source, sink = QueueSource(8), ListSink()
     session = StreamSession(source, phases, [sink], config=RuntimeConfig(mode=mode)).start()
     source.push(Frame(-1, np.zeros((4, 4, 3), np.uint8)))
     assert phases.tracking.wait(10)
+    return phases, source, sink, session
+
+
+@pytest.mark.parametrize("mode", list(Mode))
+def test_close_waits_for_the_step_in_progress_then_flushes(mode):
+    phases, source, sink, session = _session_in_a_blocked_step(mode, delay=2)
     source.push(Frame(-1, np.zeros((4, 4, 3), np.uint8)))  # queued when intake stops: not processed
     closer = threading.Thread(target=lambda: setattr(session, "report", session.close(timeout=30)))
     closer.start()
-    assert until(lambda: session._stop.is_set())
+    assert until(lambda: session.stopping)
     assert phases.finish_calls == [] and not sink.closed  # nothing flushed or closed under the running step
     phases.track_gate.set()
     closer.join(10)
@@ -256,12 +262,7 @@ def test_close_waits_for_the_step_in_progress_then_flushes(mode):
 
 @pytest.mark.parametrize("mode", list(Mode))
 def test_close_abandons_a_step_that_outlasts_the_timeout_and_never_flushes(mode):
-    phases = StubPhases(delay=0)
-    phases.track_gate = threading.Event()
-    source, sink = QueueSource(8), ListSink()
-    session = StreamSession(source, phases, [sink], config=RuntimeConfig(mode=mode)).start()
-    source.push(Frame(-1, np.zeros((4, 4, 3), np.uint8)))
-    assert phases.tracking.wait(10)
+    phases, source, sink, session = _session_in_a_blocked_step(mode, delay=0)
     report = session.close(timeout=0.3)
     assert report.abandoned and sink.closed == [True] and phases.closed == 1
     phases.track_gate.set()  # the step finally ends: nothing is flushed or written after the close

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from unseen.client.control import rest
 from unseen.engine.holes import _nearest  # OpenCV's exact search: no BLAS threads spinning beside the server
 from unseen.engine.synthetic import make_clip
 
@@ -33,6 +35,21 @@ def gst_missing() -> str | None:
         return (f"{SYSTEM_PYTHON} lacks gi/GstRtspServer; run tests/support/ci_services.sh "
                 f"(gir1.2-gst-rtsp-server-1.0 python3-gi)")
     return None
+
+
+def wait_state(base: str, predicate, timeout: float, what: str, stream: str = "cam") -> dict:
+    """The REST state of a stream of the ``unseen serve`` at ``base`` once ``predicate`` holds (polled)."""
+    deadline = time.monotonic() + timeout
+    s: dict = {}
+    while time.monotonic() < deadline:
+        try:
+            s = rest(base, "GET", f"/api/streams/{stream}")
+            if predicate(s):
+                return s
+        except Exception:  # noqa: BLE001 - the server may still be starting
+            pass
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}; last state: {json.dumps(s)[:600]}")
 
 
 def free_port() -> int:
