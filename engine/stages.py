@@ -17,6 +17,7 @@ from .fill import texture_fill
 
 Mask = np.ndarray  # HxW bool
 Image = np.ndarray  # HxWx3 uint8, RGB
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in frame pixels (x0 < x1, y0 < y1)
 
 
 @dataclass(frozen=True)
@@ -58,16 +59,18 @@ class SelectionError(ValueError):
 
 
 class Segmenter(abc.ABC):
-    """Frame + clicks -> mask of one object."""
+    """Frame + prompts (clicks and/or a box) -> mask of one object."""
 
     name: str = "segmenter"
 
     @abc.abstractmethod
-    def segment(self, frame: Frame, clicks: Sequence[Click], *, neighbours: Sequence[Frame] = ()) -> Mask:
-        """Return the mask of the object the clicks select on ``frame``.
+    def segment(self, frame: Frame, clicks: Sequence[Click], *, neighbours: Sequence[Frame] = (),
+                box: Box | None = None) -> Mask:
+        """Return the mask of the object the clicks and ``box`` select on ``frame``.
 
-        ``neighbours`` are nearby frames (may be empty) that a backend may use for
-        motion cues.  Raises :class:`SelectionError` when the clicks select nothing.
+        ``box`` (may be None) bounds the object; the clicks then refine it (positive: part of it,
+        negative: not).  ``neighbours`` are nearby frames (may be empty) that a backend may use for
+        motion cues.  Raises :class:`SelectionError` when the prompts select nothing.
         """
 
     def forget(self, before_index: int) -> None:  # pragma: no cover - optional

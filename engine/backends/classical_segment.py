@@ -15,7 +15,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from ..stages import Click, Frame, Mask, Segmenter, SelectionError
+from ..stages import Box, Click, Frame, Mask, Segmenter, SelectionError
 from .registry import BackendOptions
 
 WORK_SIZE = 480  # long side the segmentation runs at
@@ -134,7 +134,8 @@ class ClassicalSegmenter(Segmenter):
     def __init__(self, iterations: int = 5) -> None:
         self.iterations = iterations
 
-    def segment(self, frame: Frame, clicks: Sequence[Click], *, neighbours: Sequence[Frame] = ()) -> Mask:
+    def segment(self, frame: Frame, clicks: Sequence[Click], *, neighbours: Sequence[Frame] = (),
+                box: Box | None = None) -> Mask:
         positives = [c for c in clicks if c.positive]
         if not positives:
             raise SelectionError(f"no positive click on frame {frame.index}; click inside the object first")

@@ -22,13 +22,12 @@ from segment_anything import sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from ..stages import Click, Frame, Mask, Segmenter, SelectionError
+from ..stages import Box, Click, Frame, Mask, Segmenter, SelectionError
 from .neural import MODELS, compile_module, load_weights, model_key
 from .registry import BackendError, BackendOptions
 
 VARIANTS = ("vit_h", "vit_l", "vit_b")
 DEFAULT_VARIANT = "vit_b"
-Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in frame pixels
 
 _AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
