@@ -49,6 +49,7 @@ TIME_BASE = Fraction(1, CLOCK)
 READ_BACKOFF_MAX = 2.0  # a source's reopen backoff stays short: output is back within seconds of its return
 LIVE_QUEUE_ITEMS = 1  # between a live stream's workers: stages overlap, yet a frame waits behind one at most
 WALL_OFFSET = time.time() - time.monotonic()  # monotonic -> wall clock (for glass-to-glass stats)
+WHIP_URI = "whip://"  # a configured source that a WHIP publisher feeds (no reader; server/whip.py)
 
 
 class StreamError(RuntimeError):
@@ -316,7 +317,7 @@ class LiveStream:
         self.name = name
         self.config = source
         self.kind = "webcam" if source is None else ("synthetic" if source.uri.startswith("synthetic://")
-                                                     else "pull")
+                                                     else "whip" if source.uri.startswith(WHIP_URI) else "pull")
         self.settings = settings
         self.metrics = metrics
         self.loop = loop
@@ -367,7 +368,7 @@ class LiveStream:
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "LiveStream":
         self.session.start()
-        if self.config is not None:
+        if self.config is not None and self.kind != "whip":
             self._reader = threading.Thread(target=self._read, name=f"unseen-reader-{self.name}", daemon=True)
             self._reader.start()
         else:

@@ -128,8 +128,10 @@ class Signalling:
         return RTCConfiguration(iceServers=[RTCIceServer(urls=u) for u in self.ice.stun])
 
     async def answer(self, offer: Any, stream: LiveStream | None, *,
-                     create_webcam: Callable[[], LiveStream] | None = None) -> tuple[dict, LiveStream]:
-        """Answer ``offer``: the viewer of ``stream``, or, with ``create_webcam``, a new webcam stream."""
+                     create_webcam: Callable[[], LiveStream] | None = None,
+                     on_connection: Callable[[RTCPeerConnection], None] | None = None) -> tuple[dict, LiveStream]:
+        """Answer ``offer``: the viewer of ``stream``, or, with ``create_webcam``, a new webcam stream.
+        ``on_connection`` gets the answered connection (closing it ends the session and frees its slot)."""
         description = _description(offer)
         if stream is not None and len(stream.viewers) >= self.max_viewers:
             raise StreamError(f"stream {stream.name!r} already has {len(stream.viewers)} viewers (the limit); "
@@ -154,6 +156,8 @@ class Signalling:
         except Exception:
             await peer.release("answering failed")
             raise
+        if on_connection is not None:
+            on_connection(pc)
         return answer, stream
 
     def _changed(self, stream: LiveStream) -> None:
@@ -265,8 +269,8 @@ class _Peer:
         await self.signalling.close_connection(self.pc)
         self.stream.viewers.discard(self.pc)
         self.signalling._changed(self.stream)
-        if self.publisher and not self.stream.closed:
-            await self.stream.aclose()  # a webcam stream lives as long as its browser
+        if self.publisher and not self.stream.closed and self.stream.config is None:
+            await self.stream.aclose()  # a webcam stream lives as long as its browser (a configured one stays)
             self.signalling._changed(self.stream)  # now closed: the server forgets it
 
 
