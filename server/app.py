@@ -2,6 +2,7 @@
 
 * ``/`` and ``/static/*``: the browser client (no CDN, nothing external);
 * ``POST /api/streams/{name}/offer``: WebRTC signalling (viewer, or ``"publish": true`` for a webcam);
+* ``POST /whip/{name}``, ``POST /whep/{name}`` (and ``DELETE`` of their sessions): WHIP/WHEP (:mod:`.whip`);
 * ``GET /ws``: the WebSocket control channel (JSON requests ``{"id", "op", ...}``, replies
   ``{"id", "ok", "result"|"error"}``, and ``{"type": "stats"}`` pushes after ``subscribe``);
 * ``/api/streams`` (list, add, remove, state) and ``/api/streams/{name}/objects`` (list, click, clear,
@@ -29,6 +30,7 @@ from .memory import release_memory
 from .metrics import Metrics
 from .protocol import ProtocolError
 from .webrtc import Signalling
+from .whip import WhipEndpoints
 
 log = logging.getLogger("unseen.server")
 
@@ -215,10 +217,7 @@ async def _body(request: web.Request, limit: int, max_string: int = p.MAX_STRING
 
 
 def _name(request: web.Request) -> str:
-    name = request.match_info["name"]
-    if not p.NAME.match(name):
-        raise ProtocolError(f"stream name {name[:80]!r} must be 1-64 letters, digits, '_', '.', '-'; rename it")
-    return name
+    return p.stream_name(request.match_info["name"])
 
 
 async def _request(request: web.Request, op: str, body: dict[str, Any] | None = None, **fields: Any) -> Any:
@@ -449,4 +448,5 @@ def create_app(settings: Settings) -> web.Application:
     r.add_delete("/api/streams/{name}/objects", object_op)
     r.add_delete("/api/streams/{name}/objects/{id}", object_op)
     r.add_patch("/api/streams/{name}/objects/{id}", object_op)
+    WhipEndpoints(server.signalling, limits, find=server.stream, create=server.add_webcam).add_routes(r)
     return app

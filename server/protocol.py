@@ -118,6 +118,12 @@ class OfferBody(_Strict):
     publish: bool = False
 
 
+class SdpOffer(_Strict):
+    """An SDP offer sent as ``application/sdp`` (WHIP, WHEP): its text, bounded and shaped like SDP."""
+
+    sdp: str = Field(min_length=1, max_length=MAX_SDP)
+
+
 class StreamBody(SourceConfig):
     """``POST /api/streams``: a source and its outputs (the access allow-list checks what they name)."""
 
@@ -217,6 +223,31 @@ def parse_request(data: dict[str, Any]) -> Any:
 def _skip_tag(line: str, op: str) -> str:
     # a discriminated union names the branch first ('click.x'); the client knows its op
     return line.replace(f"'{op}.", "'", 1)
+
+
+def parse_sdp(raw: bytes, *, limit: int) -> SdpOffer:
+    """An ``application/sdp`` body -> :class:`SdpOffer`; 413 over ``limit`` bytes, 400 for what is not an
+    SDP offer (aiortc judges the rest when it applies it)."""
+    if len(raw) > limit:
+        raise ProtocolError(f"SDP of {len(raw)} bytes is over the {limit}-byte limit; send a smaller offer", 413)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("the SDP is not UTF-8 text; send RTCPeerConnection.localDescription.sdp") from None
+    if len(text) > MAX_SDP:
+        raise ProtocolError(f"SDP of {len(text)} characters is over the {MAX_SDP}-character limit; send a "
+                            f"smaller offer", 413)
+    if not text.startswith("v=0") or "\x00" in text or "\nm=" not in text:
+        raise ProtocolError("the body is not an SDP offer (it must start with 'v=0' and have an 'm=' line); "
+                            "send RTCPeerConnection.localDescription.sdp")
+    return SdpOffer(sdp=text)
+
+
+def stream_name(text: str) -> str:
+    """A stream name from a URL path segment, checked as every stream name is."""
+    if not NAME.fullmatch(text):
+        raise ProtocolError(f"stream name {text[:80]!r} must be 1-64 letters, digits, '_', '.', '-'; rename it")
+    return text
 
 
 def check_object(object_id: int | None, max_objects: int) -> None:

