@@ -6,7 +6,7 @@ that leaves the fixed delay line now: an immutable snapshot of the frames around
 :meth:`Pipeline.emit` completes that frame (inpaint, effects; engine/emitter.py).  The runtime
 (engine/runtime.py) may run the two on different threads; :meth:`Pipeline.step` runs them one after
 the other (exactly one output per input once the line is full; :meth:`Pipeline.flush` empties it at
-the end of a stream).  Prompts (clicks, object removal, effect changes) may be submitted from any
+the end of a stream).  Prompts (clicks and boxes, object removal, effect changes) may be submitted from any
 thread; they are applied on the tracker's thread at the next frame, on the frame the user saw when
 that frame is still held, and their result comes back through a :class:`concurrent.futures.Future`.
 
@@ -20,19 +20,19 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 from .degrade import Level, StaleMasks
 from .effects import Effect
 from .emitter import EmitJob, Emitter, OutputFrame
 from .holes import BELOW_REACH, EDGE_BAND
-from .prompts import Action, ObjectState, PromptError, PromptQueue, check_inside
-from .stages import Click, Frame, Inpainter, Mask, Propagator, Segmenter, SelectionError
+from .prompts import Action, FramePrompt, ObjectState, PromptError, PromptQueue, check_box, check_inside, clip_box
+from .stages import Box, Click, Frame, Inpainter, Mask, Propagator, Segmenter, SelectionError
 from .timing import RECENT_STAGE_SAMPLES, StageSample, StageTimes
 from .window import FrameStore, HoleBuilder
 
 __all__ = ["EmitJob", "OutputFrame", "Pipeline", "PipelineConfig", "PromptError", "StageSample", "StageTimes",
-           "ObjectState", "check_inside", "RECENT_STAGE_SAMPLES"]
+           "FramePrompt", "ObjectState", "check_box", "check_inside", "clip_box", "RECENT_STAGE_SAMPLES"]
 
 log = logging.getLogger("unseen.pipeline")
 
@@ -109,10 +109,26 @@ class Pipeline:
         """Add a click to ``object_id`` (a new id, or None for the next free one, starts an object).
 
         The future resolves to the object id once the click was applied on its frame."""
+        return self.prompt([Click(float(x), float(y), positive)], object_id=object_id, frame_index=frame_index,
+                           pts=pts)
+
+    def prompt(self, clicks: Sequence[Click] = (), box: Box | None = None, *, object_id: int | None = None,
+               frame_index: int | None = None, pts: int | None = None) -> concurrent.futures.Future:
+        """Prompt ``object_id`` (a new id, or None for the next free one, starts an object) with clicks and/or
+        a box (x0, y0, x1, y1, frame pixels; clipped to the frame).  On the frame the object was last prompted
+        on, the clicks add to its clicks and a box replaces its box; on another frame they start afresh.
+
+        The future resolves to the object id once the prompt was applied on its frame."""
+        clicks = tuple(clicks)
+        if not clicks and box is None:
+            raise PromptError("a prompt needs a click or a box; give x, y or x0, y0, x1, y1")
+        box = check_box(box) if box is not None else None
         if self._size is not None:
-            self._check_inside(x, y)
-        return self.prompts.submit(Action("click", click=Click(float(x), float(y), positive),
-                                          object_id=object_id, frame_index=frame_index, pts=pts))
+            for c in clicks:
+                self._check_inside(c.x, c.y)
+            box = clip_box(box, *self._size) if box is not None else None
+        return self.prompts.submit(Action("prompt", clicks=clicks, box=box, object_id=object_id,
+                                          frame_index=frame_index, pts=pts))
 
     def remove_object(self, object_id: int) -> concurrent.futures.Future:
         return self.prompts.submit(Action("remove", object_id=object_id))
@@ -312,45 +328,54 @@ class Pipeline:
                 else:
                     self.propagator.reset()
             return True, obj.id
-        return self._apply_click(action, final)
+        return self._apply_prompt(action, final)
 
     def _object(self, object_id: int | None) -> ObjectState:
         if object_id is None or object_id not in self.objects:
             raise PromptError(f"no object {object_id}; list the objects and use one of their ids")
         return self.objects[object_id]
 
-    def _apply_click(self, action: Action, final: bool = False) -> tuple[bool, object]:
+    def _apply_prompt(self, action: Action, final: bool = False) -> tuple[bool, object]:
         if action.segmentation is not None:
             if final:
                 action.segmentation.result()  # the stream ends: wait for it
             return self._finish_segmentation(action)
         if self.given_masks is not None or self.segmenter is None or self.propagator is None:
-            raise PromptError("this stream takes its masks from files; clicks are not used")
+            raise PromptError("this stream takes its masks from files; clicks and boxes are not used")
         index = self._frame_for(action, final)
         if index is None:
             return False, None
-        assert action.click is not None
-        self._check_inside(action.click.x, action.click.y)
+        for c in action.clicks:
+            self._check_inside(c.x, c.y)
+        assert self._size is not None
+        box = clip_box(action.box, *self._size) if action.box is not None else None
         held = self._held[index]
         oid = self._target(action.object_id)
-        obj = self.objects.get(oid)
-        clicks = (list(obj.clicks) if obj is not None and obj.prompt_frame == index else []) + [action.click]
+        prompt = self._merged(self.objects.get(oid), index, action.clicks, box)
         neighbours = [self._held[i].frame for i in (index + 12, index - 12, index + 6, index - 6, index + 3, index - 3)
                       if i in self._held]
         earlier = [self._held[i].frame for i in sorted(self._held, reverse=True) if i < index][:self.config.history]
         if self._prompt_thread is not None:  # live: segment off the frame path, apply when done
-            action.on_frame, action.clicks = held.frame, clicks
-            action.segmentation = self._prompt_thread.submit(self._segment, held.frame, clicks, neighbours, earlier)
+            action.on_frame, action.prompt = held.frame, prompt
+            action.segmentation = self._prompt_thread.submit(self._segment, held.frame, prompt, neighbours, earlier)
             return False, None
-        mask, before = self._segment(held.frame, clicks, neighbours, earlier)
-        return True, self._place(oid, held.frame, clicks, mask, before, action.click)
+        mask, before = self._segment(held.frame, prompt, neighbours, earlier)
+        return True, self._place(oid, held.frame, prompt, mask, before)
 
-    def _segment(self, frame: Frame, clicks: list[Click], neighbours: list[Frame],
+    @staticmethod
+    def _merged(obj: ObjectState | None, index: int, clicks: tuple[Click, ...], box: Box | None) -> FramePrompt:
+        """The object's prompts on frame ``index`` with these added: on its prompt frame the clicks add up and a
+        new box replaces the old; on another frame (the object has moved) its prompts start afresh."""
+        if obj is None or obj.prompt_frame != index:
+            return FramePrompt(clicks, box)
+        return FramePrompt(obj.clicks + clicks, box if box is not None else obj.box)
+
+    def _segment(self, frame: Frame, prompt: FramePrompt, neighbours: list[Frame],
                  earlier: list[Frame]) -> tuple[Mask, dict[int, Mask]]:
-        """The clicked object's mask on ``frame``, and on the held frames before it (see _propagate_back)."""
+        """The prompted object's mask on ``frame``, and on the held frames before it (see _propagate_back)."""
         assert self.segmenter is not None
         t0 = time.perf_counter()
-        mask = self.segmenter.segment(frame, clicks, neighbours=neighbours)
+        mask = self.segmenter.segment(frame, list(prompt.clicks), neighbours=neighbours, box=prompt.box)
         self.times.add("segment", time.perf_counter() - t0)
         return mask, self._propagate_back(frame, mask, earlier)
 
@@ -376,13 +401,13 @@ class Pipeline:
 
     def _finish_segmentation(self, action: Action) -> tuple[bool, object]:
         """Apply an async segmentation once it is done (on the engine's thread)."""
-        assert action.segmentation is not None and action.on_frame is not None and action.clicks is not None
+        assert action.segmentation is not None and action.on_frame is not None and action.prompt is not None
         if not action.segmentation.done():
             return False, None
         mask, before = action.segmentation.result()  # re-raises the segmenter's error
         oid = self._target(action.object_id)  # checked again: objects may have changed meanwhile
         action.object_id = oid
-        return True, self._place(oid, action.on_frame, action.clicks, mask, before, action.click)
+        return True, self._place(oid, action.on_frame, action.prompt, mask, before)
 
     def _target(self, object_id: int | None) -> int:
         """The id a click adds to: an existing object, or a new one within the limit."""
@@ -397,12 +422,11 @@ class Pipeline:
             return next(i for i in range(1, limit + 1) if i not in self.objects)
         return int(object_id)
 
-    def _place(self, oid: int, frame: Frame, clicks: list[Click], mask: Mask, before: Mapping[int, Mask],
-               click: Click | None) -> int:
+    def _place(self, oid: int, frame: Frame, prompt: FramePrompt, mask: Mask, before: Mapping[int, Mask]) -> int:
         """Record the object's mask on ``frame``, propagate it through the held frames after it, and place
         its masks on the held frames ``before`` it (propagated back: they are sources for its fill)."""
         obj = self.objects.get(oid) or ObjectState(oid, self.config.default_effect)
-        obj = dataclasses.replace(obj, clicks=tuple(clicks), prompt_frame=frame.index)
+        obj = dataclasses.replace(obj, clicks=prompt.clicks, box=prompt.box, prompt_frame=frame.index)
         self.objects = {**self.objects, obj.id: obj}
         start = frame.index if frame.index in self._held else min(self._held)
         masks = dict(self._held[start].masks)
@@ -412,9 +436,9 @@ class Pipeline:
             held = self._held.get(index)
             if held is not None:
                 self._set_masks(index, {**held.masks, obj.id: earlier})
-        if click is not None:
-            log.info("object %d: %s click at (%g,%g) on frame %d", obj.id, "positive" if click.positive
-                     else "negative", click.x, click.y, frame.index)
+        log.info("object %d: prompted on frame %d with %d clicks (%d negative) and %s", obj.id, frame.index,
+                 len(prompt.clicks), sum(not c.positive for c in prompt.clicks),
+                 "no box" if prompt.box is None else "box (%g,%g,%g,%g)" % prompt.box)
         return obj.id
 
     def _reseed(self, frame: Frame, masks: dict[int, Mask]) -> None:

@@ -91,7 +91,7 @@ class TruthSegmenter(Segmenter):
     def __init__(self, clip) -> None:
         self.clip = clip
 
-    def segment(self, frame, clicks, *, neighbours=()):
+    def segment(self, frame, clicks, *, neighbours=(), box=None):
         return self.clip.masks[frame.index]
 
 

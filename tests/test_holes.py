@@ -134,7 +134,7 @@ class _Body(Segmenter, Propagator):
     def __init__(self, mask: np.ndarray) -> None:
         self.mask, self.ids = mask, []
 
-    def segment(self, frame, clicks, *, neighbours=()):
+    def segment(self, frame, clicks, *, neighbours=(), box=None):
         return self.mask.copy()
 
     def seed(self, frame, masks):
