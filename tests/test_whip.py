@@ -102,3 +102,115 @@ def test_whip_whep_refusals_are_one_line_and_the_server_keeps_serving(method, pa
         for pc in pcs:
             await pc.close()
     run(body())
+
+
+# ------------------------------------------------------------------------------ aiortc publisher and viewer
+class SceneTrack(VideoStreamTrack):
+    """The still-camera scene with its moving object, looped, paced at FPS (a camera's clock)."""
+
+    def __init__(self, frames: list[np.ndarray]) -> None:
+        super().__init__()
+        self.frames = frames
+        self.sent = 0
+
+    async def recv(self) -> VideoFrame:
+        if self.sent:
+            await asyncio.sleep(1 / FPS)  # the camera's frame interval
+        frame = VideoFrame.from_ndarray(self.frames[self.sent % len(self.frames)], format="rgb24")
+        frame.pts, frame.time_base = self.sent * 90000 // FPS, Fraction(1, 90000)
+        self.sent += 1
+        return frame
+
+
+class Watcher:
+    """A WHEP viewer's received frames (RGB), and an event per frame."""
+
+    def __init__(self, pc: RTCPeerConnection) -> None:
+        self.frames: list[np.ndarray] = []
+        self.arrived = asyncio.Event()
+        self.task: asyncio.Task | None = None
+        pc.on("track", lambda track: setattr(self, "task", asyncio.ensure_future(self._read(track))))
+
+    async def _read(self, track) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                self.frames = self.frames[-20:] + [frame.to_ndarray(format="rgb24")]  # the newest only
+                self.arrived.set()
+        except MediaStreamError:
+            pass
+
+    async def next_frames(self, n: int, timeout: float = 60.0) -> list[np.ndarray]:
+        """The next ``n`` frames that arrive."""
+        got = []
+        while len(got) < n:
+            self.arrived.clear()
+            await asyncio.wait_for(self.arrived.wait(), timeout)
+            got.append(self.frames[-1])
+        return got
+
+
+async def connect(c, path: str, pc: RTCPeerConnection) -> str:
+    """POST the connection's offer, apply the answer; the session's Location."""
+    await pc.setLocalDescription(await pc.createOffer())
+    r = await c.post(path, **sdp_post(pc.localDescription.sdp))
+    assert r.status == 201, await r.text()
+    assert r.content_type == "application/sdp"
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=await r.text(), type="answer"))
+    return r.headers["Location"]
+
+
+async def until_state(c, name: str, predicate, what: str, timeout: float = 30.0) -> dict:
+    """The stream's REST state (None once it is gone) when ``predicate`` holds (polled)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        r = await c.get(f"/api/streams/{name}", headers=AUTH)
+        state = await r.json() if r.status == 200 else None
+        if predicate(state):
+            return state
+        assert asyncio.get_running_loop().time() < deadline, f"{what}: {json.dumps(state)[:400]}"
+        await asyncio.sleep(0.1)
+
+
+def test_aiortc_publishes_over_whip_watches_over_whep_and_the_click_removes_the_object():
+    frames, background, masks = static_scene(W, H, FPS)
+    area = int(np.mean([m.sum() for m in masks]))
+
+    async def body() -> None:
+        s = settings(security={"token": TOKEN}, ice={"loopback": True})
+        publisher, viewer = RTCPeerConnection(), RTCPeerConnection()
+        async with client(s) as c:
+            try:
+                track = SceneTrack(frames)
+                publisher.addTrack(track)
+                whip = await connect(c, "/whip/cam", publisher)
+                assert whip.startswith("/whip/cam/")
+                await until_state(c, "cam", lambda st: st and st["frames_out"] >= 5, "frames through the stream")
+                viewer.addTransceiver("video", direction="recvonly")
+                watcher = Watcher(viewer)
+                whep = await connect(c, "/whep/cam", viewer)
+                before = (await watcher.next_frames(3))[-1]
+                assert before.shape == (H, W, 3)
+                assert object_pixels(before, background).sum() > 0.5 * area, "the object is not in the video"
+
+                x, y = interior_point(masks[(track.sent - 1) % len(masks)])  # on the frame just published
+                r = await c.post("/api/streams/cam/objects", json={"x": x, "y": y}, headers=AUTH)
+                assert r.status == 200, await r.text()
+                await watcher.next_frames(2 * FPS)  # the delay line, the round trip, the tracker settling
+                residual = [int(object_like(f, background, frames, masks).sum()) for f in
+                            await watcher.next_frames(10)]
+                print(f"\nWHIP -> WHEP {W}x{H}: object px after the click {residual} (area {area})")
+                assert np.median(residual) < REMOVED * area, f"the object is still there: {residual} of {area}"
+
+                await until_state(c, "cam", lambda st: st["viewers"] == 2, "the publisher and the viewer")
+                assert (await c.delete(whep, headers=AUTH)).status == 200
+                await until_state(c, "cam", lambda st: st["viewers"] == 1, "the viewer's slot freed by DELETE")
+                assert (await c.delete(whep, headers=AUTH)).status == 404  # once
+                assert (await c.delete(whip, headers=AUTH)).status == 200
+                await until_state(c, "cam", lambda st: st is None, "the publisher's stream ended by DELETE")
+                late, sdp = await local_offer(publish=False)
+                assert (await c.post("/whep/cam", **sdp_post(sdp))).status == 404
+                await late.close()
+            finally:
+                await asyncio.gather(publisher.close(), viewer.close())
+    run(body(), timeout=150)
