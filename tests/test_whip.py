@@ -10,7 +10,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import time
 from fractions import Fraction
 
 import numpy as np
@@ -20,7 +22,9 @@ from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 
 from support.app_client import SYNTH, client, run, settings
-from support.live import object_like, object_pixels, static_scene
+from support.live import free_port, object_like, object_pixels, running, static_scene, unseen_cmd
+from test_browser import ENV, playwright_browser  # noqa: F401 - the Chromium fixture (and its fake camera)
+from unseen.client.control import ControlError, rest
 from unseen.engine.synthetic import interior_point
 
 pytestmark = pytest.mark.timeout(180)
@@ -214,3 +218,114 @@ def test_aiortc_publishes_over_whip_watches_over_whep_and_the_click_removes_the_
             finally:
                 await asyncio.gather(publisher.close(), viewer.close())
     run(body(), timeout=150)
+
+
+# ------------------------------------------------------------------------------ headless Chromium
+# A page's own WHIP/WHEP client: RTCPeerConnection, every candidate gathered, the offer POSTed as SDP.
+PAGE_CLIENT = """async ({path, token, publish}) => {
+  const pc = new RTCPeerConnection();
+  if (publish) {
+    const camera = await navigator.mediaDevices.getUserMedia({video: true});
+    pc.addTransceiver(camera.getVideoTracks()[0], {direction: 'sendonly'});
+  } else {
+    pc.addTransceiver('video', {direction: 'recvonly'});
+    const video = document.createElement('video');
+    video.muted = true; video.autoplay = true; video.playsInline = true;
+    document.body.appendChild(video);
+    window.shown = 0;
+    const count = () => { window.shown += 1; video.requestVideoFrameCallback(count); };
+    video.requestVideoFrameCallback(count);
+    pc.ontrack = (e) => { video.srcObject = new MediaStream([e.track]); video.play(); };
+    window.grab = () => {
+      const c = document.createElement('canvas');
+      c.width = video.videoWidth; c.height = video.videoHeight;
+      const g = c.getContext('2d'); g.drawImage(video, 0, 0);
+      const d = g.getImageData(0, 0, c.width, c.height).data;
+      let s = ''; for (let i = 0; i < d.length; i += 8192) s += String.fromCharCode(...d.subarray(i, i + 8192));
+      return {width: c.width, height: c.height, rgba: btoa(s)};
+    };
+  }
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise((done) => {
+    if (pc.iceGatheringState === 'complete') return done();
+    pc.addEventListener('icegatheringstatechange', () => pc.iceGatheringState === 'complete' && done());
+  });
+  const auth = {'Authorization': 'Bearer ' + token};
+  const r = await fetch(path, {method: 'POST', headers: {...auth, 'Content-Type': 'application/sdp'},
+                               body: pc.localDescription.sdp});
+  if (r.status !== 201) throw new Error(`${r.status} ${await r.text()}`);
+  const location = r.headers.get('Location');
+  await pc.setRemoteDescription({type: 'answer', sdp: await r.text()});
+  window.pc = pc;
+  window.end = async () => (await fetch(location, {method: 'DELETE', headers: auth})).status;
+  return location;
+}"""
+
+
+def page_grab(page) -> np.ndarray:
+    g = page.evaluate("window.grab()")
+    return np.frombuffer(base64.b64decode(g["rgba"]), np.uint8).reshape(g["height"], g["width"], 4)[..., :3].copy()
+
+
+def page_frames(page, n: int, timeout: float = 60.0) -> list[np.ndarray]:
+    """The next ``n`` frames the watching page shows (each grabbed once the page has shown a new one)."""
+    got = []
+    deadline = time.monotonic() + timeout
+    while len(got) < n:
+        seen = page.evaluate("window.shown")
+        page.wait_for_function(f"window.shown > {seen}", timeout=max(1.0, deadline - time.monotonic()) * 1000)
+        got.append(page_grab(page))
+    return got
+
+
+def poll(base: str, path: str, predicate, what: str, timeout: float = 40.0):
+    """A REST read of the server at ``base`` once ``predicate`` holds (None while it refuses)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = rest(base, "GET", path, token=TOKEN)
+        except ControlError:
+            value = None
+        if predicate(value):
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}: {json.dumps(value)[:400]}"
+        time.sleep(0.25)
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_chromium_publishes_over_whip_and_watches_over_whep_with_the_object_removed(playwright_browser, tmp_path):
+    browser, (frames, background, masks) = playwright_browser
+    area = int(np.mean([m.sum() for m in masks]))
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = dict(ENV, UNSEEN_SECURITY__TOKEN=TOKEN)
+    with running(unseen_cmd("serve", "--port", str(port)), tmp_path / "serve.log", env=env, port=port, timeout=60):
+        publisher, watcher = browser.new_page(), browser.new_page()
+        try:
+            for page in (publisher, watcher):
+                page.goto(f"{base}/healthz/live")  # this server's origin, and none of its JavaScript
+            whip = publisher.evaluate(PAGE_CLIENT, {"path": "/whip/cam", "token": TOKEN, "publish": True})
+            assert whip.startswith("/whip/cam/")
+            poll(base, "/api/streams/cam", lambda st: st and st["frames_out"] >= 5, "the page's camera in the stream")
+            whep = watcher.evaluate(PAGE_CLIENT, {"path": "/whep/cam", "token": TOKEN, "publish": False})
+            assert whep.startswith("/whep/cam/")
+            seen = page_frames(watcher, 3)[-1]
+            assert seen.shape == (H, W, 3), seen.shape
+            obj = object_pixels(seen, background)
+            assert obj.sum() > 0.5 * area, f"the object is not in the watched video ({obj.sum()} px of {area})"
+            x, y = interior_point(obj)
+            rest(base, "POST", "/api/streams/cam/objects", {"x": x, "y": y}, token=TOKEN, timeout=60)
+            page_frames(watcher, 3 * FPS)  # the delay line, the round trip, the tracker settling
+            residual = [int(object_like(f, background, frames, masks).sum()) for f in page_frames(watcher, 10)]
+            print(f"\nChromium WHIP -> WHEP {W}x{H}: object px before "
+                  f"{int(object_like(seen, background, frames, masks).sum())}, after {residual} (area {area})")
+            assert np.median(residual) < REMOVED * area, f"the object is still there: {residual} of {area}"
+
+            assert watcher.evaluate("window.end()") == 200
+            poll(base, "/api/streams/cam", lambda st: st["viewers"] == 1, "the page viewer's slot freed by DELETE")
+            assert publisher.evaluate("window.end()") == 200
+            poll(base, "/api/streams", lambda streams: streams == [], "the publisher's stream ended by DELETE")
+        finally:
+            publisher.close()
+            watcher.close()
