@@ -220,6 +220,55 @@ def test_aiortc_publishes_over_whip_watches_over_whep_and_the_click_removes_the_
     run(body(), timeout=150)
 
 
+def test_a_configured_whip_source_is_fed_by_one_publisher_at_a_time_and_outlives_it():
+    frames, _, _ = static_scene(W, H, FPS)
+
+    async def body() -> None:
+        s = settings(sources=[{"name": "door", "uri": "whip://"}], security={"token": TOKEN},
+                     ice={"loopback": True})
+        first, second, third = RTCPeerConnection(), RTCPeerConnection(), RTCPeerConnection()
+        async with client(s) as c:
+            try:
+                state = await until_state(c, "door", lambda st: st is not None, "the configured stream")
+                assert state["kind"] == "whip" and state["state"] == "waiting" and state["frames_out"] == 0
+                first.addTrack(SceneTrack(frames))
+                whip = await connect(c, "/whip/door", first)
+                await until_state(c, "door", lambda st: st["frames_out"] >= 3, "the publisher's frames")
+                second.addTrack(SceneTrack(frames))
+                await second.setLocalDescription(await second.createOffer())
+                r = await c.post("/whip/door", **sdp_post(second.localDescription.sdp))
+                assert r.status == 409 and "already has a publisher" in (await r.json())["error"]
+                assert (await c.delete(whip, headers=AUTH)).status == 200
+                await until_state(c, "door", lambda st: st["viewers"] == 0, "the publisher's slot freed")
+                third.addTrack(SceneTrack(frames))  # the stream stays: the next publisher feeds it
+                await connect(c, "/whip/door", third)
+                out = (await until_state(c, "door", lambda st: st["viewers"] == 1, "the next publisher"))["frames_out"]
+                await until_state(c, "door", lambda st: st["frames_out"] > out, "the next publisher's frames")
+            finally:
+                await asyncio.gather(first.close(), second.close(), third.close())
+    run(body(), timeout=90)
+
+
+@pytest.mark.slow
+def test_whep_viewers_are_limited_and_an_unconnected_one_frees_its_slot():
+    async def body() -> None:
+        s = settings(sources=[SYNTH], security={"token": TOKEN}, ice={"loopback": True})
+        s.limits.max_viewers = 1
+        async with client(s) as c:
+            pcs = [(await local_offer(publish=False)) for _ in range(2)]
+            try:
+                r = await c.post("/whep/cam", **sdp_post(pcs[0][1]))  # its answer is never applied
+                assert r.status == 201
+                r2 = await c.post("/whep/cam", **sdp_post(pcs[1][1]))
+                assert r2.status == 429 and "limit" in (await r2.json())["error"]
+                # the first never connects: the connect timeout (15 s) frees its slot and ends its session
+                await until_state(c, "cam", lambda st: st["viewers"] == 0, "the slot freed", timeout=30)
+                assert (await c.delete(r.headers["Location"], headers=AUTH)).status == 404
+            finally:
+                await asyncio.gather(*(pc.close() for pc, _ in pcs))
+    run(body(), timeout=60)
+
+
 # ------------------------------------------------------------------------------ headless Chromium
 # A page's own WHIP/WHEP client: RTCPeerConnection, every candidate gathered, the offer POSTed as SDP.
 PAGE_CLIENT = """async ({path, token, publish}) => {
