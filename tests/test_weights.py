@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 import unseen.engine.models as models
+from support.nanotrack import nanotrack_folder
 from unseen.weights import cli, loading, registry, store
 from unseen.weights.registry import (REGISTRY, CheckpointError, ChecksumError, DownloadError, MissingWeightsError,
                                      UnknownWeightsError)
@@ -93,10 +94,14 @@ def test_registry_covers_every_model() -> None:
         assert entry.model == name
         assert entry.family == ("aot" if name in models.MODEL_NAMES_AOT else "e2fgvi")
     assert registry.names("sam") == ["sam_vit_h", "sam_vit_l", "sam_vit_b"]
-    assert len(REGISTRY) == 3 + len(models.MODEL_NAMES_AOT) + len(models.MODEL_NAMES_E2FGVI)
+    assert registry.names("nanotrack") == ["nanotrack_v2"]
+    assert len(REGISTRY) == 3 + len(models.MODEL_NAMES_AOT) + len(models.MODEL_NAMES_E2FGVI) + 1
 
 
-@pytest.mark.parametrize("entry", list(REGISTRY.values()), ids=list(REGISTRY))
+TORCH_ENTRIES = [e for e in REGISTRY.values() if not e.multi]
+
+
+@pytest.mark.parametrize("entry", TORCH_ENTRIES, ids=[e.name for e in TORCH_ENTRIES])
 def test_registry_entry_complete(entry: registry.WeightsEntry) -> None:
     assert entry.family in registry.FAMILIES
     assert entry.filename.endswith(".pth") and entry.urls and entry.licence and entry.description
@@ -613,3 +618,114 @@ def test_real_e2fgvi_checkpoint_layout(tmp_path: Path) -> None:
     assert loading.check(state, "e2fgvi_hq").ok
     report = loading.check(state, "e2fgvi")
     assert not report.ok and "sc.bias" in str(report.missing + report.unexpected) + report.message
+
+
+# -- a multi-file entry: NanoTrack V2 (two ONNX files, each with its own URL and sha256) ---------
+
+
+def _provenance_rows(folder: Path) -> dict[str, tuple[int, str]]:
+    """file -> (bytes, sha256) from the shared folder's PROVENANCE.md table."""
+    rows = {}
+    for line in (folder / "PROVENANCE.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].endswith(".onnx"):
+            rows[cells[0]] = (int(cells[1].replace(",", "")), cells[2])
+    return rows
+
+
+def test_nanotrack_entry_matches_provenance() -> None:
+    folder = nanotrack_folder()
+    entry = registry.get("nanotrack_v2")
+    rows = _provenance_rows(folder)
+    assert {f.filename: (f.size, f.sha256) for f in entry.files} == rows
+    for spec in entry.files:
+        assert spec.urls[0].endswith("/NanoTrack/models/nanotrackv2/" + spec.filename)
+        assert spec.urls[0].startswith("https://raw.githubusercontent.com/HonglinChu/SiamTrackers/")
+        assert store.sha256sum(folder / spec.filename) == spec.sha256
+
+
+def _fake_nanotrack(monkeypatch: pytest.MonkeyPatch) -> dict[str, bytes]:
+    """The registry's nanotrack_v2 entry pointed at two small stand-in files; returns their bytes."""
+    import hashlib
+
+    bodies = {"nanotrack_backbone_sim.onnx": b"backbone" * 1000, "nanotrack_head_sim.onnx": b"head" * 700}
+    entry = REGISTRY["nanotrack_v2"]
+    files = tuple(registry.WeightsFile(f.filename, f.urls, len(bodies[f.filename]),
+                                       hashlib.sha256(bodies[f.filename]).hexdigest()) for f in entry.files)
+    monkeypatch.setitem(REGISTRY, "nanotrack_v2", dataclasses.replace(entry, files=files))
+    return bodies
+
+
+def test_fetch_multi_file(server: Server, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bodies = _fake_nanotrack(monkeypatch)
+    for name, body in bodies.items():
+        server.files["/mirror/" + name] = ("application/octet-stream", body)
+    assert store.find("nanotrack_v2") is None
+    path = store.fetch("nanotrack_v2", progress=False, url=url(server, "/mirror/"), timeout=5)
+    assert path == folder / "nanotrack_v2" and store.find("nanotrack_v2") == path
+    got = store.installed("nanotrack_v2")
+    assert {n: got[n].read_bytes() for n in bodies} == bodies
+    assert store.verify("nanotrack_v2").ok
+    assert sorted(p for p, _ in server.seen) == sorted("/mirror/" + n for n in bodies)
+
+
+def test_fetch_multi_file_sha_mismatch(server: Server, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bodies = _fake_nanotrack(monkeypatch)
+    server.files["/m/nanotrack_backbone_sim.onnx"] = ("application/octet-stream", bodies["nanotrack_backbone_sim.onnx"])
+    wrong = bytearray(bodies["nanotrack_head_sim.onnx"])
+    wrong[10] ^= 0xFF
+    server.files["/m/nanotrack_head_sim.onnx"] = ("application/octet-stream", bytes(wrong))
+    with pytest.raises(ChecksumError, match="nanotrack_head_sim.onnx has sha256") as err:
+        store.fetch("nanotrack_v2", progress=False, url=url(server, "/m"), timeout=5)
+    assert "\n" not in str(err.value) and "`unseen weights fetch nanotrack_v2` again" in str(err.value)
+    assert store.find("nanotrack_v2") is None
+    assert [p.name for p in (folder / "nanotrack_v2").iterdir()] == ["nanotrack_backbone_sim.onnx"]  # no .part
+    with pytest.raises(MissingWeightsError, match="nanotrack_head_sim.onnx") as err:
+        store.installed("nanotrack_v2")
+    assert "`unseen weights import nanotrack_v2 DIR`" in str(err.value)
+
+
+def test_fetch_real_nanotrack_from_loopback(server: Server, folder: Path, capsys) -> None:
+    source = nanotrack_folder()
+    for name in ("nanotrack_backbone_sim.onnx", "nanotrack_head_sim.onnx"):
+        server.files["/nt/" + name] = ("application/octet-stream", (source / name).read_bytes())
+    code, out, _ = run_cli(capsys, "fetch", "nanotrack_v2", "--url", url(server, "/nt"), "--quiet")
+    assert code == 0 and out.startswith("OK nanotrack_v2: ")
+    code, out, _ = run_cli(capsys, "verify", "nanotrack_v2")
+    assert code == 0 and "sha256 of all 2 files matches" in out
+
+
+def test_import_real_nanotrack(folder: Path, capsys) -> None:
+    source = nanotrack_folder()
+    code, out, _ = run_cli(capsys, "import", "nanotrack_v2", str(source))
+    assert code == 0 and out.startswith("OK nanotrack_v2: imported")
+    files = store.installed("nanotrack_v2")
+    assert files["nanotrack_head_sim.onnx"].read_bytes() == (source / "nanotrack_head_sim.onnx").read_bytes()
+    code, out, _ = run_cli(capsys, "check", str(source / "nanotrack_backbone_sim.onnx"), "--model", "nanotrack_v2")
+    assert code == 0 and "official nanotrack_backbone_sim.onnx" in out
+
+
+def test_import_refuses_corrupt_nanotrack(folder: Path, tmp_path: Path, capsys) -> None:
+    source = nanotrack_folder()
+    bad = tmp_path / "download"
+    bad.mkdir()
+    for name in ("nanotrack_backbone_sim.onnx", "nanotrack_head_sim.onnx"):
+        (bad / name).write_bytes((source / name).read_bytes())
+    body = bytearray((bad / "nanotrack_head_sim.onnx").read_bytes())
+    body[len(body) // 2] ^= 0x01
+    (bad / "nanotrack_head_sim.onnx").write_bytes(bytes(body))
+    code, _, err = run_cli(capsys, "import", "nanotrack_v2", str(bad))
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith("error: nanotrack_head_sim.onnx has sha256") and "import nanotrack_v2 DIR" in err
+    assert store.find("nanotrack_v2") is None and not (folder / "nanotrack_v2").exists()
+    code, out, _ = run_cli(capsys, "check", str(bad / "nanotrack_head_sim.onnx"), "--model", "nanotrack_v2")
+    assert code == 1 and "matches none of the official files" in out
+
+
+def test_installed_refuses_a_file_changed_after_import(folder: Path) -> None:
+    store.import_file("nanotrack_v2", nanotrack_folder())
+    head = folder / "nanotrack_v2" / "nanotrack_head_sim.onnx"
+    head.write_bytes(head.read_bytes()[:-1])
+    with pytest.raises(ChecksumError, match="nanotrack_head_sim.onnx is 726197 bytes") as err:
+        store.installed("nanotrack_v2")
+    assert "\n" not in str(err.value) and "`unseen weights fetch nanotrack_v2`" in str(err.value)

@@ -1,11 +1,12 @@
 """Model checkpoints: the registry of supported files, the weights folder, strict loading.
 
 ``load_model(name)`` returns a model with its official weights loaded strictly;
-``find(name)`` says whether a checkpoint is installed.  The ``unseen weights``
+``find(name)`` says whether a checkpoint is installed; ``installed(name)`` hands over the checked files of a
+multi-file entry (NanoTrack's ONNX files).  The ``unseen weights``
 commands (``weights.cli``) fetch, import and verify them.  Only this package does I/O.
 """
 from .loading import load_model
 from .registry import WeightsError
-from .store import find
+from .store import InstalledFiles, find, installed
 
-__all__ = ["WeightsError", "find", "load_model"]
+__all__ = ["InstalledFiles", "WeightsError", "find", "installed", "load_model"]

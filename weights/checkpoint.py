@@ -11,6 +11,7 @@ when that module defines it), which the current model code has.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import zipfile
 from collections.abc import Mapping
@@ -47,7 +48,8 @@ def tolerated_missing(entry: WeightsEntry) -> tuple[str, ...]:
 
 
 def _fix_hint(name: str) -> str:
-    return f"run `unseen weights fetch {name}` or `unseen weights import {name} FILE`"
+    what = "DIR" if get(name).multi else "FILE"
+    return f"run `unseen weights fetch {name}` or `unseen weights import {name} {what}`"
 
 
 def is_torch_archive(path: Path | str) -> bool:
@@ -203,11 +205,28 @@ def check(file: PathOrStateDict, name: str) -> CheckReport:
     Never raises for a bad file: the problem is in the report.
     """
     entry = get(name)
+    if entry.multi:
+        return _check_hashed(file, entry)
     try:
         state, container, stripped = _read(file, entry.name)
     except (CheckpointError, MissingWeightsError) as exc:
         return CheckReport(name=entry.name, source=_label(file), ok=False, message=str(exc))
     return _check_state(build(entry.name), entry.name, state, container, stripped, _label(file))
+
+
+def _check_hashed(file: PathOrStateDict, entry: WeightsEntry) -> CheckReport:
+    """A file of a multi-file entry (not a torch checkpoint): it is one of the entry's files by its sha256."""
+    label = _label(file)
+    if not isinstance(file, (str, os.PathLike)) or not Path(file).is_file():
+        return CheckReport(name=entry.name, source=label, ok=False,
+                           message=f"{label} is not a file; {_fix_hint(entry.name)}")
+    digest = hashlib.sha256(Path(file).read_bytes()).hexdigest()
+    match = next((f.filename for f in entry.files if f.sha256 == digest), None)
+    if match is None:
+        return CheckReport(name=entry.name, source=label, ok=False, message=(
+            f"matches none of the official files ({', '.join(f.filename for f in entry.files)}) by sha256; "
+            f"{_fix_hint(entry.name)}"))
+    return CheckReport(name=entry.name, source=label, ok=True, message=f"is the official {match} (sha256)")
 
 
 def read_and_check(source: PathOrStateDict, name: str, model: nn.Module) -> tuple[StateDict, CheckReport]:

@@ -105,9 +105,10 @@ def _fill(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p = command("verify", _verify, "verify installed checkpoints (sha256 when known, else a strict load)")
     p.add_argument("name", metavar="NAME", nargs="?", help="one checkpoint (default: every installed one)")
-    p = command("import", _import, "copy a downloaded checkpoint into the weights folder after a strict check")
+    p = command("import", _import, "copy a downloaded checkpoint into the weights folder after a strict check "
+                "(a multi-file entry such as nanotrack_v2: the folder holding its files, checked by sha256)")
     p.add_argument("name", metavar="NAME")
-    p.add_argument("file", metavar="FILE", type=Path)
+    p.add_argument("file", metavar="FILE|DIR", type=Path)
     p = command("check", _check, "check that FILE loads strictly into the model of a checkpoint name")
     p.add_argument("file", metavar="FILE", type=Path)
     p.add_argument("--model", required=True, metavar="NAME", help="checkpoint name, e.g. r50_deaotl")

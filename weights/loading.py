@@ -1,5 +1,6 @@
 """Loading the official checkpoints strictly into the models built here: a file given, or the one in the
-weights folder (:mod:`.store`), checked by :mod:`.checkpoint` before it is loaded."""
+weights folder (:mod:`.store`), checked by :mod:`.checkpoint` before it is loaded.  Files another runtime
+reads (NanoTrack's ONNX files, for OpenCV) are handed over by :func:`installed` after their sha256 is checked."""
 from __future__ import annotations
 
 import os
@@ -11,9 +12,10 @@ from . import store
 from .checkpoint import (CheckReport, PathOrStateDict, build, check, load_state_dict, read_and_check,
                          read_checkpoint, tolerated_missing, unwrap)
 from .registry import CheckpointError, MissingWeightsError, get
+from .store import InstalledFiles, installed
 
-__all__ = ["CheckReport", "build", "check", "load_model", "load_state_dict", "read_checkpoint", "tolerated_missing",
-           "unwrap"]
+__all__ = ["CheckReport", "InstalledFiles", "build", "check", "installed", "load_model", "load_state_dict",
+           "read_checkpoint", "tolerated_missing", "unwrap"]
 
 
 def load_model(name: str, path_or_state_dict: PathOrStateDict | None = None, device: str | torch.device = "cpu",

@@ -16,12 +16,15 @@ from dataclasses import dataclass
 SAM_LICENCE = "Apache-2.0"
 AOT_LICENCE = "BSD-3-Clause code; no separate weights statement"
 E2FGVI_LICENCE = "CC BY-NC 4.0 (non-commercial)"
+NANOTRACK_LICENCE = "Apache-2.0"
 
-FAMILIES = ("sam", "aot", "e2fgvi")
+FAMILIES = ("sam", "aot", "e2fgvi", "nanotrack")
 
 _SAM_BASE = "https://dl.fbaipublicfiles.com/segment_anything/"
 _DRIVE = "https://drive.google.com/uc?export=download&id="
 _UNKNOWN = "unknown: verified on import by loading"
+_NANOTRACK_BASE = ("https://raw.githubusercontent.com/HonglinChu/SiamTrackers/"
+                   "248663fde6bf7c40190cf10ee396d5662919ecd3/NanoTrack/models/nanotrackv2/")
 
 
 class WeightsError(Exception):
@@ -52,19 +55,30 @@ class CheckpointError(WeightsError):
 
 
 @dataclass(frozen=True)
+class WeightsFile:
+    """One file of a multi-file entry, stored in the entry's folder under its official name."""
+
+    filename: str
+    urls: tuple[str, ...]
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
 class WeightsEntry:
-    """One supported checkpoint."""
+    """One supported checkpoint: a single file, or (``files``) a folder of several."""
 
     name: str
-    family: str  # "sam" | "aot" | "e2fgvi"
-    model: str  # SAM kind (vit_b...) or unseen.engine.models.build_model name
-    filename: str  # the official file name, also its name in the weights folder
-    urls: tuple[str, ...]  # download sources, in order of preference
-    size: int | None  # bytes, None when unknown
-    sha256: str | None  # lowercase hex, None when unknown
+    family: str  # "sam" | "aot" | "e2fgvi" | "nanotrack"
+    model: str  # SAM kind (vit_b...), unseen.engine.models.build_model name, or the runtime's model name
+    filename: str  # the official file name, also its name in the weights folder (a folder for ``files``)
+    urls: tuple[str, ...]  # download sources, in order of preference (a multi-file entry: its files' own)
+    size: int | None  # bytes, None when unknown (a multi-file entry: all its files)
+    sha256: str | None  # lowercase hex, None when unknown (None for a multi-file entry: see its files)
     licence: str
     description: str
     note: str = ""  # provenance remarks (unconfirmed sizes, archive quirks)
+    files: tuple[WeightsFile, ...] = ()  # a multi-file entry's files (each with its own URL and sha256)
 
     @property
     def url(self) -> str:
@@ -72,9 +86,14 @@ class WeightsEntry:
         return self.urls[0]
 
     @property
+    def multi(self) -> bool:
+        """Whether the entry is a folder of several files."""
+        return bool(self.files)
+
+    @property
     def integrity(self) -> str:
         """How a file is recognised as this checkpoint, for listings."""
-        if self.sha256:
+        if self.sha256 or (self.files and all(f.sha256 for f in self.files)):
             return "sha256"
         return "size+load" if self.size else _UNKNOWN
 
@@ -98,6 +117,16 @@ def _e2fgvi(name: str, filename: str, drive_id: str, description: str) -> Weight
         name=name, family="e2fgvi", model=name, filename=filename, urls=(_DRIVE + drive_id,),
         size=None, sha256=None, licence=E2FGVI_LICENCE, description=description,
         note="the README says to unzip the download; a zip holding the .pth is unpacked on fetch/import",
+    )
+
+
+def _nanotrack(name: str, files: tuple[tuple[str, int, str], ...], description: str) -> WeightsEntry:
+    parts = tuple(WeightsFile(f, (_NANOTRACK_BASE + f,), size, sha) for f, size, sha in files)
+    return WeightsEntry(
+        name=name, family="nanotrack", model=name, filename=name, urls=tuple(_NANOTRACK_BASE + f for f, _, _ in files),
+        size=sum(p.size for p in parts), sha256=None, licence=NANOTRACK_LICENCE, description=description,
+        note="HonglinChu/SiamTrackers at 248663f, NanoTrack/models/nanotrackv2/; run by OpenCV's TrackerNano",
+        files=parts,
     )
 
 
@@ -135,14 +164,18 @@ _ENTRIES = (
             "E2FGVI video inpainting, fixed 432x240 (41.8M params)"),
     _e2fgvi("e2fgvi_hq", "E2FGVI-HQ-CVPR22.pth", "10wGdKSUOie0XmCr8SQ2A2FeDe-mfn5w3",
             "E2FGVI-HQ video inpainting, any resolution (41.1M params)"),
+    _nanotrack("nanotrack_v2", (
+        ("nanotrack_backbone_sim.onnx", 1_056_849, "530bdd0cd00f19afab79a863e71ba71e3312395a5dc9151af675082bdaaa2fc4"),
+        ("nanotrack_head_sim.onnx", 726_198, "0d8c0637be849f092cc7236cae02e55c8b9455ebe37ba50601d6115db4247cd9"),
+    ), "NanoTrack V2 Siamese box tracker (MobileNetV3, ~334k params; two ONNX files)"),
 )
 
-#: name -> entry, in listing order (SAM, AOT, DeAOT, E2FGVI)
+#: name -> entry, in listing order (SAM, AOT, DeAOT, E2FGVI, NanoTrack)
 REGISTRY: dict[str, WeightsEntry] = {entry.name: entry for entry in _ENTRIES}
 
 
 def names(family: str | None = None) -> list[str]:
-    """Registered names, optionally only those of ``family`` (sam, aot, e2fgvi)."""
+    """Registered names, optionally only those of ``family`` (sam, aot, e2fgvi, nanotrack)."""
     return [n for n, e in REGISTRY.items() if family is None or e.family == family]
 
 

@@ -5,6 +5,10 @@ The folder is the ``--weights-dir`` flag, else ``$UNSEEN_WEIGHTS``, else
 name.  Downloads resume (HTTP ``Range`` into ``<file>.part``) and land with an
 atomic rename only after their size/sha256 (when known) or a strict load (when
 not) proved them right.  This is the only module that touches the network.
+
+A multi-file entry (NanoTrack's two ONNX files) is a folder named after the entry holding its files under
+their official names; each file is fetched, imported and verified by its own sha256, and the entry is
+installed when every file is there (:func:`installed` hands the checked paths to a backend).
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http.cookiejar import CookieJar
 from pathlib import Path
 
@@ -27,10 +31,10 @@ from tqdm import tqdm
 
 from .checkpoint import check, is_torch_archive
 from .registry import (ChecksumError, CheckpointError, DownloadError, MissingWeightsError, WeightsEntry,
-                       WeightsError, get)
+                       WeightsError, WeightsFile, get)
 
-__all__ = ["ENV_VAR", "PART_SUFFIX", "VerifyResult", "WeightsError", "fetch", "find", "import_file",
-           "is_torch_archive", "path_for", "sha256sum", "verify", "weights_dir"]
+__all__ = ["ENV_VAR", "PART_SUFFIX", "InstalledFiles", "VerifyResult", "WeightsError", "fetch", "find",
+           "import_file", "installed", "is_torch_archive", "path_for", "sha256sum", "verify", "weights_dir"]
 
 ENV_VAR = "UNSEEN_WEIGHTS"
 DEFAULT_DIR = Path("~/.cache/unseen/weights")
@@ -58,8 +62,12 @@ def path_for(name: str, folder: Path | str | None = None) -> Path:
 
 
 def find(name: str, weights_dir: Path | str | None = None) -> Path | None:
-    """The file of checkpoint ``name`` if it is in the weights folder under its official name."""
+    """The file of checkpoint ``name`` if it is in the weights folder under its official name (a multi-file
+    entry: its folder, when every file is in it)."""
     path = path_for(name, weights_dir)
+    entry = get(name)
+    if entry.multi:
+        return path if all((path / f.filename).is_file() for f in entry.files) else None
     return path if path.is_file() else None
 
 
@@ -73,7 +81,16 @@ def sha256sum(path: Path | str) -> str:
 
 
 def _import_hint(entry: WeightsEntry) -> str:
+    files = get(entry.name).files
+    if files:
+        return (f"download {', '.join(f.filename for f in files)} elsewhere into one folder and run "
+                f"`unseen weights import {entry.name} DIR`")
     return f"download {entry.filename} elsewhere and run `unseen weights import {entry.name} FILE`"
+
+
+def _file_entry(entry: WeightsEntry, part: WeightsFile) -> WeightsEntry:
+    """One file of a multi-file entry seen as a single-file entry (for downloading and checking it)."""
+    return replace(entry, filename=part.filename, urls=part.urls, size=part.size, sha256=part.sha256, files=())
 
 
 def _one_line(value: object) -> str:
@@ -214,20 +231,13 @@ def fetch(name: str, weights_dir: Path | str | None = None, progress: bool = Tru
     """
     entry = get(name)
     dest = path_for(entry.name, weights_dir)
+    if entry.multi:
+        return _fetch_files(entry, dest, progress, url, timeout)
     if dest.is_file():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + PART_SUFFIX)
-    if entry.size is not None and part.exists() and part.stat().st_size > entry.size:
-        part.unlink()
-    sources = (url,) if url else entry.urls
-    for index, source in enumerate(sources):
-        try:
-            _transfer(source, part, entry, progress, timeout)
-            break
-        except DownloadError:
-            if index == len(sources) - 1:
-                raise
+    _download((url,) if url else entry.urls, part, entry, progress, timeout)
     try:
         official = _check_integrity(part, entry, f"run `unseen weights fetch {entry.name}` again")
         _unpack_archive(part, entry)
@@ -237,6 +247,38 @@ def fetch(name: str, weights_dir: Path | str | None = None, progress: bool = Tru
         part.unlink(missing_ok=True)  # resuming a wrong file cannot fix it
         raise
     os.replace(part, dest)
+    return dest
+
+
+def _download(sources: tuple[str, ...], part: Path, entry: WeightsEntry, progress: bool, timeout: float) -> None:
+    """Fill ``part`` from the first of ``sources`` that works (resuming what it holds)."""
+    if entry.size is not None and part.exists() and part.stat().st_size > entry.size:
+        part.unlink()
+    for index, source in enumerate(sources):
+        try:
+            _transfer(source, part, entry, progress, timeout)
+            return
+        except DownloadError:
+            if index == len(sources) - 1:
+                raise
+
+
+def _fetch_files(entry: WeightsEntry, dest: Path, progress: bool, url: str | None, timeout: float) -> Path:
+    """Each file of a multi-file entry into its folder (``url``: a mirror folder), checked by its sha256."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for spec in entry.files:
+        target = dest / spec.filename
+        if target.is_file():
+            continue
+        one = _file_entry(entry, spec)
+        part = target.with_name(target.name + PART_SUFFIX)
+        _download((url.rstrip("/") + "/" + spec.filename,) if url else spec.urls, part, one, progress, timeout)
+        try:
+            _check_integrity(part, one, f"run `unseen weights fetch {entry.name}` again")
+        except ChecksumError:
+            part.unlink(missing_ok=True)
+            raise
+        os.replace(part, target)
     return dest
 
 
@@ -257,7 +299,19 @@ class VerifyResult:
         return f"{'OK' if self.ok else 'FAIL'} {self.name}: {self.path}: {self.message}"
 
 
+def _verify_files(folder: Path, entry: WeightsEntry) -> VerifyResult:
+    """A multi-file entry's files against their sha256 (no load can vouch for them)."""
+    for spec in entry.files:
+        digest = sha256sum(folder / spec.filename)
+        if digest != spec.sha256:
+            return VerifyResult(entry.name, folder, False, f"{spec.filename} has sha256 {digest[:12]}..., expected "
+                                f"{spec.sha256[:12]}...; {_import_hint(entry)}")
+    return VerifyResult(entry.name, folder, True, f"sha256 of all {len(entry.files)} files matches the official ones")
+
+
 def _verify_file(path: Path, entry: WeightsEntry) -> VerifyResult:
+    if entry.multi:
+        return _verify_files(path, entry)
     if entry.sha256 is not None and sha256sum(path) == entry.sha256:
         return VerifyResult(entry.name, path, True, "sha256 matches the official file")
     if entry.sha256 is None and entry.size is not None and path.stat().st_size == entry.size:
@@ -291,6 +345,8 @@ def import_file(name: str, file: Path | str, weights_dir: Path | str | None = No
     """
     entry = get(name)
     src = Path(file).expanduser()
+    if entry.multi:
+        return _import_folder(entry, src, path_for(entry.name, weights_dir))
     if not src.is_file():
         raise MissingWeightsError(f"{src} does not exist; pass an existing file to "
                                   f"`unseen weights import {entry.name} FILE`")
@@ -311,3 +367,55 @@ def import_file(name: str, file: Path | str, weights_dir: Path | str | None = No
     finally:
         part.unlink(missing_ok=True)
     return dest
+
+
+def _import_folder(entry: WeightsEntry, src: Path, dest: Path) -> Path:
+    """A multi-file entry from the user's folder: every file checked by sha256, then the folder lands whole."""
+    if not src.is_dir():
+        raise MissingWeightsError(f"{src} is not a folder; pass the folder holding "
+                                  f"{', '.join(f.filename for f in entry.files)} to `unseen weights import "
+                                  f"{entry.name} DIR`")
+    for spec in entry.files:
+        if not (src / spec.filename).is_file():
+            raise MissingWeightsError(f"{spec.filename} is not in {src}; {_import_hint(entry)}")
+        _check_integrity(src / spec.filename, _file_entry(entry, spec),
+                         f"{src} was not imported; {_import_hint(entry)}")
+    staging = dest.with_name(dest.name + ".import")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.mkdir(parents=True)
+        for spec in entry.files:
+            shutil.copyfile(src / spec.filename, staging / spec.filename)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(staging, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return dest
+
+
+@dataclass(frozen=True)
+class InstalledFiles:
+    """The checked files of an installed multi-file entry, what a backend is handed to read."""
+
+    name: str
+    paths: dict[str, Path]  # official file name -> its path
+
+    def __getitem__(self, filename: str) -> Path:
+        return self.paths[filename]
+
+
+def installed(name: str, weights_dir: Path | str | None = None) -> InstalledFiles:
+    """The files of multi-file entry ``name``, each checked against its sha256.
+
+    Raises :class:`MissingWeightsError` when one is absent, :class:`ChecksumError` when one differs (one line
+    each, naming the command that fixes it)."""
+    entry = get(name)
+    folder = path_for(entry.name, weights_dir)
+    fix = f"run `unseen weights fetch {entry.name}` or, offline, `unseen weights import {entry.name} DIR`"
+    missing = [f.filename for f in entry.files if not (folder / f.filename).is_file()]
+    if missing:
+        raise MissingWeightsError(f"weights {entry.name} ({', '.join(missing)}) not found in {folder.parent}; {fix}")
+    for spec in entry.files:
+        _check_integrity(folder / spec.filename, _file_entry(entry, spec), fix)
+    return InstalledFiles(entry.name, {f.filename: folder / f.filename for f in entry.files})
