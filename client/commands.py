@@ -18,8 +18,20 @@ def cmd_click(args) -> int:
 
     async def go():
         async with Control(args.url, token=args.token, timeout=args.timeout) as c:
-            return await c.click(args.stream, args.x, args.y, positive=not args.negative, object_id=args.object)
+            return await c.click(args.stream, args.x, args.y, positive=not args.negative, object_id=args.object,
+                                 box=args.box)
     return _run(go())
+
+
+def parse_box(text: str) -> list[float]:
+    """``X0,Y0,X1,Y1`` -> four numbers (the server checks their order and the frame)."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"bad box {text!r}; write X0,Y0,X1,Y1 (frame pixels)")
+    return values
 
 
 def cmd_objects(args) -> int:
@@ -48,10 +60,12 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    click = sub.add_parser("click", help="click a live stream: add (or correct) an object")
+    click = sub.add_parser("click", help="click a live stream or draw a box on it: add (or correct) an object")
     _common(click)
-    click.add_argument("x", type=float)
-    click.add_argument("y", type=float)
+    click.add_argument("x", type=float, nargs="?", help="the click (leave X Y out for a box alone)")
+    click.add_argument("y", type=float, nargs="?")
+    click.add_argument("--box", type=parse_box, default=None, metavar="X0,Y0,X1,Y1",
+                       help="a box around the object, alone or with the click (on --object, or a new object)")
     click.add_argument("--negative", action="store_true", help="negative click (correct an object)")
     click.add_argument("--object", type=int, default=None, help="object id (default: a new object; "
                                                                  "negative clicks: the last one)")

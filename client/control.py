@@ -3,6 +3,7 @@
     async with Control("http://127.0.0.1:8080") as c:
         oid = (await c.click("cam", 120, 80))["object"]
         await c.click("cam", 130, 95, positive=False, object_id=oid)
+        await c.click("cam", box=(100, 60, 180, 140))  # a box alone starts an object too
         print(await c.objects("cam"))
 
 Every failure is :class:`ControlError` with the server's one-line message.
@@ -14,7 +15,7 @@ import itertools
 import json
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import Any, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import websockets
@@ -104,10 +105,16 @@ class Control:
     async def objects(self, stream: str) -> list[dict]:
         return await self.request("objects", stream=stream)
 
-    async def click(self, stream: str, x: float, y: float, *, positive: bool = True, object_id: int | None = None,
-                    pts: int | None = None, frame: int | None = None) -> dict:
-        return await self.request("click", stream=stream, x=x, y=y, positive=positive, object=object_id, pts=pts,
-                                  frame=frame)
+    async def click(self, stream: str, x: float | None = None, y: float | None = None, *, positive: bool = True,
+                    object_id: int | None = None, pts: int | None = None, frame: int | None = None,
+                    box: Sequence[float] | None = None) -> dict:
+        """A click (``x``, ``y``), a ``box`` (x0, y0, x1, y1), or both, on ``object_id`` (None: a new object)."""
+        fields: dict[str, Any] = {"object": object_id, "pts": pts, "frame": frame}
+        if x is not None or y is not None:
+            fields.update(x=x, y=y, positive=positive)
+        if box is not None:
+            fields["box"] = list(box)
+        return await self.request("click", stream=stream, **fields)
 
     async def remove(self, stream: str, object_id: int) -> dict:
         return await self.request("remove", stream=stream, object=object_id)

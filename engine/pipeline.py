@@ -246,8 +246,12 @@ class Pipeline:
 
     # ------------------------------------------------------------------ prompts
     def _apply_actions(self, final: bool = False) -> None:
+        segmenting = False  # a prompt on a named object waits for earlier segmentations: its prompts add to theirs
         for action in self.prompts.take():
             if action.future.done():
+                continue
+            if segmenting and action.kind == "prompt" and action.segmentation is None and action.object_id is not None:
+                self.prompts.pending.append(action)
                 continue
             try:
                 done, result = self._apply(action, final)
@@ -267,6 +271,7 @@ class Pipeline:
                     f"click on {where} is beyond the last frame ({self._head}); click on a frame of the video"))
             else:
                 self.prompts.pending.append(action)
+                segmenting = segmenting or action.segmentation is not None
 
     def _frame_for(self, action: Action, final: bool = False) -> int | None:
         """The held frame a prompt applies to; None while that frame has not arrived."""
@@ -355,7 +360,7 @@ class Pipeline:
         neighbours = [self._held[i].frame for i in (index + 12, index - 12, index + 6, index - 6, index + 3, index - 3)
                       if i in self._held]
         earlier = [self._held[i].frame for i in sorted(self._held, reverse=True) if i < index][:self.config.history]
-        if self._prompt_thread is not None:  # live: segment off the frame path, apply when done
+        if self._prompt_thread is not None and not final:  # live: segment off the frame path, apply when done
             action.on_frame, action.prompt = held.frame, prompt
             action.segmentation = self._prompt_thread.submit(self._segment, held.frame, prompt, neighbours, earlier)
             return False, None

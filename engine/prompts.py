@@ -44,7 +44,7 @@ def clip_box(box: Box, width: int, height: int) -> Box:
     clipped = (max(x0, 0.0), max(y0, 0.0), min(x1, float(width)), min(y1, float(height)))
     if clipped[2] - clipped[0] < 1 or clipped[3] - clipped[1] < 1:
         raise PromptError(f"box ({x0:g},{y0:g},{x1:g},{y1:g}) lies outside the {width}x{height} frame; "
-                          f"draw it over the video")
+                          f"give a box that overlaps the video")
     return clipped
 
 

@@ -138,7 +138,7 @@ class Server:
         if isinstance(req, p.ClickRequest):
             p.check_object(req.object, max_objects)
             oid = await stream.click(req.x, req.y, positive=req.positive, object_id=req.object, pts=req.pts,
-                                     frame=req.frame)
+                                     frame=req.frame, box=None if req.box is None else tuple(req.box))
             return {"object": oid, "objects": stream.objects()}
         if isinstance(req, p.RemoveRequest):
             p.check_object(req.object, max_objects)
@@ -278,7 +278,7 @@ async def objects(request: web.Request) -> web.Response:
 
 
 async def object_op(request: web.Request) -> web.Response:
-    """POST .../objects (a click), DELETE .../objects (clear), DELETE/PATCH .../objects/{id}."""
+    """POST .../objects (a click and/or box), DELETE .../objects (clear), DELETE/PATCH .../objects/{id}."""
     limits = _server(request).settings.limits
     oid = request.match_info.get("id")
     fields = {} if oid is None else {"object": p.object_id_from_path(oid, limits.max_objects)}

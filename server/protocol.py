@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from unseen.engine.effects import Effect
 
@@ -91,14 +91,40 @@ MessageId = Union[Annotated[int, Field(ge=-MAX_INDEX, le=MAX_INDEX)], Annotated[
 
 
 class ClickBody(_Strict):
-    """A click: ``x``, ``y`` in pixels of the frame; ``pts`` (stream clock) or ``frame`` names the frame seen."""
+    """A prompt: a click (``x``, ``y`` in pixels of the frame), a ``box`` (x0, y0, x1, y1), or both, on
+    ``object`` (None: a new one); ``pts`` (stream clock) or ``frame`` names the frame seen.  The stream
+    checks both against its frame size (a box is clipped to it, one wholly outside is refused)."""
 
-    x: Coordinate
-    y: Coordinate
+    x: Coordinate | None = None
+    y: Coordinate | None = None
     positive: bool = True
+    box: Annotated[list[Coordinate], Field(min_length=4, max_length=4)] | None = None
     object: ObjectId | None = None
     pts: Index | None = None
     frame: Index | None = None
+
+    @field_validator("box")
+    @classmethod
+    def _ordered(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and not (v[0] < v[2] and v[1] < v[3]):
+            raise ValueError(f"box [{v[0]:g}, {v[1]:g}, {v[2]:g}, {v[3]:g}] is empty or reversed; send "
+                             f"[x0, y0, x1, y1] with x0 < x1 and y0 < y1")
+        return v
+
+    @model_validator(mode="after")
+    def _click_or_box(self) -> "ClickBody":
+        if (self.x is None) != (self.y is None):
+            raise ValueError("a click needs both x and y; send both, or neither with a box")
+        if self.x is None and self.box is None:
+            raise ValueError("the message has neither a click nor a box; send x and y, a box [x0, y0, x1, y1], "
+                             "or both")
+        if self.x is None and not self.positive:
+            raise ValueError("'positive' applies to a click and there is none; send x and y with it")
+        return self
+
+    @property
+    def click(self) -> tuple[float, float] | None:
+        return None if self.x is None or self.y is None else (self.x, self.y)
 
 
 class EffectBody(_Strict):
@@ -195,8 +221,10 @@ def one_line(exc: ValidationError, what: str) -> str:
     """The first error of a pydantic validation as one line with the fix."""
     first = exc.errors()[0]
     where = ".".join(str(x) for x in first["loc"]) or "body"
-    message = str(first["msg"]).splitlines()[0][:200]
-    return f"{what} {where!r}: {message}; fix the message"
+    message = str(first["msg"]).splitlines()[0][:300]
+    if first["type"] == "value_error":  # a validator's own message
+        message = message.removeprefix("Value error, ")
+    return f"{what} {where!r}: {message}" + ("" if ";" in message else "; fix the message")
 
 
 def parse(model: type[_Strict], data: dict[str, Any], what: str = "field") -> Any:
@@ -222,7 +250,7 @@ def parse_request(data: dict[str, Any]) -> Any:
 
 def _skip_tag(line: str, op: str) -> str:
     # a discriminated union names the branch first ('click.x'); the client knows its op
-    return line.replace(f"'{op}.", "'", 1)
+    return line.replace(f"'{op}.", "'", 1).replace(f"'{op}':", "'body':", 1)
 
 
 def parse_sdp(raw: bytes, *, limit: int) -> SdpOffer:

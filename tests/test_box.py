@@ -1,0 +1,275 @@
+"""Box prompts everywhere: the pipeline (a box alone or with clicks, kept per object, clipped to the frame),
+the live stream, REST and WebSocket, the python client and both CLIs.  The engine tests use a recording
+segmenter, so they check what reaches the segmenter, not how well a backend uses the box."""
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from support.app_client import SYNTH, client, run, settings, wait_frames
+
+from unseen.client.control import Control
+from unseen.engine.pipeline import Pipeline, PipelineConfig, PromptError
+from unseen.engine.stages import Click, Frame, Inpainter, Propagator, Segmenter
+from unseen.server.cli import BoxArg, ClickArg, main, parse_box, plan_prompts
+
+pytestmark = pytest.mark.timeout(120)
+
+W, H = 64, 48
+B = (10.0, 8.0, 30.0, 28.0)
+B2 = (20.0, 10.0, 40.0, 30.0)
+C = Click(15.0, 12.0)
+N = Click(25.0, 20.0, positive=False)
+
+
+class Recorder(Segmenter):
+    """Records every call's (frame, clicks, box); the mask is the box plus a square at each positive click."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, tuple[Click, ...], tuple | None]] = []
+
+    def segment(self, frame, clicks, *, neighbours=(), box=None):
+        self.calls.append((frame.index, tuple(clicks), box))
+        mask = np.zeros((frame.height, frame.width), bool)
+        if box is not None:
+            x0, y0, x1, y1 = (int(round(v)) for v in box)
+            mask[y0:y1, x0:x1] = True
+        for c in clicks:
+            if c.positive:
+                mask[int(c.y) - 2:int(c.y) + 3, int(c.x) - 2:int(c.x) + 3] = True
+        return mask
+
+
+class Still(Propagator):
+    """Objects stay where they were seeded."""
+
+    def __init__(self) -> None:
+        self.masks: dict = {}
+
+    def seed(self, frame, masks):
+        self.masks = dict(masks)
+
+    def step(self, frame):
+        return dict(self.masks)
+
+    def reset(self):
+        self.masks = {}
+
+
+class Copy(Inpainter):
+    def inpaint(self, request):
+        return request.entries[request.target].frame.image
+
+
+def pipeline(segment_async: bool = False) -> tuple[Pipeline, Recorder]:
+    seg = Recorder()
+    return Pipeline(seg, Still(), Copy(), PipelineConfig(delay=2, segment_async=segment_async)), seg
+
+
+def frame(i: int) -> Frame:
+    return Frame(i, np.zeros((H, W, 3), np.uint8), pts=i)
+
+
+def play(p: Pipeline, prompts: list[dict], frames: int = 6) -> list:
+    """Submit the prompts (on frame 0 unless they say), step ``frames`` frames and flush; their object ids or errors."""
+    futures = [p.prompt(**{"frame_index": 0, **kw}) for kw in prompts]
+    for i in range(frames):
+        p.step(frame(i))
+    p.flush()
+    return [f.exception() or f.result() for f in futures]
+
+
+# (prompts in order, the last segmentation (frame, clicks, box), the object's box afterwards)
+CASES = {
+    "a box alone starts an object": ([dict(box=B)], (0, (), B), B),
+    "a click adds to the object's box": ([dict(box=B), dict(clicks=[C], object_id=1)], (0, (C,), B), B),
+    "a box joins the object's clicks": ([dict(clicks=[C]), dict(box=B, object_id=1)], (0, (C,), B), B),
+    "clicks and box in one prompt": ([dict(clicks=[C, N], box=B)], (0, (C, N), B), B),
+    "a negative click keeps the box": ([dict(box=B), dict(clicks=[N], object_id=1)], (0, (N,), B), B),
+    "a new box replaces the old": ([dict(box=B), dict(clicks=[C], object_id=1), dict(box=B2, object_id=1)],
+                                   (0, (C,), B2), B2),
+    "another frame starts afresh": ([dict(box=B), dict(clicks=[C], object_id=1, frame_index=3)],
+                                    (3, (C,), None), None),
+    "clipped to the frame": ([dict(box=(-10.0, -5.0, 20.0, 99.0))], (0, (), (0.0, 0.0, 20.0, float(H))),
+                             [0.0, 0.0, 20.0, float(H)]),
+}
+
+
+@pytest.mark.parametrize("segment_async", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_the_box_reaches_the_segmenter_and_stays_with_its_object(case, segment_async):
+    prompts, last_call, box = CASES[case]
+    p, seg = pipeline(segment_async)
+    assert play(p, prompts) == [1] * len(prompts)
+    assert seg.calls[-1] == last_call
+    (described,) = p.describe()["objects"]
+    assert described["box"] == (None if box is None else list(box))
+    assert described["clicks"] == len(last_call[1]) and described["prompt_frame"] == last_call[0]
+    p.close()
+
+
+def test_a_box_without_an_object_id_starts_another_object():
+    p, seg = pipeline()
+    assert play(p, [dict(clicks=[C]), dict(box=B2), dict(box=B, object_id=1)]) == [1, 2, 1]
+    assert [(o["id"], o["box"]) for o in p.describe()["objects"]] == [(1, list(B)), (2, list(B2))]
+    assert seg.calls[-2:] == [(0, (), B2), (0, (C,), B)]
+
+
+def test_the_box_region_is_the_objects_mask():
+    p, _ = pipeline()
+    p.prompt(box=B, frame_index=0)
+    outs = [o for i in range(6) for o in p.step(frame(i))] + p.flush()
+    expected = np.zeros((H, W), bool)
+    expected[8:28, 10:30] = True
+    assert len(outs) == 6 and all(np.array_equal(o.masks[1], expected) for o in outs)
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({}, "needs a click or a box"),
+    ({"box": (1.0, 2.0, 3.0)}, "not 4 finite numbers"),
+    ({"box": (1.0, 2.0, 3.0, float("nan"))}, "not 4 finite numbers"),
+    ({"box": (1.0, 2.0, 3.0, float("inf"))}, "not 4 finite numbers"),
+    ({"box": (1, 2, 3, True)}, "not 4 finite numbers"),
+    ({"box": (5.0, 2.0, 3.0, 9.0)}, "empty or reversed"),
+    ({"box": (1.0, 9.0, 3.0, 9.0)}, "empty or reversed"),
+    ({"box": (W + 1.0, 2.0, W + 9.0, 9.0)}, f"outside the {W}x{H} frame"),
+    ({"box": (-20.0, 2.0, 0.5, 9.0)}, f"outside the {W}x{H} frame"),
+    ({"box": B, "clicks": [Click(W + 5.0, 2.0)]}, "outside the"),
+])
+def test_bad_prompts_are_refused_at_once_in_one_line(kwargs, fragment):
+    p, seg = pipeline()
+    p.step(frame(0))  # the frame size is known
+    with pytest.raises(PromptError) as info:
+        p.prompt(**kwargs)
+    message = str(info.value)
+    assert fragment in message and "\n" not in message and ";" in message
+    assert seg.calls == []
+
+
+def test_a_box_outside_the_frame_given_before_the_first_frame_fails_when_applied():
+    p, seg = pipeline()
+    (error,) = play(p, [dict(box=(100.0, 100.0, 120.0, 130.0))])
+    assert isinstance(error, PromptError) and f"outside the {W}x{H} frame" in str(error)
+    assert seg.calls == [] and p.describe()["objects"] == []
+
+
+# ------------------------------------------------------------------------------ CLI
+@pytest.mark.parametrize("text, box, frame_index, obj", [
+    ("1,2,30,40", (1.0, 2.0, 30.0, 40.0), 0, None),
+    ("1.5, 2 ,30,40@7", (1.5, 2.0, 30.0, 40.0), 7, None),
+    ("-4,2,30,40@7#3", (-4.0, 2.0, 30.0, 40.0), 7, 3),
+    ("1,2,30,40#2", (1.0, 2.0, 30.0, 40.0), 0, 2),
+])
+def test_parse_box(text, box, frame_index, obj):
+    assert parse_box(text) == BoxArg(box, frame_index, obj)
+
+
+def _click(x, frame=0, obj=None, positive=True) -> ClickArg:
+    return ClickArg(float(x), 5.0, frame, obj, positive)
+
+
+def _box(frame=0, obj=None) -> BoxArg:
+    return BoxArg(B, frame, obj)
+
+
+# command-line prompts -> [(object, frame, click xs, box?)] in the order they are submitted
+PLANS = {
+    "a box alone": ([_box()], [(1, 0, [], True)]),
+    "click and box without ids: two objects, in command-line order": (
+        [_box(), _click(1)], [(1, 0, [], True), (2, 0, [1], False)]),
+    "a box refining object 1, with its clicks": (
+        [_click(1), _box(obj=1), _click(2, obj=1), _click(3, positive=False)], [(1, 0, [1, 2, 3], True)]),
+    "a negative without an id corrects the last object": (
+        [_click(3, positive=False), _click(1), _box()], [(2, 0, [3], True), (1, 0, [1], False)]),
+    "prompts on other frames are other prompts; negatives alone go last": (
+        [_click(4, frame=5, obj=1, positive=False), _box(), _box(frame=2, obj=1)],
+        [(1, 0, [], True), (1, 2, [], True), (1, 5, [4], False)]),
+}
+
+
+@pytest.mark.parametrize("case", list(PLANS))
+def test_plan_prompts_groups_by_object_and_frame(case):
+    given, expected = PLANS[case]
+    plans = plan_prompts(given)
+    assert [(pl.object, pl.frame, [c.x for c in pl.clicks], pl.box is not None) for pl in plans] == \
+           [(o, f, [float(x) for x in xs], b) for o, f, xs, b in expected]
+
+
+def _run(*argv) -> int:
+    return main(["-q", "run", *map(str, argv), "--segmenter", "classical", "--propagator", "classical",
+                 "--inpainter", "classical"])
+
+
+def test_unseen_run_takes_a_box_with_a_click(tmp_path, clip):
+    from conftest import write_av
+
+    from unseen.engine.masks import read_label_map
+
+    video = write_av(tmp_path / "in.mp4", clip.frames[:8])
+    x, y = clip.click(0)
+    ys, xs = np.nonzero(clip.masks[0])
+    box = f"{xs.min() - 4},{ys.min() - 4},{xs.max() + 4},{ys.max() + 4}@0#1"
+    assert _run(video, tmp_path / "out.mp4", "--click", f"{x},{y}#1", "--box", box, "--masks-out",
+                tmp_path / "m") == 0
+    assert read_label_map(tmp_path / "m" / "00003.png").max() == 1
+
+
+@pytest.mark.parametrize("box, fragment", [("900,10,950,40", "outside the 320x192 frame"),
+                                           ("10,10,50,40@40", "box on frame 40 is beyond the last frame"),
+                                           ("50,10,10,40", "empty or reversed")])
+def test_unseen_run_refuses_a_bad_box_in_one_line(tmp_path, clip, capsys, box, fragment):
+    from conftest import write_av
+
+    video = write_av(tmp_path / "in.mp4", clip.frames[:6])
+    assert _run(video, tmp_path / "o.mp4", "--box", box) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("unseen: error: ") and fragment in err[0], err
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_bad_box_syntax_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "a.mp4", "b.mp4", "--box", "1,2,3"])
+    assert exc.value.code == 2 and "write X0,Y0,X1,Y1" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ server, client
+def test_rest_websocket_and_client_take_a_box():
+    """A box with a click over REST, a box refining it over the WebSocket (python client), `unseen click --box`;
+    each object reports its box; a box outside the frame and a message with neither are refused."""
+    async def body():
+        async with client(settings(sources=[SYNTH])) as c:
+            await wait_frames(c, "cam", 2)
+            r = await c.post("/api/streams/cam/objects", json={"x": 50, "y": 50, "box": [40, 30, 90, 80]})
+            assert r.status == 200, await r.text()
+            reply = await r.json()
+            assert [(o["id"], o["box"]) for o in reply["objects"]] == [(1, [40, 30, 90, 80])]
+            for bad, fragment in [({"box": [300, 10, 400, 60]}, "outside the 192x112 frame"),
+                                  ({}, "neither a click nor a box"), ({"box": [9, 1, 3, 5]}, "empty or reversed")]:
+                r = await c.post("/api/streams/cam/objects", json=bad)
+                error = (await r.json())["error"]
+                assert r.status == 400 and fragment in error and "\n" not in error, error
+            base = str(c.make_url("/"))
+            async with Control(base, timeout=60) as ctl:
+                refined = await ctl.click("cam", 50, 50, object_id=1, box=(-20, 20, 100, 90))
+            assert [(o["id"], o["box"]) for o in refined["objects"]] == [(1, [0, 20, 100, 90])]
+            argv = ["-q", "click", base, "cam", "50", "50", "--object", "1", "--box", "30,25,95,85"]
+            assert await asyncio.get_running_loop().run_in_executor(None, main, argv) == 0
+            objects = await (await c.get("/api/streams/cam/objects")).json()
+            assert [(o["id"], o["box"]) for o in objects] == [(1, [30, 25, 95, 85])]
+            await wait_frames(c, "cam", 10)  # still serving
+    run(body())
+
+
+def test_unseen_click_without_click_or_box_gets_the_servers_one_line(capsys):
+    async def body():
+        async with client(settings(sources=[SYNTH])) as c:
+            await wait_frames(c, "cam", 2)
+            argv = ["click", str(c.make_url("/")), "cam"]
+            return await asyncio.get_running_loop().run_in_executor(None, main, argv)
+    assert run(body()) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "neither a click nor a box" in err[0], err
