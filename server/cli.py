@@ -36,6 +36,55 @@ def parse_click(text: str, positive: bool = True) -> ClickArg:
     return ClickArg(float(x), float(y), int(frame or 0), int(obj) if obj else None, positive)
 
 
+_NUMBER = r"\s*(-?\d+(?:\.\d+)?)\s*"
+_BOX = re.compile(r"^" + ",".join([_NUMBER] * 4) + r"(?:@\s*(\d+))?\s*(?:#\s*(\d+))?\s*$")
+
+
+@dataclass
+class BoxArg:
+    box: tuple[float, float, float, float]
+    frame: int
+    object: int | None
+    positive: bool = True  # a box always shows the object: it may start one
+
+
+def parse_box(text: str) -> BoxArg:
+    """``X0,Y0,X1,Y1[@FRAME][#OBJECT]`` -> BoxArg (frame defaults to 0)."""
+    m = _BOX.match(text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"bad box {text!r}; write X0,Y0,X1,Y1 or X0,Y0,X1,Y1@FRAME#OBJECT")
+    *corners, frame, obj = m.groups()
+    x0, y0, x1, y1 = (float(v) for v in corners)
+    return BoxArg((x0, y0, x1, y1), int(frame or 0), int(obj) if obj else None)
+
+
+@dataclass
+class PromptPlan:
+    """One object's clicks and box on one frame: one Pipeline.prompt, one segmentation."""
+
+    object: int
+    frame: int
+    clicks: list[ClickArg]
+    box: BoxArg | None = None
+
+
+def plan_prompts(given: list[ClickArg | BoxArg]) -> list[PromptPlan]:
+    """The command line's clicks and boxes, grouped by object and frame.  A click or box without #OBJECT
+    starts the next object (numbered in command-line order), a negative without it corrects the last one;
+    a later box of an object on a frame replaces an earlier one.  Groups that can start an object come first."""
+    starters = [g for g in given if g.object is None and g.positive]
+    number = {id(g): i + 1 for i, g in enumerate(starters)}
+    plans: dict[tuple[int, int], PromptPlan] = {}
+    for g in given:
+        oid = g.object if g.object is not None else number.get(id(g), max(1, len(starters)))
+        plan = plans.setdefault((oid, g.frame), PromptPlan(oid, g.frame, []))
+        if isinstance(g, BoxArg):
+            plan.box = g
+        else:
+            plan.clicks.append(g)
+    return sorted(plans.values(), key=lambda p: not (p.box or any(c.positive for c in p.clicks)))
+
+
 def _add_backend_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("backends")
     g.add_argument("--segmenter", default="auto", help="auto | classical | sam:vit_b|vit_l|vit_h (default auto)")
@@ -69,22 +118,26 @@ def cmd_run(args) -> int:
     from unseen.engine.effects import Effect
     from unseen.engine.masks import MaskFolder, MaskWriter
     from unseen.engine.media import FileSink, MediaError, Source
-    from unseen.engine.pipeline import PipelineConfig, check_inside
+    from unseen.engine.pipeline import PipelineConfig, check_inside, clip_box
+    from unseen.engine.stages import Click
     from unseen.engine.session import Backends, MaskSink, Mode, RuntimeConfig, Session, build_pipeline
 
-    clicks: list[ClickArg] = list(args.click or []) + list(args.negative or [])
-    if not clicks and args.masks_in is None:
-        raise UsageError("nothing to remove: give --click X,Y (on the object) or --masks-in DIR")
+    prompts: list[ClickArg | BoxArg] = list(args.prompts or [])
+    if not prompts and args.masks_in is None:
+        raise UsageError("nothing to remove: give --click X,Y or --box X0,Y0,X1,Y1 (on the object) or --masks-in DIR")
     if Path(args.output).resolve() == Path(args.input).resolve():
         raise UsageError("the output would overwrite the input; choose another output path")
     source = Source(args.input, open_timeout=args.timeout, read_timeout=args.timeout)
     info = source.info
     try:
-        for c in clicks:
-            check_inside(c.x, c.y, info.width, info.height)
+        for c in prompts:
+            if isinstance(c, BoxArg):
+                c.box = clip_box(c.box, info.width, info.height)
+            else:
+                check_inside(c.x, c.y, info.width, info.height)
             if info.frames is not None and c.frame >= info.frames:
-                raise UsageError(f"click on frame {c.frame} is beyond the last frame ({info.frames - 1}); "
-                                 f"click on a frame of the video")
+                raise UsageError(f"{'box' if isinstance(c, BoxArg) else 'click'} on frame {c.frame} is beyond the "
+                                 f"last frame ({info.frames - 1}); give a frame of the video")
         masks_in = MaskFolder(args.masks_in, (info.width, info.height)) if args.masks_in else None
         if masks_in is not None:
             masks_in.labels(0)  # fails now, not mid-run, when the size does not match
@@ -97,15 +150,8 @@ def cmd_run(args) -> int:
     except BaseException:
         source.close()
         raise
-    futures = []
-    next_object = 1
-    for c in sorted(clicks, key=lambda c: not c.positive):  # positives first: they create the objects
-        oid = c.object
-        if oid is None:
-            oid = next_object if c.positive else max(1, next_object - 1)
-        if c.positive and c.object is None:
-            next_object += 1
-        futures.append(pipeline.click(c.x, c.y, positive=c.positive, object_id=oid, frame_index=c.frame))
+    futures = [pipeline.prompt([Click(c.x, c.y, c.positive) for c in plan.clicks], plan.box.box if plan.box else None,
+                               object_id=plan.object, frame_index=plan.frame) for plan in plan_prompts(prompts)]
     mode = Mode.SEQUENTIAL if args.sequential else Mode.PIPELINED
     session = Session(source, pipeline, [sink] + ([MaskSink(writer)] if writer else []),
                       config=RuntimeConfig(mode=mode))
@@ -156,10 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="remove (or mask) clicked objects from a video file or URL")
     run.add_argument("input", help="video file, URL (rtsp://, http://) or folder of numbered frames")
     run.add_argument("output", help="output video (.mp4, .mkv)")
-    run.add_argument("--click", action="append", type=parse_click, metavar="X,Y[@FRAME][#OBJ]",
+    run.add_argument("--click", action="append", dest="prompts", type=parse_click, metavar="X,Y[@FRAME][#OBJ]",
                      help="positive click; a click without #OBJ starts a new object (repeatable)")
-    run.add_argument("--negative", action="append", type=lambda s: parse_click(s, positive=False),
+    run.add_argument("--negative", action="append", dest="prompts", type=lambda s: parse_click(s, positive=False),
                      metavar="X,Y[@FRAME][#OBJ]", help="negative click (default: on the last object)")
+    run.add_argument("--box", action="append", dest="prompts", type=parse_box, metavar="X0,Y0,X1,Y1[@FRAME][#OBJ]",
+                     help="a box around an object: without #OBJ it starts a new object, with #OBJ it refines that "
+                          "one and combines with its clicks on the same frame (repeatable; clipped to the frame)")
     run.add_argument("--masks-in", type=Path, help="per-frame masks (binary or palette PNG) instead of clicks")
     run.add_argument("--masks-out", type=Path, help="write per-frame palette PNG masks here")
     run.add_argument("--effect", default="remove", help="remove | blur | pixelate | fill | overlay")

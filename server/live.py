@@ -37,7 +37,7 @@ from unseen.engine.media import RECONNECT_BACKOFF, FileSink, MediaError, Source,
 from unseen.engine.pipeline import OutputFrame, Pipeline, PipelineConfig, PromptError
 from unseen.engine.runtime import BoundedQueue, CloseReport, Mode, QueueSource, RuntimeConfig, StreamSession
 from unseen.engine.session import Backends, build_pipeline
-from unseen.engine.stages import Frame
+from unseen.engine.stages import Box, Click, Frame
 
 from .config import OutputConfig, Settings, SourceConfig
 from .metrics import Metrics
@@ -572,14 +572,14 @@ class LiveStream:
             self.metrics.stage_ms.labels(sample.stage).observe(sample.ms)
 
     # ------------------------------------------------------------------ prompts
-    def _check_click(self, x: float, y: float) -> None:
+    def _check_click(self, x: float | None, y: float | None) -> None:
         if self.state in ("failed", "closed"):
             raise StreamError(f"stream {self.name!r} has {self.state}; remove it and add it again", 409)
         if self.size is None:
             raise StreamError(f"stream {self.name!r} has no frame yet; wait until its video plays, then click",
                               409)
         w, h = self.size
-        if not (0 <= x < w and 0 <= y < h):
+        if x is not None and y is not None and not (0 <= x < w and 0 <= y < h):
             raise StreamError(f"click ({x:g},{y:g}) is outside the {w}x{h} frame; click inside the video")
 
     def _check_received(self, frame: int | None, pts: int | None) -> None:
@@ -605,20 +605,23 @@ class LiveStream:
         except (PromptError, ValueError, KeyError) as exc:
             raise StreamError(str(exc).strip("'\"")) from None
 
-    async def click(self, x: float, y: float, *, positive: bool = True, object_id: int | None = None,
-                    pts: int | None = None, frame: int | None = None, timeout: float = 60.0) -> int:
-        """Add a click (on the source frame with ``pts``, the one the user saw); returns the object id."""
+    async def click(self, x: float | None, y: float | None, *, positive: bool = True, object_id: int | None = None,
+                    pts: int | None = None, frame: int | None = None, box: Box | None = None,
+                    timeout: float = 60.0) -> int:
+        """Add a click and/or a box (on the source frame with ``pts``, the one the user saw); returns the object
+        id.  A box alone, or with a click, may start an object (Pipeline.prompt)."""
         self._check_click(x, y)
         self._check_received(frame, pts)
-        if not positive and object_id is None:
+        clicks = [] if x is None or y is None else [Click(float(x), float(y), positive)]
+        if not positive and box is None and object_id is None:
             objects = [o["id"] for o in self.objects()]
             if not objects:
                 raise StreamError("a negative click needs an object to correct; click the object first")
             object_id = objects[-1]
-        if not positive and object_id not in [o["id"] for o in self.objects()]:
+        if not positive and box is None and object_id not in [o["id"] for o in self.objects()]:
             raise StreamError(f"no object {object_id}; list the objects and use one of their ids")
         try:
-            future = self.pipeline.click(x, y, positive=positive, object_id=object_id, frame_index=frame, pts=pts)
+            future = self.pipeline.prompt(clicks, box, object_id=object_id, frame_index=frame, pts=pts)
         except PromptError as exc:
             raise StreamError(str(exc)) from None
         return int(await self._wait(future, "the click", timeout))
