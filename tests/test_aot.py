@@ -294,3 +294,27 @@ def test_streams_on_a_device_share_one_model():
     gc.collect()
     c = registry.create("propagator", "aot:aott", options)  # all gone: built anew
     assert MODELS.builds == built + 3 and c.model is not None
+
+
+def test_fork_steps_backwards_on_the_shared_model_without_disturbing_the_tracker():
+    """fork(): the same weights (not a copy), no objects, its own memory.  Stepped backwards from a later
+    frame it gives what a new propagator with these settings gives, and the forward tracker's next masks
+    are those of a twin that was never forked."""
+    options = BackendOptions(memory_cap=3, extra={"random_weights": True, "memory_gap": 2})
+    tracker, twin, fresh = (create("propagator", "aot:deaott", options) for _ in range(3))
+    frames, masks = _frames(10), _masks()
+    for p in (tracker, twin):
+        p.seed(frames[0], masks)
+        for frame in frames[1:5]:
+            p.step(frame)
+    back = tracker.fork()
+    assert back.model is tracker.model and back.objects == [] and back.memory_frames() == 0
+    later = {0: masks[3]}
+    back.seed(frames[5], later)
+    fresh.seed(frames[5], later)
+    for frame in reversed(frames[1:5]):  # newest first, as the session hands the held frames
+        got, want = back.step(frame), fresh.step(frame)
+        assert set(got) == {0} and np.array_equal(got[0], want[0]), frame.index
+    for frame in frames[5:]:
+        got, want = tracker.step(frame), twin.step(frame)
+        assert set(got) == {3, 1000} and all(np.array_equal(got[k], want[k]) for k in got), frame.index

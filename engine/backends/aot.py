@@ -46,6 +46,8 @@ class AOTPropagator(Propagator):
                  memory_gap: int | None = None, max_references: int | None = None) -> None:
         self.model = model.eval().to(device)
         self.device = torch.device(device)
+        self._settings = dict(device=device, precision=precision, memory_cap=memory_cap, memory_gap=memory_gap,
+                              max_references=max_references)
         self.variant = model.cfg.name
         self.autocast_dtype = _PRECISIONS.get(precision) if self.device.type == "cuda" else None
         self.engine = AOTInference(self.model, long_term_gap=memory_gap, memory_cap=memory_cap,
@@ -59,6 +61,11 @@ class AOTPropagator(Propagator):
 
     def memory_frames(self) -> int:
         return self.engine.memory_frames
+
+    def fork(self) -> "AOTPropagator":
+        """A propagator on the same model (weights shared, not copied) with its own empty memory: AOT reads
+        frames in any order, so the session steps it backwards over the frames held before a click."""
+        return AOTPropagator(self.model, **self._settings)
 
     def reset(self) -> None:
         self.engine.reset()
