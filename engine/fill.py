@@ -60,7 +60,7 @@ def _offsets(ww: int, hh: int, r: int) -> list[tuple[int, int]]:
     """Candidate source displacements for a hole of ``ww`` x ``hh`` (ring ``r``): beside it
     (left/right, a little up or down), then above/below; nearest first."""
     out = []
-    for f in (1.0, 1.3, 1.7, 2.2):
+    for f in (1.0, 1.3, 1.7, 2.2, 3.0):
         dx = round(f * (ww + r))
         for dy in (0, round(0.25 * hh), -round(0.25 * hh)):
             out += [(dy, dx), (dy, -dx)]
@@ -70,11 +70,13 @@ def _offsets(ww: int, hh: int, r: int) -> list[tuple[int, int]]:
     return out
 
 
-def texture_fill(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
+def texture_fill(image: np.ndarray, hole: np.ndarray, avoid: np.ndarray | None = None) -> np.ndarray:
     """Fill each piece of ``hole`` with real texture: the displaced copy of the picture whose ring
     around the piece best matches the ring around the hole, its colours corrected by the membrane
     (push-pull) interpolation of the mismatch at the border so the seam vanishes.  Pieces with no
-    clean source nearby (or tiny ones) get Telea.  Only ``hole`` pixels change.
+    clean source nearby (or tiny ones) get Telea.  Only ``hole`` pixels change.  ``avoid`` (HxW bool,
+    optional) is what must never be copied, nor matched against: other objects, what moves, what is
+    left of the removed object.
 
     Telea alone smooths a person-sized hole into a blurred silhouette (a ghost); a copy of the
     grass or wall beside it looks like the scene.  The copy is chosen per frame, but the engine
@@ -84,6 +86,7 @@ def texture_fill(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
     out = image.copy()
     img = image.astype(np.float32)
     h, w = hole.shape
+    blocked = hole if avoid is None else hole | avoid
     n, labels, stats, _ = cv2.connectedComponentsWithStats(hole.astype(np.uint8), connectivity=8)
     rest = np.zeros_like(hole)
     for k in range(1, n):
@@ -95,7 +98,7 @@ def texture_fill(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
         y0, y1, x0, x1 = max(0, y - r), min(h, y + hh + r), max(0, x - r), min(w, x + ww + r)
         comp = labels[y0:y1, x0:x1] == k
         ring = (cv2.dilate(comp.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2)) > 0)
-        ring &= ~hole[y0:y1, x0:x1]
+        ring &= ~blocked[y0:y1, x0:x1]
         if ring.sum() < 8:
             rest |= labels == k
             continue
@@ -105,7 +108,7 @@ def texture_fill(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
             sy0, sx0 = y0 + dy, x0 + dx
             if sy0 < 0 or sx0 < 0 or sy0 + (y1 - y0) > h or sx0 + (x1 - x0) > w:
                 continue
-            src_hole = hole[sy0:sy0 + y1 - y0, sx0:sx0 + x1 - x0]
+            src_hole = blocked[sy0:sy0 + y1 - y0, sx0:sx0 + x1 - x0]
             if (src_hole & (comp | ring)).sum() > 0.02 * comp.sum():
                 continue
             src = img[sy0:sy0 + y1 - y0, sx0:sx0 + x1 - x0]
@@ -117,7 +120,7 @@ def texture_fill(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
             rest |= labels == k
             continue
         src, src_hole = best
-        valid = ~hole[y0:y1, x0:x1] & ~src_hole
+        valid = ~blocked[y0:y1, x0:x1] & ~src_hole
         correction = fill_invalid(np.where(valid[..., None], target - src, 0).astype(np.float32), valid)
         patch = np.clip(src + correction + 0.5, 0, 255).astype(np.uint8)
         out[y0:y1, x0:x1][comp] = patch[comp]

@@ -165,6 +165,11 @@ class Inpainter(abc.ABC):
     def inpaint(self, request: InpaintRequest) -> Image:
         """Return the completed image of ``request.target``; only the dilated hole may change."""
 
+    def observe(self, entry: WindowEntry, masks: Mapping[int, Mask]) -> None:
+        """See each frame as it leaves (``entry``: the frame and its hole, maybe empty) with every tracked
+        object's mask (all effects), before it is completed: a backend may learn from it (a still
+        camera's background).  Default: nothing."""
+
     def cheap(self, request: InpaintRequest) -> Image:
         """A fast fallback used when the session is behind its deadline (counted as degraded)."""
         entry = request.entries[request.target]

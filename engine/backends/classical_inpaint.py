@@ -7,7 +7,13 @@ pixel takes its colour from the nearest frame in which that point of the scene i
 visible; then from past reference frames; then from the previous output's fill
 (inside its hole, before feathering: it keeps what was made up stable instead of
 flickering, and never takes back a part of the object a mask missed); what no frame
-saw is filled with texture copied from beside the hole.  Only the dilated hole is replaced.
+saw is filled with texture copied from beside the hole, never from a tracked object, from something
+moving, or from what is left of the removed object.  Only the dilated hole is replaced.
+
+On a still camera a long-term background model (engine/background.py, fed every frame that leaves
+through :meth:`observe`) is the first source: what each pixel showed while calm and free of every
+object.  It also measures what the masks missed: pixels beside a hole that differ from the known
+background and touch it are the removed object's remains (hair, shoes, a shadow) and join its hole.
 
 Flows are computed once per frame pair at a reduced size, in a
 :class:`~unseen.engine.flow.FlowCache` shared with the classical propagator (which has already
@@ -23,12 +29,19 @@ import collections
 import cv2
 import numpy as np
 
+from typing import Mapping
+
+from ..background import CLEARANCE, BackgroundModel
 from ..fill import fill_invalid, texture_fill
 from ..flow import FlowCache, shared
 from ..stages import Image, InpaintRequest, Inpainter, Mask, WindowEntry, dilate_hole
 from .registry import BackendOptions
 
 HOLE_GROW = 6  # extra dilation (px at flow size) of holes where flow is untrusted
+REMAIN_DIFF = 30  # colour difference from the known background over which a pixel beside a hole is a remain ...
+REMAIN_REACH = 0.25  # ... within this distance of the hole (x the root of its area) ...
+REMAIN_MAX = 0.5  # ... adding at most this fraction of the hole (more: the light changed, not the object)
+MOVING = 0.5  # px (flow size) of motion against the camera's over which a pixel is no source for made-up fill
 
 
 def _sample(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -92,19 +105,92 @@ class FlowGuidedInpainter(Inpainter):
         self._fills: collections.OrderedDict = collections.OrderedDict()
         self._scale = 1.0
         # pixels filled so far from each source (diagnostics: how much was really seen, how much made up)
-        self.filled = {"window": 0, "reference": 0, "previous": 0, "spatial": 0}
+        self.filled = {"background": 0, "window": 0, "reference": 0, "previous": 0, "spatial": 0}
+        self.background = BackgroundModel()
+        self._objects: set[int] = set()  # the objects with a mask in the frame observed last
+        self._occupied: tuple[int, Mask] | None = None  # (frame index, its tracked objects and hole)
 
     def reset(self) -> None:
         self._completed.clear()
         self._holes.clear()
         self._fills.clear()
+        self.background.reset()
+        self._objects.clear()
+        self._occupied = None
+
+    def observe(self, entry: WindowEntry, masks: Mapping[int, Mask]) -> None:
+        """Learn the still camera's background from the frame leaving; an object tracked from now on is
+        forgotten where the model learned it (it stood still before it was clicked)."""
+        image = entry.frame.image
+        occupied = entry.hole.copy() if entry.hole.shape == image.shape[:2] else np.zeros(image.shape[:2], bool)
+        present = set()
+        for oid, m in masks.items():
+            if m.any():
+                occupied |= m
+                present.add(oid)
+        self.background.update(image, occupied)
+        for oid in present - self._objects:
+            grown = cv2.dilate(masks[oid].astype(np.uint8), cv2.getStructuringElement(
+                cv2.MORPH_ELLIPSE, (4 * CLEARANCE + 1,) * 2)) > 0
+            self.background.forget(grown, image)
+        self._objects = present
+        self._occupied = (entry.frame.index, occupied)
 
     # -- cached pieces ---------------------------------------------------------------------
     def _hole_of(self, entry: WindowEntry) -> Mask:
         key = (entry.frame.index, entry.revision)
         if key not in self._holes:
-            self._holes[key] = dilate_hole(entry.hole, self.dilation)
+            hole = entry.hole
+            if self.background.ready and hole.any():
+                hole = hole | self._remains(entry.frame.image, hole)
+            self._holes[key] = dilate_hole(hole, self.dilation)
         return self._holes[key]
+
+    def _remains(self, image: Image, hole: Mask) -> Mask:
+        """Pixels beside ``hole`` that differ from the known background and touch it: what the mask missed."""
+        h, w = hole.shape
+        out = np.zeros_like(hole)
+        ys, xs = np.nonzero(hole)
+        reach = max(4, round(REMAIN_REACH * np.sqrt(ys.size)))
+        y0, y1 = max(0, ys.min() - reach), min(h, ys.max() + reach + 1)
+        x0, x1 = max(0, xs.min() - reach), min(w, xs.max() + reach + 1)
+        box = hole[y0:y1, x0:x1].astype(np.uint8)
+        near = cv2.dilate(box, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1,) * 2)) > 0
+        assert self.background.image is not None and self.background.known is not None
+        sub = self.background.differs(np.ascontiguousarray(image[y0:y1, x0:x1]), REMAIN_DIFF,
+                                      (slice(y0, y1), slice(x0, x1)))
+        candidate = cv2.morphologyEx((sub & near & (box == 0)).astype(np.uint8), cv2.MORPH_OPEN,
+                                     np.ones((3, 3), np.uint8))
+        n, labels = cv2.connectedComponents(candidate | box, connectivity=8)
+        touching = np.unique(labels[box > 0])
+        keep = np.zeros(n, bool)
+        keep[touching] = True
+        keep[0] = False
+        added = keep[labels] & (box == 0)
+        if added.sum() > REMAIN_MAX * ys.size:
+            return out
+        out[y0:y1, x0:x1] = added
+        return out
+
+    def _avoid(self, entries: Mapping[int, WindowEntry], t: int) -> Mask:
+        """Pixels of frame ``t`` that are no source for made-up fill: tracked objects, what moves against the
+        camera, and on a still camera what differs from the known background (remains, other objects)."""
+        image = entries[t].frame.image
+        h, w = image.shape[:2]
+        avoid = np.zeros((h, w), bool)
+        if self._occupied is not None and self._occupied[0] == entries[t].frame.index \
+                and self._occupied[1].shape == (h, w):
+            avoid |= self._occupied[1]
+        near = t + 1 if t + 1 in entries else t - 1 if t - 1 in entries else None
+        if near is not None:
+            flow = self._flows.flow(image, entries[near].frame.image)
+            own = np.median(flow.reshape(-1, 2), axis=0)
+            moving = (((flow - own) ** 2).sum(axis=2) > MOVING ** 2).astype(np.uint8)
+            moving = cv2.dilate(moving, np.ones((5, 5), np.uint8))
+            avoid |= cv2.resize(moving, (w, h), interpolation=cv2.INTER_NEAREST) > 0
+        if self.background.ready:
+            avoid |= self.background.differs(image, REMAIN_DIFF)
+        return avoid
 
     def _flow(self, a: WindowEntry, b: WindowEntry) -> np.ndarray:
         """Flow from frame a to frame b (at flow size), completed inside a's hole; cached.
@@ -159,6 +245,14 @@ class FlowGuidedInpainter(Inpainter):
                 colour[ok] = _sample(source, px[ok], py[ok])
                 done[ok] = True
 
+        # a still camera's background, where it was seen calm and free of every object
+        if self.background.ready:
+            assert self.background.known is not None and self.background.image is not None
+            known = self.background.known[ys, xs]
+            colour[known] = self.background.image[ys[known], xs[known]]
+            done |= known
+        self.filled["background"] += int(done.sum())
+        counted = int(done.sum())
         s = self._scale
         # walk forward and backward along the completed consecutive flows, nearest frames first
         walkers = []
@@ -179,7 +273,7 @@ class FlowGuidedInpainter(Inpainter):
                 wk["x"], wk["y"], wk["at"] = wk["x"] + fx, wk["y"] + fy, j
                 wk["alive"] &= (wk["x"] >= 0) & (wk["y"] >= 0) & (wk["x"] <= w - 1) & (wk["y"] <= h - 1)
                 take(entries[j].frame.image, wk["x"], wk["y"], wk["alive"], self._hole_of(entries[j]))
-        self.filled["window"] += int(done.sum())
+        self.filled["window"] += int(done.sum()) - counted
         counted = int(done.sum())
         # past reference frames: a direct flow to each, newest first
         for ref in reversed(list(request.references)):
@@ -217,7 +311,7 @@ class FlowGuidedInpainter(Inpainter):
         if not done.all():
             rest = np.zeros_like(hole)
             rest[ys[~done], xs[~done]] = True
-            out = texture_fill(out, rest)
+            out = texture_fill(out, rest, self._avoid(entries, t) & ~hole)
         moved = np.zeros((h, w, 2), np.float32)
         moved[ys, xs] = offset
         self._fills[(t, target.revision)] = (out, moved)
