@@ -21,6 +21,7 @@ import av
 import cv2
 import numpy as np
 
+from .audio import AudioChunk, AudioFormat, AudioOut
 from .stages import Frame
 
 log = logging.getLogger("unseen.media")
@@ -137,6 +138,7 @@ class Source:
         self._rate_override = rate
         self._skipped = 0  # in passes already ended (looped files)
         self._tally: DecodeTally | None = None
+        self._audio_shift = Fraction(0)  # seconds the audio of a looped pass is moved by
         self.truncated: Truncation | None = None
         self.info = self._open()
 
@@ -230,6 +232,7 @@ class Source:
             if not self.loop or index == 0:
                 return
             offset = frame.pts + self._step()  # type: ignore[possibly-undefined]
+            self._audio_shift = offset * self.info.time_base  # the audio of the next pass follows too
             self._rewind()
 
     def _step(self) -> int:
@@ -255,7 +258,7 @@ class Source:
             for packet in self._container.demux(*streams):
                 if packet.stream.type == "audio":
                     if self.on_audio is not None and packet.dts is not None:
-                        self.on_audio(packet)
+                        self.on_audio(self._shifted(packet))
                     continue
                 if packet.size:
                     tally.sent(packet.pts)
@@ -269,6 +272,15 @@ class Source:
         except av.error.FFmpegError as exc:
             raise MediaError(f"reading {self.uri!r} failed ({_short(exc)}); check the source") from exc
         self._ended(tally)
+
+    def _shifted(self, packet: av.Packet) -> av.Packet:
+        """An audio packet of a looped pass, moved after the passes before it like the frames."""
+        if self._audio_shift and packet.time_base:
+            shift = round(self._audio_shift / packet.time_base)
+            packet.dts += shift
+            if packet.pts is not None:
+                packet.pts += shift
+        return packet
 
     def _pictures(self, packet: av.Packet) -> list:
         """The pictures a packet completes; none (counted by the tally) when the decoder refuses its data."""
@@ -355,6 +367,13 @@ class OutputTimestamps:
         self._last = out
         return out
 
+    def seconds(self, pts: int, time_base: Fraction) -> Fraction | None:
+        """The output time of an input timestamp under the current mapping, without taking a frame (audio
+        beside the video); None before the first frame."""
+        if self._offset is None:
+            return None
+        return (Fraction(pts) * Fraction(time_base) / self.time_base + self._offset) * self.time_base
+
 
 class FileSink:
     """Encodes frames (H.264/yuv420p, no B-frames) to a file, with audio passed through.
@@ -367,6 +386,7 @@ class FileSink:
     """
 
     def __init__(self, path: str | os.PathLike, info: StreamInfo, *, audio_template=None,
+                 audio_format: AudioFormat | None = None,
                  codec: str = "libx264", crf: int = 18, preset: str = "veryfast", max_gap: float = 10.0) -> None:
         self.path = Path(path)
         parent = self.path.parent if str(self.path.parent) else Path(".")
@@ -400,6 +420,12 @@ class FileSink:
                 self._audio = self._out.add_stream_from_template(audio_template)
             except (av.error.FFmpegError, ValueError) as exc:
                 log.warning("audio stream cannot be copied into %s (%s); output has no audio", self.path, exc)
+        self._live_audio: AudioOut | None = None  # a live stream's decoded audio (AudioChunk)
+        if audio_format is not None:
+            try:
+                self._live_audio = AudioOut(self._out, audio_format)
+            except (av.error.FFmpegError, ValueError) as exc:
+                log.warning("audio cannot be written into %s (%s); the recording has no audio", self.path, _short(exc))
         try:
             self._out.start_encoding()  # the muxer fixes its time base now (mkv: 1/1000)
         except (av.error.FFmpegError, ValueError) as exc:
@@ -442,7 +468,13 @@ class FileSink:
         if error is not None:
             raise error
 
-    def write_audio(self, packet: av.Packet) -> None:
+    def write_audio(self, packet: av.Packet | AudioChunk) -> None:
+        """A file's audio packet (copied as it is) or a live stream's :class:`AudioChunk` (at the output time
+        of its stream time, like the frames)."""
+        if isinstance(packet, AudioChunk):
+            if self._live_audio is not None:
+                self._live_audio.write(packet, self.timestamps.seconds(packet.pts, packet.time_base))
+            return
         if self._audio is None:
             return
         packet.stream = self._audio
@@ -456,6 +488,8 @@ class FileSink:
         error: MediaError | None = None
         if keep:
             try:
+                if self._live_audio is not None:
+                    self._live_audio.flush()
                 self._mux(self._video.encode(None))
             except MediaError as exc:  # counted; the frames written still make a file
                 error = exc

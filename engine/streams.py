@@ -16,6 +16,7 @@ from typing import Any, Generic, Iterator, Protocol, Sequence, TypeVar
 
 import numpy as np
 
+from .audio import AudioChunk
 from .emitter import OutputFrame
 from .media import Truncation
 from .stages import Frame
@@ -124,6 +125,39 @@ class QueueSource:
 
     def close(self) -> None:
         self.queue.close()
+
+
+class AudioLine:
+    """A live stream's audio, held until the video it belongs with leaves the delay line: a bounded FIFO
+    (policy: drop-oldest, counted) that the output's frames release, so the audio is delayed exactly like
+    the video and never holds a frame back."""
+
+    policy = Policy.DROP_OLDEST
+
+    def __init__(self, maxlen: int = 512) -> None:
+        self.maxlen = maxlen
+        self._items: collections.deque[AudioChunk] = collections.deque()
+        self._lock = threading.Lock()
+        self.dropped = 0
+
+    def push(self, chunk: AudioChunk) -> None:
+        with self._lock:
+            if len(self._items) >= self.maxlen:
+                self._items.popleft()
+                self.dropped += 1
+            self._items.append(chunk)
+
+    def release(self, before: int) -> list[AudioChunk]:
+        """The chunks that start before stream time ``before`` (the end of the frame leaving now)."""
+        with self._lock:
+            out = []
+            while self._items and self._items[0].pts < before:
+                out.append(self._items.popleft())
+            return out
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
 
 
 # ----------------------------------------------------------------------------- sinks

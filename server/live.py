@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator
 import cv2
 import numpy as np
 
+from unseen.engine.audio import AudioChunk
 from unseen.engine.backends.registry import BackendOptions
 from unseen.engine.degrade import DEGRADED_LEVELS, Ladder, Level
 from unseen.engine.effects import Effect
@@ -39,6 +40,7 @@ from unseen.engine.runtime import BoundedQueue, CloseReport, Mode, QueueSource, 
 from unseen.engine.session import Backends, build_pipeline
 from unseen.engine.stages import Box, Click, Frame
 
+from .audio import LiveAudio
 from .config import OutputConfig, Settings, SourceConfig
 from .metrics import Metrics
 
@@ -47,6 +49,7 @@ log = logging.getLogger("unseen.live")
 CLOCK = 90000  # the stream clock: 90 kHz, as RTP video
 TIME_BASE = Fraction(1, CLOCK)
 READ_BACKOFF_MAX = 2.0  # a source's reopen backoff stays short: output is back within seconds of its return
+AUDIO_SINK_ITEMS = 256  # audio chunks waiting for a publisher or recorder (about 5 s): drop-oldest
 LIVE_QUEUE_ITEMS = 1  # between a live stream's workers: stages overlap, yet a frame waits behind one at most
 WALL_OFFSET = time.time() - time.monotonic()  # monotonic -> wall clock (for glass-to-glass stats)
 WHIP_URI = "whip://"  # a configured source that a WHIP publisher feeds (no reader; server/whip.py)
@@ -125,6 +128,7 @@ class ThreadedSink:
         self.name = name
         self._factory = factory
         self._queue: FrameQueue[OutputFrame] = FrameQueue(maxlen)  # drop-oldest
+        self._audio: FrameQueue[AudioChunk] = FrameQueue(AUDIO_SINK_ITEMS)  # drop-oldest: never holds a frame back
         self._info: StreamInfo | None = None
         self._keep = True
         self._thread: threading.Thread | None = None
@@ -139,6 +143,10 @@ class ThreadedSink:
 
     def write(self, output: OutputFrame) -> None:
         self._queue.put(output)
+
+    def write_audio(self, chunk: AudioChunk) -> None:
+        """Audio released beside the frames; written before the next frame (and at close)."""
+        self._audio.put(chunk)
 
     @property
     def dropped(self) -> int:
@@ -155,6 +163,7 @@ class ThreadedSink:
         try:
             while True:
                 item = self._queue.get(0.5)
+                self._write_audio()
                 if item is None:
                     if self._queue.closed:
                         break  # closed and drained
@@ -171,6 +180,16 @@ class ThreadedSink:
             self.error = _first_line(exc)
             log.warning("%s: %s", self.name, self.error)
 
+    def _write_audio(self) -> None:
+        write_audio = getattr(self.sink, "write_audio", None)
+        while (chunk := self._audio.get(0)) is not None:
+            if write_audio is None:
+                continue
+            try:
+                write_audio(chunk)
+            except Exception as exc:  # noqa: BLE001 - the audio must not end the output
+                log.warning("%s: audio: %s", self.name, _first_line(exc))
+
     def _close_sink(self) -> None:
         try:
             self.sink.close(keep=self._keep)
@@ -183,6 +202,7 @@ class ThreadedSink:
         the sink is never closed under a write.  Idempotent."""
         self._keep = keep
         self._queue.close()
+        self._audio.close()
         if self._thread is None:
             return True
         self._thread.join(max(0.0, timeout))
@@ -253,8 +273,9 @@ class LiveOutputs:
     started from the first output's size), the viewers' relay and the output metrics."""
 
     def __init__(self, name: str, outputs: OutputConfig, metrics: Metrics, relay: LatestRelay,
-                 rate: Callable[[], Fraction]) -> None:
+                 rate: Callable[[], Fraction], audio: LiveAudio | None = None) -> None:
         self.name = name
+        self.audio = audio
         self.outputs = outputs
         self.metrics = metrics
         self.relay = relay
@@ -267,6 +288,9 @@ class LiveOutputs:
     def write(self, out: OutputFrame) -> None:
         if not self.sinks and (self.outputs.publish or self.outputs.record):
             self._start_sinks(out.image)
+        if self.audio is not None:  # the audio up to this frame's end, before the frame (a sink writes it first)
+            step = round(CLOCK / self.rate()) if self.rate() else CLOCK // 25
+            self.audio.release(int(out.frame.pts or 0) + step, self.sinks)
         for sink in self.sinks:
             sink.write(out)
         now = time.monotonic()
@@ -287,17 +311,19 @@ class LiveOutputs:
 
     def _start_sinks(self, image: np.ndarray) -> None:
         h, w = image.shape[:2]
-        info = StreamInfo(w, h, self.rate(), TIME_BASE, None, False)
+        audio = self.audio.format if self.audio is not None else None
+        info = StreamInfo(w, h, self.rate(), TIME_BASE, None, audio is not None)
         if self.outputs.publish:
             from .rtsp import RtspPublisher
 
             url = self.outputs.publish
-            sink = ThreadedSink(f"publisher-{self.name}", lambda i: RtspPublisher(url, i))
+            sink = ThreadedSink(f"publisher-{self.name}", lambda i: RtspPublisher(url, i, audio=audio))
             sink.start(info)
             self.sinks.append(sink)
         if self.outputs.record:
             path = self.outputs.record
-            sink = ThreadedSink(f"recorder-{self.name}", lambda i: FileSink(path, i, preset="veryfast", crf=20))
+            sink = ThreadedSink(f"recorder-{self.name}",
+                                lambda i: FileSink(path, i, preset="veryfast", crf=20, audio_format=audio))
             sink.start(info)
             self.sinks.append(sink)
 
@@ -331,7 +357,8 @@ class LiveStream:
         self.source = QueueSource(settings.limits.queue_frames)  # the reader or feed() pushes, drop-oldest
         self.queue: FrameQueue[Frame] = self.source.queue
         self.relay = LatestRelay(loop)
-        self.out = LiveOutputs(name, self.outputs, metrics, self.relay, lambda: self.rate)
+        self.audio = LiveAudio(name, loop, TIME_BASE)  # the source's audio, delayed like the frames
+        self.out = LiveOutputs(name, self.outputs, metrics, self.relay, lambda: self.rate, self.audio)
         self.sinks = self.out.sinks
         self.viewers: set[Any] = set()
         self.state = "starting"
@@ -342,6 +369,7 @@ class LiveStream:
         self.size: tuple[int, int] | None = None  # (width, height) of the stream
         self.rate: Fraction = Fraction(source.fps if source and source.uri.startswith("synthetic://") else 25)
         self._clock = -1  # stream pts of the last frame (90 kHz)
+        self._last_arrival = 0.0  # monotonic time the last frame arrived
         self._received = 0  # frames put into the queue
         self._last_source_s: float | None = None
         self._gap = True  # the next frame follows a (re)connect: use the nominal step
@@ -394,6 +422,7 @@ class LiveStream:
         if self._reader is not None:
             self._reader.join(max(0.0, min(deadline - time.monotonic(), 1.0)))  # its source closes as it stops
         self.relay.publish(None)
+        self.audio.close()
         self.metrics.forget(self.name)
         self._report = report
         log.info("%s: closed; the flush delivered %d frames, %d received frames were not processed%s",
@@ -473,6 +502,7 @@ class LiveStream:
         assert self.config is not None
         paced = not getattr(source, "live", False)  # files play at their own rate, like a camera
         t0 = None
+        self.audio.open(source)
         for frame in source:
             if self._stop.is_set():
                 return False
@@ -485,7 +515,8 @@ class LiveStream:
                 if wait > 0 and self._stop.wait(wait):
                     return False
             self._count_skipped(source)
-            self._ingest(frame.image, frame.seconds, time.monotonic())
+            if self._ingest(frame.image, frame.seconds, time.monotonic()):
+                self.audio.video(frame.seconds, self._clock, round(CLOCK / self.rate) if self.rate else CLOCK // 25)
         self._count_skipped(source)
         if self._stop.is_set():
             return False
@@ -524,9 +555,18 @@ class LiveStream:
         self._set_state("running")
         self._ingest(image, seconds, time.monotonic())
 
-    def _ingest(self, image: np.ndarray, seconds: float | None, arrived: float) -> None:
-        if self._stop.is_set():
+    def feed_audio(self, samples: np.ndarray, rate: int, layout: str, seconds: float | None) -> None:
+        """Decoded audio (s16 interleaved) from the stream's publisher (a browser webcam), placed on the
+        stream clock beside the video that arrived with it.  Ignored before the first frame and once closing."""
+        if self._stop.is_set() or self._clock < 0:
             return
+        now = self._clock + round((time.monotonic() - self._last_arrival) * CLOCK)
+        self.audio.feed(samples, rate, layout, seconds, now)
+
+    def _ingest(self, image: np.ndarray, seconds: float | None, arrived: float) -> bool:
+        """Stamp a frame on the stream clock and queue it; False when intake has stopped."""
+        if self._stop.is_set():
+            return False
         step = 1.0 / float(self.rate) if self.rate else 1 / 25
         if self.size is None:
             self.size = (int(image.shape[1]), int(image.shape[0]))
@@ -544,6 +584,8 @@ class LiveStream:
             self.metrics.dropped.labels(self.name).inc()
         self._received += 1
         self._clock = pts
+        self._last_arrival = arrived
+        return True
 
     @property
     def newest_frame(self) -> NewestFrame | None:
@@ -641,6 +683,15 @@ class LiveStream:
                                     timeout))
 
     # ------------------------------------------------------------------ state
+    def _describe_audio(self) -> dict | None:
+        """The source's audio (None: none so far) and why it is not used, if it is not."""
+        fmt, audio = self.audio.format, self.audio
+        if fmt is None and audio.error is None:
+            return None
+        return {"codec": fmt.codec if fmt else None, "rate": fmt.rate if fmt else None,
+                "chunks_in": audio.chunks_in, "chunks_out": audio.chunks_out, "dropped": audio.dropped,
+                "error": "the source's audio cannot be decoded; check the server log" if audio.error else None}
+
     def objects(self) -> list[dict]:
         p = self.pipeline  # objects and visible masks are replaced, never mutated: safe to read here
         masks = p.visible_masks  # the masks of the frame viewers see now
@@ -675,6 +726,7 @@ class LiveStream:
             "queue_policy": self.queue.policy.value,
             "reconnects": self.reconnects,
             "viewers": len(self.viewers),
+            "audio": self._describe_audio(),
             "outputs": {"publish": redact(self.outputs.publish) if self.outputs.publish else None,
                         "record": self.outputs.record,
                         # the cause (it may tell whether a path or port exists) is in the server log

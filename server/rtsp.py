@@ -4,7 +4,8 @@ H.264 (libx264, ``zerolatency``) without B-frames, a keyframe at least every 2 s
 RTSP over TCP.  When the server goes away the publisher drops frames while it
 reconnects with capped exponential backoff; timestamps (:class:`OutputTimestamps`,
 in the RTP clock's 1/90000, never 1/rate) are strictly increasing within a connection
-and start again at zero on the next one.
+and start again at zero on the next one.  The source's audio goes along (engine/audio.py): copied when RTP
+carries its codec (AAC, Opus, G.711), else encoded to AAC, at the output time of its stream time.
 """
 from __future__ import annotations
 
@@ -15,19 +16,22 @@ from fractions import Fraction
 import av
 import numpy as np
 
+from unseen.engine.audio import AudioChunk, AudioFormat, AudioOut
 from unseen.engine.media import MediaError, OutputTimestamps, RECONNECT_BACKOFF, StreamInfo, redact
 from unseen.engine.pipeline import OutputFrame
 
 
 log = logging.getLogger("unseen.rtsp")
 RTP_TIME_BASE = Fraction(1, 90000)
+INTERLEAVE = {"max_interleave_delta": "500000"}  # µs: the muxer waits at most 0.5 s for audio beside a frame
 MAX_GAP = 2.0  # seconds: a longer jump in the source's clock is bridged (readers would stall)
 
 
 class RtspPublisher:
     """A :class:`~unseen.engine.session.Sink` that pushes frames to an RTSP server (RECORD)."""
 
-    def __init__(self, url: str, info: StreamInfo, *, timeout: float = 5.0, preset: str = "ultrafast") -> None:
+    def __init__(self, url: str, info: StreamInfo, *, timeout: float = 5.0, preset: str = "ultrafast",
+                 audio: AudioFormat | None = None) -> None:
         if not url.lower().startswith(("rtsp://", "rtsps://")):
             raise MediaError(f"publish URL {redact(url)!r} is not rtsp://; give the RTSP server's publish URL")
         self.url = url
@@ -42,6 +46,9 @@ class RtspPublisher:
         self.error: str | None = None
         self._out = None
         self._video = None
+        self.audio_format = audio  # the source's audio (copied when RTP carries its codec, else AAC)
+        self._audio: AudioOut | None = None
+        self.audio_failed = 0  # audio chunks the muxer refused (the video goes on)
         self._timestamps = OutputTimestamps(RTP_TIME_BASE, self.rate, start=0, max_gap=MAX_GAP)
         self._retry_at = 0.0
         self._backoff = RECONNECT_BACKOFF[0]
@@ -50,7 +57,7 @@ class RtspPublisher:
 
     def _connect(self) -> bool:
         try:
-            out = av.open(self.url, "w", format="rtsp", options={"rtsp_transport": "tcp"},
+            out = av.open(self.url, "w", format="rtsp", options={"rtsp_transport": "tcp", **INTERLEAVE},
                           timeout=(self.timeout, self.timeout))
             video = out.add_stream("libx264", rate=self.rate)
             video.width, video.height = self.width, self.height
@@ -66,12 +73,35 @@ class RtspPublisher:
                          f"is up and accepts RECORD on that path")
             return False
         self._out, self._video = out, video
+        self._audio = self._add_audio(out)
         self._timestamps = OutputTimestamps(RTP_TIME_BASE, self.rate, start=0, max_gap=MAX_GAP)
         self._backoff = RECONNECT_BACKOFF[0]
         self.connects += 1
         self.error = None
         log.info("publishing to %s (%dx%d @ %s fps)", redact(self.url), self.width, self.height, self.rate)
         return True
+
+    def _add_audio(self, out) -> AudioOut | None:
+        if self.audio_format is None:
+            return None
+        try:
+            return AudioOut(out, self.audio_format)
+        except (av.error.FFmpegError, ValueError) as exc:
+            log.warning("publishing to %s: the audio (%s) cannot be sent (%s); the video goes without it",
+                        redact(self.url), self.audio_format.codec, _short(exc))
+            return None
+
+    def write_audio(self, chunk: AudioChunk) -> None:
+        """A chunk of the source's audio at the output time of its stream time (dropped while reconnecting)."""
+        if self._closed or self._out is None or self._audio is None:
+            return
+        try:
+            self._audio.write(chunk, self._timestamps.seconds(chunk.pts, chunk.time_base))
+        except (av.error.FFmpegError, OSError, ValueError) as exc:  # the next frame finds a broken connection
+            self.audio_failed += 1
+            if self.audio_failed == 1:
+                log.warning("publishing to %s: an audio packet was refused (%s); the video goes on",
+                            redact(self.url), _short(exc))
 
     def _failed(self, message: str) -> None:
         self.error = message
@@ -86,7 +116,7 @@ class RtspPublisher:
                 self._out.close()
             except Exception:  # noqa: BLE001 - the server is gone already
                 pass
-        self._out = self._video = None
+        self._out = self._video = self._audio = None
 
     def write(self, output: OutputFrame) -> None:
         if self._closed:
@@ -117,6 +147,8 @@ class RtspPublisher:
         self._closed = True
         if self._out is not None and self._video is not None:
             try:
+                if self._audio is not None:
+                    self._audio.flush()
                 for packet in self._video.encode(None):
                     self._out.mux(packet)
             except Exception:  # noqa: BLE001

@@ -5,7 +5,10 @@
   viewer's data channel, the track timestamp it gave the frame and the source pts/index
   (and the source's wall-clock time), so the page can tell which source frame it is
   displaying (``requestVideoFrameCallback`` reports the RTP timestamp) and click on it.
-* :func:`consume_webcam` feeds a browser's camera track into a stream's worker.
+* :class:`ProcessedAudioTrack` serves the stream's audio to a viewer whose offer takes audio (aiortc
+  encodes it to Opus), released beside the frames it came with, from a bounded drop-oldest queue.
+* :func:`consume_webcam` feeds a browser's camera track into a stream's worker, :func:`consume_webcam_audio`
+  its microphone track into the stream's audio.
 * :class:`Signalling` answers offers; ``ice.loopback`` adds a 127.0.0.1 host candidate
   per connection (aioice skips loopback when it gathers), for same-host browsers and tests.
 """
@@ -20,7 +23,9 @@ from typing import Any, Callable
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from av import VideoFrame
+from av import AudioFrame, VideoFrame
+
+from unseen.engine.audio import AudioChunk
 
 from .config import IceConfig
 from .live import LiveStream, StreamError
@@ -73,6 +78,47 @@ class ProcessedTrack(MediaStreamTrack):
         return frame
 
 
+class ProcessedAudioTrack(MediaStreamTrack):
+    """The stream's audio, for one viewer: released beside the frames it came with (so it is delayed like
+    them), from the viewer's own bounded queue (drop-oldest).  aiortc encodes it to Opus off the loop.
+    Audio of another rate or layout than the first sent (a source that came back changed) is dropped."""
+
+    kind = "audio"
+
+    def __init__(self, stream: LiveStream) -> None:
+        super().__init__()
+        self._queue = stream.audio.viewers.subscribe()
+        self._first: AudioChunk | None = None
+        self._next = 0  # the sample after the last one sent
+        self.sent = 0
+
+    async def recv(self) -> AudioFrame:
+        while True:
+            if self.readyState != "live":
+                raise MediaStreamError
+            chunk = await self._queue.next()
+            if chunk is None:
+                self.stop()
+                raise MediaStreamError
+            if self._first is None:
+                self._first = chunk
+            if (chunk.format.rate, chunk.format.layout) == (self._first.format.rate, self._first.format.layout) \
+                    and chunk.frames:
+                break
+        rate = chunk.format.rate
+        frame = AudioFrame.from_ndarray(chunk.samples, format="s16", layout=chunk.format.layout)
+        frame.sample_rate = rate
+        pts = max(self._next, round((chunk.seconds - self._first.seconds) * rate))  # gaps kept, never back
+        frame.pts, frame.time_base = pts, Fraction(1, rate)
+        self._next = pts + chunk.frames
+        self.sent += 1
+        return frame
+
+    def stop(self) -> None:
+        self._queue.close()
+        super().stop()
+
+
 async def consume_webcam(track: MediaStreamTrack, stream: LiveStream) -> None:
     """Feed a browser's camera track into the stream until it ends."""
     loop = asyncio.get_running_loop()
@@ -84,6 +130,21 @@ async def consume_webcam(track: MediaStreamTrack, stream: LiveStream) -> None:
         image = await loop.run_in_executor(None, lambda f=frame: f.to_ndarray(format="rgb24"))
         stream.feed(image, float(frame.time) if frame.time is not None else None)
     log.info("%s: the browser's camera track ended", stream.name)
+
+
+async def consume_webcam_audio(track: MediaStreamTrack, stream: LiveStream) -> None:
+    """Feed a browser's microphone track (aiortc's decoded Opus) into the stream until it ends."""
+    while not stream.closed:
+        try:
+            frame = await track.recv()
+        except MediaStreamError:
+            break
+        if frame.format.name != "s16" or frame.layout.name not in ("mono", "stereo"):
+            continue  # aiortc's Opus decoder gives s16 mono/stereo; anything else is not a webcam's
+        samples = frame.to_ndarray().reshape(1, -1)  # 20 ms of s16: a copy of a few kB
+        stream.feed_audio(samples, frame.sample_rate, frame.layout.name,
+                          float(frame.time) if frame.time is not None else None)
+    log.info("%s: the browser's audio track ended", stream.name)
 
 
 async def add_loopback_candidates(pc: RTCPeerConnection) -> None:
@@ -186,11 +247,16 @@ class _Peer:
         self.publisher = publisher
         self.channel: Any = None
         self.consumer: asyncio.Task | None = None
+        self.audio_consumer: asyncio.Task | None = None
         self.released = False
         self._connected = asyncio.Event()
         self._grace: asyncio.Task | None = None
         self._watchdog: asyncio.Task | None = None
         pc.addTrack(ProcessedTrack(stream, self.send))
+        self.audio_track: ProcessedAudioTrack | None = None
+        if any(t.kind == "audio" for t in pc.getTransceivers()):  # the offer takes audio: the stream's goes back
+            self.audio_track = ProcessedAudioTrack(stream)
+            pc.addTrack(self.audio_track)
         stream.viewers.add(pc)
         signalling._changed(stream)
         pc.on("datachannel", self._on_datachannel)
@@ -198,7 +264,7 @@ class _Peer:
         pc.on("connectionstatechange", self._on_state)
         pc.on("iceconnectionstatechange", self._on_ice_state)
         for t in pc.getTransceivers():  # tracks received before the handler existed
-            if t.receiver.track is not None and t.kind == "video":
+            if t.receiver.track is not None:
                 self._on_track(t.receiver.track)
 
     async def answer(self, loopback: bool) -> dict:
@@ -223,6 +289,8 @@ class _Peer:
     def _on_track(self, remote: MediaStreamTrack) -> None:
         if self.publisher and remote.kind == "video" and self.consumer is None:
             self.consumer = asyncio.ensure_future(consume_webcam(remote, self.stream))
+        elif self.publisher and remote.kind == "audio" and self.audio_consumer is None:
+            self.audio_consumer = asyncio.ensure_future(consume_webcam_audio(remote, self.stream))
 
     async def _expect_connection(self) -> None:
         try:
@@ -263,10 +331,12 @@ class _Peer:
         self.released = True
         log.info("%s: releasing a %s (%s)", self.stream.name, "publisher" if self.publisher else "viewer", why)
         self._cancel_grace()
-        for task in (self._watchdog, self.consumer):
+        for task in (self._watchdog, self.consumer, self.audio_consumer):
             if task is not None and task is not asyncio.current_task():
                 task.cancel()
         await self.signalling.close_connection(self.pc)
+        if self.audio_track is not None:
+            self.audio_track.stop()  # its queue leaves the stream's audio relay
         self.stream.viewers.discard(self.pc)
         self.signalling._changed(self.stream)
         if self.publisher and not self.stream.closed and self.stream.config is None:

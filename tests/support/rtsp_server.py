@@ -2,6 +2,7 @@
 
     /usr/bin/python3 rtsp_server.py --port 8554 --frames 'dir/f%03d.png' --fps 15   # PLAY /clip, looped
     /usr/bin/python3 rtsp_server.py --port 8555 --relay                     # RECORD /in -> PLAY /out
+    /usr/bin/python3 rtsp_server.py --port 8556 --file clip.mkv --audio pcmu  # PLAY /file: H.264 + audio, once
 
 The relay works like MediaMTX: a publisher pushes H.264 to ``/in`` (RTSP RECORD) and any
 number of readers play it from ``/out``.  Prints ``READY <port>`` once it listens; stops on
@@ -20,6 +21,7 @@ gi.require_version("GstRtspServer", "1.0")
 from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 
 H264_CAPS = "video/x-h264,stream-format=byte-stream,alignment=au"
+AUDIO_PAY = {"pcmu": "rtppcmupay", "pcma": "rtppcmapay", "aac": "aacparse ! rtpmp4gpay", "opus": "opusparse ! rtpopuspay"}
 
 
 class Relay:
@@ -53,6 +55,8 @@ def main() -> int:
     ap.add_argument("--frames", help="numbered PNGs (printf pattern), encoded live to H.264 and looped on /clip")
     ap.add_argument("--fps", type=int, default=15)
     ap.add_argument("--relay", action="store_true", help="RECORD /in -> PLAY /out")
+    ap.add_argument("--file", help="a Matroska file (H.264 + one audio stream) played once on /file, in real time")
+    ap.add_argument("--audio", choices=sorted(AUDIO_PAY), default="pcmu", help="the --file's audio codec")
     args = ap.parse_args()
 
     Gst.init(None)
@@ -70,6 +74,12 @@ def main() -> int:
                      f'rtph264pay name=pay0 pt=96 config-interval=1 )')
         f.set_shared(True)
         mounts.add_factory("/clip", f)
+    if args.file:
+        f = GstRtspServer.RTSPMediaFactory()
+        f.set_launch(f'( filesrc location="{args.file}" ! matroskademux name=d d.video_0 ! queue ! h264parse ! '
+                     f'rtph264pay name=pay0 pt=96 config-interval=1 d.audio_0 ! queue ! {AUDIO_PAY[args.audio]} '
+                     f'name=pay1 )')
+        mounts.add_factory("/file", f)
     if args.relay:
         relay = Relay()
         rec = GstRtspServer.RTSPMediaFactory()

@@ -1,0 +1,299 @@
+"""Audio on the live path: the source's audio leaves with the video, delayed by the same D frames.
+
+A 50 fps clip (160x96) whose white flashes start on the same frame as a 1 kHz beep is served by GStreamer's
+RTSP server (tests/support/rtsp_server.py --file) into ``unseen serve``, which republishes it over RTSP to an
+``ffmpeg -rtsp_flags listen`` receiver (it records what it receives, stream copy) and records it itself.  In
+each output every flash is matched with its beep: the beep's first sample is within 20 ms of the flash frame.
+In process: a WebRTC viewer (aiortc) of a stream with audio gets an audio track that carries the beeps, and a
+source whose audio codec cannot be decoded keeps its video with one warning line.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import subprocess
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from unseen.engine.audio import AudioChunk, AudioFormat
+from unseen.engine.streams import AudioLine
+from support.live import SYSTEM_PYTHON, Proc, free_port, gst_missing, running, unseen_cmd, wait_port, wait_state
+from unseen.server import config as cfg
+from unseen.server.live import LiveStream
+from unseen.server.metrics import Metrics
+from unseen.server.webrtc import Signalling
+
+FFMPEG = "/usr/bin/ffmpeg"
+SERVER = Path(__file__).parent / "support" / "rtsp_server.py"
+FPS = 50
+W, H = 160, 96
+TOLERANCE = 0.020  # seconds between a flash frame and its beep's first sample
+CLASSICAL = {"segmenter": "classical", "propagator": "classical", "inpainter": "classical"}
+AUDIO_CODECS = {"pcmu": ("pcm_mulaw", 8000), "aac": ("aac", 48000), "opus": ("libopus", 48000)}
+
+
+def _missing() -> str | None:
+    if not Path(FFMPEG).exists():
+        return f"{FFMPEG} not found; install Debian's ffmpeg (tests/support/ci_services.sh)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def ffmpeg():
+    reason = _missing()
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def gst(ffmpeg):
+    reason = gst_missing()
+    if reason:
+        pytest.skip(reason)
+
+
+def make_clip(path: Path, seconds: int, period: int, audio: str) -> Path:
+    """Black 160x96 frames at 50 fps with one white frame at 1.5 s, 1.5 + period s, ...; a 0.2 s 1 kHz beep
+    starting on the same sample as each white frame; H.264 without B-frames, a keyframe every second (a reader
+    starts on one: never on a flash), and ``audio`` in Matroska."""
+    codec, rate = AUDIO_CODECS[audio]
+    video = (f"color=c=black:s={W}x{H}:r={FPS}:d={seconds},drawbox=x=0:y=0:w=iw:h=ih:color=white:t=fill:"
+             f"enable='eq(mod(n\\,{period * FPS})\\,{FPS * 3 // 2})'")
+    beep = f"aevalsrc='if(between(mod(t\\,{period})\\,1.5\\,1.7)\\,0.8*sin(2*PI*1000*t)\\,0)':s={rate}:d={seconds}"
+    subprocess.run([FFMPEG, "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i", video, "-f", "lavfi",
+                    "-i", beep, "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-bf", "0",
+                    "-g", str(FPS), "-pix_fmt", "yuv420p", "-c:a", codec, str(path)], check=True, timeout=120)
+    return path
+
+
+def flashes_and_beeps(path: Path) -> tuple[list[float], list[float]]:
+    """The times of each flash's first white frame and of each beep's first sample (after 0.5 s of quiet)."""
+    flashes, beeps = [], []
+    white, last_loud = False, -1.0
+    with av.open(str(path)) as c:
+        for frame in c.decode(*c.streams):
+            t = float(frame.pts * frame.time_base)
+            if isinstance(frame, av.VideoFrame):
+                now_white = frame.to_ndarray(format="gray").mean() > 128
+                if now_white and not white:
+                    flashes.append(t)
+                white = now_white
+                continue
+            samples = frame.to_ndarray().astype(np.float64)
+            if frame.format.name.startswith("s16"):
+                samples /= 32768
+            loud = np.nonzero(np.abs(samples.reshape(-1, frame.samples) if frame.format.is_planar
+                                     else samples.reshape(frame.samples, -1).T).max(axis=0) > 0.3)[0]
+            if len(loud):
+                first = t + loud[0] / frame.sample_rate
+                if first - last_loud > 0.5:
+                    beeps.append(first)
+                last_loud = t + loud[-1] / frame.sample_rate
+    return flashes, beeps
+
+
+def offsets(path: Path) -> tuple[list[float], list[float]]:
+    """Each flash's offset to the nearest beep's first sample, and the flashes."""
+    flashes, beeps = flashes_and_beeps(path)
+    assert beeps, f"{path.name}: no beep in the audio"
+    return [min(beeps, key=lambda b: abs(b - f)) - f for f in flashes], flashes
+
+
+def check_sync(path: Path, events: int) -> None:
+    got, flashes = offsets(path)
+    ms = [round(o * 1000, 1) for o in got]
+    assert len(got) >= events, f"{path.name}: {len(got)} flashes measured, expected {events} (at {flashes})"
+    assert max(abs(o) for o in got) <= TOLERANCE, f"{path.name}: flash -> beep offsets (ms) {ms}"
+
+
+def serve_through_rtsp(tmp_path: Path, clip: Path, audio: str, record: str, seconds: float) -> tuple[Path, Path]:
+    """``clip`` served by GStreamer's RTSP server into ``unseen serve``, which republishes it to an ffmpeg
+    RTSP receiver and records it to ``record``; returns (received, recorded) once the clip has played."""
+    src_port, out_port, http_port = free_port(), free_port(), free_port()
+    received, recorded = tmp_path / "received.mkv", tmp_path / record
+    base = f"http://127.0.0.1:{http_port}"
+    env = {
+        "UNSEEN_SOURCES": json.dumps([{"name": "cam", "uri": f"rtsp://127.0.0.1:{src_port}/file",
+                                       "open_timeout": 5, "read_timeout": 4}]),
+        "UNSEEN_OUTPUTS__CAM__PUBLISH": f"rtsp://127.0.0.1:{out_port}/live",
+        "UNSEEN_OUTPUTS__CAM__RECORD": str(recorded),
+        "UNSEEN_BACKENDS__SEGMENTER": "classical", "UNSEEN_BACKENDS__PROPAGATOR": "classical",
+        "UNSEEN_BACKENDS__INPAINTER": "classical", "UNSEEN_DELAY": "3",
+    }
+    receiver = [FFMPEG, "-hide_banner", "-loglevel", "warning", "-y", "-rtsp_flags", "listen", "-rtsp_transport",
+                "tcp", "-i", f"rtsp://127.0.0.1:{out_port}/live", "-c", "copy", str(received)]
+    source = [SYSTEM_PYTHON, str(SERVER), "--port", str(src_port), "--file", str(clip), "--audio", audio]
+    with running(receiver, tmp_path / "receiver.log") as rx, \
+            running(source, tmp_path / "source.log", port=src_port):
+        serve = Proc(unseen_cmd("serve", "--port", str(http_port)), tmp_path / "serve.log", env=env)
+        try:
+            wait_port(http_port, 60)
+            # the clip plays once; then the source ends and the stream starts reconnecting
+            wait_state(base, lambda s: s["frames_out"] > 0 and s["state"] in ("reconnecting", "connecting"),
+                       seconds + 60, "the clip to play to its end")
+            state = wait_state(base, lambda s: True, 5, "the stream state")
+            assert state["audio"]["codec"] == AUDIO_CODECS[audio][0].replace("libopus", "opus"), state["audio"]
+            assert state["audio"]["chunks_out"] > 0 and state["audio"]["error"] is None, state["audio"]
+        finally:
+            serve.stop()  # SIGTERM: the recording is finished, the publisher sends TEARDOWN
+        rx.p.wait(30)  # the receiver ends with its publisher and writes its file's index
+    assert received.exists(), f"the RTSP receiver wrote nothing: {rx.tail()}\n{serve.tail()}"
+    assert recorded.exists(), serve.tail()
+    return received, recorded
+
+
+@pytest.mark.rtsp
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_rtsp_g711_in_rtsp_and_mp4_out_keep_every_beep_on_its_flash_for_60_s(gst, tmp_path):
+    clip = make_clip(tmp_path / "clip.mkv", 64, 5, "pcmu")
+    src_flashes, src_beeps = flashes_and_beeps(clip)
+    assert len(src_flashes) == len(src_beeps) == 13
+    received, recorded = serve_through_rtsp(tmp_path, clip, "pcmu", "recorded.mp4", 64)
+    with av.open(str(received)) as c:
+        assert c.streams.audio[0].codec_context.name == "pcm_mulaw"  # RTSP out: G.711 copied
+    with av.open(str(recorded)) as c:
+        assert c.streams.audio[0].codec_context.name == "aac"  # mp4: AAC
+    check_sync(received, 12)  # the first flash may come before the receiver took the stream
+    check_sync(recorded, 12)
+
+
+@pytest.mark.rtsp
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("audio, record, recorded_codec", [("aac", "recorded.mkv", "aac"),
+                                                           ("opus", "recorded.mp4", "opus")])
+def test_rtsp_aac_and_opus_in_are_copied_out_in_sync(gst, tmp_path, audio, record, recorded_codec):
+    clip = make_clip(tmp_path / "clip.mkv", 12, 2, audio)
+    received, recorded = serve_through_rtsp(tmp_path, clip, audio, record, 12)
+    name = AUDIO_CODECS[audio][0].replace("libopus", "opus")
+    with av.open(str(received)) as c:
+        assert c.streams.audio[0].codec_context.name == name
+    with av.open(str(recorded)) as c:
+        assert c.streams.audio[0].codec_context.name == recorded_codec
+    check_sync(received, 5)
+    check_sync(recorded, 5)
+
+
+# ------------------------------------------------------------------------------ in process
+def settings() -> cfg.Settings:
+    return cfg.Settings(backends=CLASSICAL, demo=False, delay=2)
+
+
+async def file_stream(path: Path) -> LiveStream:
+    loop = asyncio.get_running_loop()
+    source = cfg.SourceConfig(name="cam", uri=str(path), loop=True)
+    stream = await loop.run_in_executor(None, lambda: LiveStream("cam", source, settings(), Metrics(), loop))
+    return stream.start()
+
+
+class AudioViewer:
+    """An aiortc viewer that asks for video and audio and keeps the audio it receives."""
+
+    def __init__(self) -> None:
+        self.pc = RTCPeerConnection()
+        self.samples: list[np.ndarray] = []
+        self.rate = 0
+        self.enough = asyncio.Event()
+        self.pc.on("track", self._on_track)
+
+    def _on_track(self, track) -> None:
+        if track.kind == "audio":
+            asyncio.ensure_future(self._keep(track))
+
+    async def _keep(self, track) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                self.rate = frame.sample_rate
+                self.samples.append(frame.to_ndarray().reshape(-1, len(frame.layout.channels))[:, 0])
+                if sum(len(s) for s in self.samples) >= 3 * self.rate:
+                    self.enough.set()
+        except MediaStreamError:
+            pass
+
+    async def connect(self, signalling: Signalling, stream: LiveStream) -> None:
+        self.pc.addTransceiver("video", direction="recvonly")
+        self.pc.addTransceiver("audio", direction="recvonly")
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        answer, _ = await signalling.answer({"sdp": self.pc.localDescription.sdp, "type": "offer"}, stream)
+        await self.pc.setRemoteDescription(RTCSessionDescription(**answer))
+
+
+@pytest.mark.slow
+def test_a_webrtc_viewer_gets_the_streams_audio(ffmpeg, tmp_path):
+    clip = make_clip(tmp_path / "clip.mkv", 4, 2, "aac")
+
+    async def run() -> None:
+        signalling = Signalling(cfg.IceConfig(loopback=True), 2)
+        stream = await file_stream(clip)
+        viewer = AudioViewer()
+        try:
+            await viewer.connect(signalling, stream)
+            await asyncio.wait_for(viewer.enough.wait(), 45)
+        finally:
+            await viewer.pc.close()
+            await signalling.close()
+            await stream.aclose()
+        audio = np.concatenate(viewer.samples).astype(np.float64) / 32768
+        assert viewer.rate == 48000  # Opus over WebRTC
+        assert np.abs(audio).max() > 0.3, "the beeps never reached the viewer"
+        assert stream.describe()["audio"]["codec"] == "aac"
+    asyncio.run(asyncio.wait_for(run(), 90))
+
+
+def undecodable_audio_clip(folder: Path) -> Path:
+    """A Matroska file whose audio track names a codec no decoder knows (its codec id rewritten)."""
+    pcm = folder / "pcm.mkv"
+    subprocess.run([FFMPEG, "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    f"color=c=gray:s={W}x{H}:r=25:d=2", "-f", "lavfi", "-i", "sine=f=440:r=8000:d=2",
+                    "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "pcm_s16le", str(pcm)],
+                   check=True, timeout=60)
+    data = pcm.read_bytes()
+    assert data.count(b"A_PCM/INT/LIT") == 1
+    bad = folder / "bad-audio.mkv"
+    bad.write_bytes(data.replace(b"A_PCM/INT/LIT", b"A_QQQ/INT/LIT"))
+    return bad
+
+
+def test_a_source_whose_audio_cannot_be_decoded_keeps_its_video_with_one_warning(ffmpeg, tmp_path, caplog):
+    clip = undecodable_audio_clip(tmp_path)
+
+    async def run() -> dict:
+        stream = await file_stream(clip)
+        try:
+            deadline = time.monotonic() + 30
+            while stream.pipeline.frames_out < 60:  # two passes of the looped file
+                assert time.monotonic() < deadline, f"no video: {stream.describe()}"
+                await asyncio.sleep(0.1)
+            return stream.describe()
+        finally:
+            await stream.aclose()
+    with caplog.at_level(logging.WARNING, logger="unseen.audio"):
+        state = asyncio.run(asyncio.wait_for(run(), 60))
+    assert state["state"] == "running" and state["frames_out"] >= 60
+    assert state["audio"]["error"] and state["audio"]["chunks_out"] == 0
+    warnings = [r.getMessage() for r in caplog.records if r.name == "unseen.audio"]
+    assert len(warnings) == 1, warnings  # once, not once per pass of the loop
+    assert "cannot be decoded" in warnings[0] and "\n" not in warnings[0] and ";" in warnings[0]
+
+
+def test_audio_is_released_with_the_frame_it_belongs_to():
+    """The delay line lets out the audio that starts before the end of the frame leaving, and no more."""
+    fmt = AudioFormat("pcm_mulaw", 8000, "mono")
+    tb = Fraction(1, 90000)
+    line = AudioLine(maxlen=4)
+    for i in range(6):  # 20 ms chunks at 0, 1800, ... ticks; the two oldest are dropped
+        line.push(AudioChunk(i * 1800, tb, np.zeros((1, 160), np.int16), fmt))
+    assert line.dropped == 2
+    assert [c.pts for c in line.release(3600 + 1800)] == [3600]
+    assert [c.pts for c in line.release(9000 + 1)] == [5400, 7200, 9000]
+    assert len(line) == 0
