@@ -20,6 +20,7 @@ BIG = 10**400
 DEEP = "[" * 30000
 NESTED_WS = '{"id": 1, "op": "state", "stream": "cam", "x": ' + "[" * 3000 + "]" * 3000 + "}"
 CLICK = {"x": 50, "y": 50}
+BOX = [40, 30, 90, 80]
 
 # (method, path, raw body or None, expected status). Bodies are sent as application/json.
 REST = [
@@ -61,6 +62,30 @@ REST = [
     ("post", "/api/streams/cam/objects", json.dumps({"x": "1", "y": "1"}), 400),
     ("post", "/api/streams/cam/objects", json.dumps({"x": "a" * 5000, "y": 1}), 400),
     ("post", "/api/streams/cam/objects", json.dumps({"y": 1}), 400),
+    # box prompts: exactly 4 finite numbers, x0 < x1, y0 < y1, overlapping the frame; a click or a box at all
+    ("post", "/api/streams/cam/objects", json.dumps({"box": [1, 2, 3]}), 400),
+    ("post", "/api/streams/cam/objects", json.dumps({"box": [1, 2, 3, 4, 5]}), 400),
+    ("post", "/api/streams/cam/objects", json.dumps({"box": []}), 400),
+    ("post", "/api/streams/cam/objects", '{"box": [1, 2, NaN, 4]}', 400),
+    ("post", "/api/streams/cam/objects", '{"box": [1, 2, 1e999, 4]}', 400),
+    ("post", "/api/streams/cam/objects", json.dumps({"box": [1, 2, BIG, 4]}), 400),
+    ("post", "/api/streams/cam/objects", json.dumps({"box": [90, 30, 40, 80]}), 400),
+    ("post", "/api/streams/cam/objects", json.dumps({"box": [40, 80, 90, 30]}), 400),
+    ("post", "/api/streams/cam/objects", json.dumps({"box": [40, 30, 40, 80]}), 400),
+    ("post", "/api/streams/cam/objects", json.dumps({"box": "40,30,90,80"}), 400),
+    ("post", "/api/streams/cam/objects", json.dumps({"box": {"x0": 40}}), 400),
+    ("post", "/api/streams/cam/objects", json.dumps({"box": [40, 30, 90, True]}), 400),
+    ("post", "/api/streams/cam/objects", json.dumps({"box": ["40", 30, 90, 80]}), 400),
+    ("post", "/api/streams/cam/objects", json.dumps({"box": [[40, 30], [90, 80]]}), 400),
+    ("post", "/api/streams/cam/objects", json.dumps({"box": None}), 400),
+    ("post", "/api/streams/cam/objects", json.dumps({"box": [500, 300, 900, 400]}), 400),  # wholly outside
+    ("post", "/api/streams/cam/objects", json.dumps({"box": [-90, -80, -40, -30]}), 400),
+    ("post", "/api/streams/cam/objects", json.dumps({"box": BOX, "x": 50}), 400),
+    ("post", "/api/streams/cam/objects", json.dumps({"box": BOX, "positive": False}), 400),
+    ("post", "/api/streams/cam/objects", json.dumps({"box": BOX, "object": 0}), 400),
+    ("post", "/api/streams/cam/objects", json.dumps({"box": BOX, "frame": 10**12}), 400),
+    ("post", "/api/streams/cam/objects", json.dumps({"object": 1}), 400),
+    ("post", "/api/streams/cam/objects", json.dumps({}), 400),
     ("delete", "/api/streams/cam/objects/100000000000000000000", None, 400),
     ("delete", "/api/streams/cam/objects/-1", None, 400),
     ("delete", "/api/streams/cam/objects/1e3", None, 400),
@@ -92,6 +117,15 @@ WS = [  # (message text, expected status)
     (json.dumps({"id": 1, "op": "click", "stream": "cam", "x": 5, "y": 5, "object": 10**20}), 400),
     (json.dumps({"id": 1, "op": "click", "stream": "cam", "x": 5, "y": 5, "pts": 10**30}), 400),
     (json.dumps({"id": 1, "op": "click", "stream": "cam", "x": 5, "y": 5, "frame": 10**12}), 400),
+    (json.dumps({"id": 1, "op": "click", "stream": "cam"}), 400),
+    (json.dumps({"id": 1, "op": "click", "stream": "cam", "box": [1, 2, 3]}), 400),
+    ('{"id": 1, "op": "click", "stream": "cam", "box": [1, 2, 3, Infinity]}', 400),
+    (json.dumps({"id": 1, "op": "click", "stream": "cam", "box": [9, 2, 3, 4]}), 400),
+    (json.dumps({"id": 1, "op": "click", "stream": "cam", "box": "1,2,3,4"}), 400),
+    (json.dumps({"id": 1, "op": "click", "stream": "cam", "box": [1, 2, 3, False]}), 400),
+    (json.dumps({"id": 1, "op": "click", "stream": "cam", "box": [500, 300, 900, 400]}), 400),
+    (json.dumps({"id": 1, "op": "click", "stream": "cam", "box": BOX, "y": 5}), 400),
+    (json.dumps({"id": 1, "op": "click", "stream": "cam", "box": BOX, "object": 10**20}), 400),
     (json.dumps({"id": 1, "op": "subscribe", "stream": "cam", "every": "abc"}), 400),
     (json.dumps({"id": 1, "op": "subscribe", "stream": "cam", "every": 0}), 400),
     (json.dumps({"id": 1, "op": "effect", "stream": "cam", "object": 1, "effect": None}), 400),
@@ -168,6 +202,8 @@ def _mutations(seed: int, n: int) -> list[str]:
     """Deterministic hostile variants of valid messages: wrong types, huge and odd values, cut text."""
     rng = random.Random(seed)
     valid = [{"id": 1, "op": "click", "stream": "cam", "x": 50, "y": 50, "positive": True},
+             # valid but outside the 192x112 frame: its variants test the box's checks without segmenting
+             {"id": 1, "op": "click", "stream": "cam", "box": [500, 300, 900, 400], "object": 1},
              {"id": 1, "op": "effect", "stream": "cam", "object": 1, "effect": "blur"},
              {"id": 1, "op": "subscribe", "stream": "cam", "every": 1.0},
              {"id": 1, "op": "remove", "stream": "cam", "object": 1}]
