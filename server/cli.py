@@ -10,6 +10,7 @@ import logging
 import re
 import sys
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 log = logging.getLogger("unseen")
@@ -117,7 +118,7 @@ def cmd_run(args) -> int:
 
     from unseen.engine.effects import Effect
     from unseen.engine.masks import MaskFolder, MaskWriter
-    from unseen.engine.media import FileSink, MediaError, Source
+    from unseen.engine.media import MediaError
     from unseen.engine.pipeline import PipelineConfig, check_inside, clip_box
     from unseen.engine.stages import Click
     from unseen.engine.session import Backends, MaskSink, Mode, RuntimeConfig, Session, build_pipeline
@@ -125,9 +126,7 @@ def cmd_run(args) -> int:
     prompts: list[ClickArg | BoxArg] = list(args.prompts or [])
     if not prompts and args.masks_in is None:
         raise UsageError("nothing to remove: give --click X,Y or --box X0,Y0,X1,Y1 (on the object) or --masks-in DIR")
-    if Path(args.output).resolve() == Path(args.input).resolve():
-        raise UsageError("the output would overwrite the input; choose another output path")
-    source = Source(args.input, open_timeout=args.timeout, read_timeout=args.timeout)
+    source = _open_input(args)
     info = source.info
     try:
         for c in prompts:
@@ -145,7 +144,7 @@ def cmd_run(args) -> int:
         config = PipelineConfig(delay=delay, default_effect=Effect.parse(args.effect))
         pipeline = build_pipeline(Backends(args.segmenter, args.propagator, args.inpainter), _options(args),
                                   config, masks_in=masks_in)
-        sink = FileSink(args.output, info, audio_template=source.audio_stream)
+        sink = _open_output(args, source)
         writer = MaskWriter(args.masks_out) if args.masks_out else None
     except BaseException:
         source.close()
@@ -165,10 +164,58 @@ def cmd_run(args) -> int:
                       f"; input truncated: {result.truncated.read} of {result.truncated.declared} frames"
                       if result.truncated else ""])
     print(f"wrote {args.output}: {result.frames_out} frames ({result.frames_in} in{damage}), "
-          f"{result.fps:.1f} fps ({result.mode}), stage ms/frame {result.stage_ms}")
+          f"{result.fps:.1f} fps ({result.mode}), stage ms/frame {result.stage_ms}",
+          file=sys.stderr if args.output == "-" else sys.stdout)  # stdout carries the video
     if result.frames_out != result.frames_in:  # pragma: no cover - an engine bug, never a user error
         raise MediaError(f"{result.frames_in} frames in but {result.frames_out} out")
     return 0
+
+
+def _open_input(args):
+    """The input: a file, URL or folder (PyAV), or ``-``: y4m (or ``--raw-in`` frames) on stdin."""
+    from unseen.engine.media import Source
+    from unseen.engine.pipes import PIPE, open_pipe_source
+
+    if PIPE not in (args.input, args.output) and Path(args.output).resolve() == Path(args.input).resolve():
+        raise UsageError("the output would overwrite the input; choose another output path")
+    if args.raw_in is not None and args.input != PIPE:
+        raise UsageError("--raw-in describes frames on stdin; give - as the input")
+    if args.raw_out is not None and args.output != PIPE:
+        raise UsageError("--raw-out writes frames to stdout; give - as the output")
+    if args.input == PIPE:
+        return open_pipe_source(sys.stdin.buffer, raw=args.raw_in, rate=args.rate)
+    if args.rate is not None:
+        raise UsageError("--rate sets the rate of frames on stdin; give - as the input, or drop --rate")
+    return Source(args.input, open_timeout=args.timeout, read_timeout=args.timeout)
+
+
+def _open_output(args, source):
+    """The sink: a file (H.264, audio copied), or ``-``: y4m (or ``--raw-out`` frames) on stdout."""
+    from unseen.engine.media import FileSink
+    from unseen.engine.pipes import PIPE, PipeSink
+
+    if args.output == PIPE:
+        return PipeSink(sys.stdout.buffer, source.info, raw=args.raw_out)
+    return FileSink(args.output, source.info, audio_template=source.audio_stream)
+
+
+def _raw_format(text: str):
+    from unseen.engine.pipes import RawFormat
+
+    try:
+        return RawFormat.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _rate(text: str) -> Fraction:
+    try:
+        rate = Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        rate = Fraction(0)
+    if rate <= 0:
+        raise argparse.ArgumentTypeError(f"bad rate {text!r}; give frames per second, e.g. 25 or 30000/1001")
+    return rate
 
 
 # ----------------------------------------------------------------------------------- demo
@@ -200,8 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="remove (or mask) clicked objects from a video file or URL")
-    run.add_argument("input", help="video file, URL (rtsp://, http://) or folder of numbered frames")
-    run.add_argument("output", help="output video (.mp4, .mkv)")
+    run.add_argument("input", help="video file, URL (rtsp://, http://), folder of numbered frames, or - (y4m on stdin)")
+    run.add_argument("output", help="output video (.mp4, .mkv), or - (y4m on stdout)")
     run.add_argument("--click", action="append", dest="prompts", type=parse_click, metavar="X,Y[@FRAME][#OBJ]",
                      help="positive click; a click without #OBJ starts a new object (repeatable)")
     run.add_argument("--negative", action="append", dest="prompts", type=lambda s: parse_click(s, positive=False),
@@ -215,6 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--delay", type=int, default=None,
                      help=f"frames held before output (default {FILE_DELAY}; the live default is the inpainter's)")
     run.add_argument("--timeout", type=float, default=10.0, help="open/read timeout for URLs, seconds")
+    run.add_argument("--raw-in", type=_raw_format, metavar="WxH[:FORMAT]",
+                     help="stdin (input -) carries raw frames of this size and pixel format (rgb24 default, bgr24, "
+                          "gray, yuv420p), not y4m")
+    run.add_argument("--raw-out", nargs="?", const="rgb24", choices=["rgb24", "bgr24", "gray", "yuv420p"],
+                     help="stdout (output -) gets raw frames of the input's size (default rgb24), not y4m")
+    run.add_argument("--rate", type=_rate, metavar="FPS",
+                     help="frame rate of the frames on stdin (raw: default 25; y4m: overrides its header)")
     run.add_argument("--strict", action="store_true",
                      help="fail (exit 2, no output) when the input is truncated or has undecodable frames; "
                           "without it they are skipped, counted and reported")
