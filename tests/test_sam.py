@@ -15,6 +15,8 @@ from segment_anything import SamPredictor, sam_model_registry
 from unseen.engine.backends import registry as backends
 from unseen.engine.backends.registry import BackendError, BackendOptions
 from unseen.engine.backends.sam import SamSegmenter, build_sam_from_config, create
+from unseen.engine.pipeline import PipelineConfig
+from unseen.engine.session import Backends, build_pipeline
 from unseen.engine.stages import Click, Frame, SelectionError
 
 torch.set_num_threads(2)
@@ -93,6 +95,19 @@ def test_several_clicks_and_box_single_mask(segmenter: SamSegmenter) -> None:
     assert np.array_equal(segmenter.segment(frame, [], box=box), expected(segmenter, img, [], box=box)[0])
     both = segmenter.segment(frame, [Click(40, 30)], box=box)
     assert np.array_equal(both, expected(segmenter, img, [Click(40, 30)], box=box)[0])
+
+
+def test_pipeline_gives_sam_the_objects_box_and_clicks() -> None:
+    """A box starts the object, a click on the same frame refines it: SAM gets both (as SamPredictor would)."""
+    torch.manual_seed(0)
+    p = build_pipeline(Backends("sam:vit_b", "classical", "classical"), BackendOptions(extra={"sam_config": TINY}),
+                       PipelineConfig(delay=2))
+    img, box = image(), (30.0, 20.0, 70.0, 50.0)
+    futures = [p.prompt(box=box, frame_index=0), p.prompt([Click(40, 30)], object_id=1, frame_index=0)]
+    outs = [o for i in range(4) for o in p.step(Frame(index=i, image=img.copy()))] + p.flush()
+    assert [f.result(timeout=0) for f in futures] == [1, 1]
+    assert np.array_equal(outs[0].masks[1], expected(p.segmenter, img, [Click(40, 30)], box=box)[0])
+    assert p.describe()["objects"][0]["box"] == list(box)
 
 
 def test_negative_click_changes_mask(segmenter: SamSegmenter) -> None:
