@@ -6,7 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
-SUITES = ("track", "remove", "complete", "speed")
+SUITES = ("track", "segment", "remove", "complete", "speed")
 EXTRA = ("reliability", "live")  # run only when named: a 30-minute soak; a 2-minute live RTSP run
 
 
@@ -60,8 +60,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def add_commands(subparsers) -> None:
-    p = subparsers.add_parser("bench", help="benchmarks: track, remove, complete, speed, reliability, live (JSON, PNG, "
-                                            "table)")
+    p = subparsers.add_parser("bench", help="benchmarks: track, segment, remove, complete, speed, reliability, live "
+                                            "(JSON, PNG, table)")
     configure(p)
     p.set_defaults(func=cmd_bench)
 
@@ -69,7 +69,7 @@ def add_commands(subparsers) -> None:
 def cmd_bench(args) -> int:
     from unseen.engine.session import Backends
 
-    from . import complete, live, reliability, remove, speed, summary, track
+    from . import complete, live, reliability, remove, segment, speed, summary, track
     from .common import Context
 
     if args.summary_only:
@@ -88,7 +88,7 @@ def cmd_bench(args) -> int:
                   long_frames=args.long_frames, resolutions=args.resolutions, trace=args.trace,
                   threads=args.threads,
                   quiet=getattr(args, "quiet", False))
-    modules = {"track": track, "remove": remove, "complete": complete, "speed": speed}
+    modules = {"track": track, "segment": segment, "remove": remove, "complete": complete, "speed": speed}
     for name in suites:
         if name == "reliability":
             reliability.run(ctx, reliability.Options(soak_minutes=args.soak_minutes, soak_source=args.soak_source))

@@ -7,6 +7,12 @@ scored by the contrast along its outline, the colour difference between it and a
 agreement with the other candidates and, when something moves there, with the moving region; the
 best one seeds a last GrabCut.  Negative clicks then subtract through a
 GrabCut with sure background at them.
+
+A box is the object's extent: GrabCut inside it (the clicks in it sure object or sure background) on
+two feature images (Lab, and RGB with the motion against the camera as a channel, so the colour
+models separate what moves from what does not) and two context margins; the segment
+whose own bounding box fills the box best, weighted by its colour distinctness, wins.  Positive
+clicks outside the box add what they select on their own.
 """
 from __future__ import annotations
 
@@ -38,6 +44,10 @@ HIST_BINS = 8  # per Lab channel, for the inside/ring colour comparison
 DISTINCTNESS_POWER = 2.0  # weight of the inside/ring colour difference in the score
 AGREEMENT_STEP = 4  # candidates are compared at this subsampling
 AREA_PRIOR = 0.2  # exponent of a mild preference for larger candidates (parts of an object are sharp too)
+BOX_MARGINS = (0.5, 1.0)  # box mode: GrabCut's background context, x the box's long side
+MOTION_GAIN = 16.0  # residual flow, in multiples of the frame's median, to 0-255 for the motion channel
+CUT_LEVELS = 24  # distance levels tried to part a negatively clicked part from the rest
+MIN_FIT = 0.2  # a box's segment whose bounding box covers less of the box than this is no object in it
 
 
 def _scale(image: np.ndarray) -> float:
@@ -48,14 +58,12 @@ def _disc(mask: np.ndarray, x: float, y: float, r: int, value: int) -> None:
     cv2.circle(mask, (int(round(x)), int(round(y))), max(1, r), value, -1)
 
 
-def motion_region(frame: np.ndarray, neighbours: Sequence[np.ndarray]) -> np.ndarray | None:
-    """Pixels of ``frame`` that move against the camera; None if nothing usable.
+def _residuals(frame: np.ndarray, neighbours: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Per neighbour, the flow magnitude at each pixel of ``frame`` beyond the camera's own motion.
 
-    Dense flow from the frame to each neighbour, less the camera's motion (an affine fit to the flow by
+    Dense flow from the frame to the neighbour, less the camera's motion (an affine fit to the flow by
     RANSAC, identity for a still camera): what is left moves by itself.  The flow is defined on this
     frame's pixels, so the object shows where it is now, with no ghost where it was or will be."""
-    if not neighbours:
-        return None
     gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
     h, w = gray.shape
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
@@ -63,8 +71,7 @@ def motion_region(frame: np.ndarray, neighbours: Sequence[np.ndarray]) -> np.nda
     gy, gx = np.mgrid[step // 2:h:step, step // 2:w:step]
     points = np.stack([gx.ravel(), gy.ravel()], 1).astype(np.float32)
     xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    moving = np.zeros((h, w), bool)
-    used = 0
+    out = []
     for other in neighbours:
         flow = dis.calc(gray, cv2.cvtColor(other, cv2.COLOR_RGB2GRAY), None)
         affine, _ = cv2.estimateAffine2D(points, points + flow[gy.ravel(), gx.ravel()],
@@ -73,12 +80,25 @@ def motion_region(frame: np.ndarray, neighbours: Sequence[np.ndarray]) -> np.nda
             continue
         camera_x = affine[0, 0] * xs + affine[0, 1] * ys + affine[0, 2] - xs
         camera_y = affine[1, 0] * xs + affine[1, 1] * ys + affine[1, 2] - ys
-        residual = cv2.magnitude(flow[..., 0] - camera_x, flow[..., 1] - camera_y)
-        moving |= residual > max(MOTION_MIN, MOTION_NOISE * float(np.median(residual)))
-        used += 1
-    if not used or not moving.any():
+        out.append(cv2.magnitude(flow[..., 0] - camera_x, flow[..., 1] - camera_y))
+    return out
+
+
+def motion_region(residuals: Sequence[np.ndarray]) -> np.ndarray | None:
+    """Pixels that move against the camera (in any neighbour's residual flow); None if none."""
+    moving = None
+    for residual in residuals:
+        now = residual > max(MOTION_MIN, MOTION_NOISE * float(np.median(residual)))
+        moving = now if moving is None else moving | now
+    return moving if moving is not None and moving.any() else None
+
+
+def motion_channel(residuals: Sequence[np.ndarray]) -> np.ndarray | None:
+    """The largest residual flow, in multiples of each frame's median, as a uint8 image channel."""
+    if not residuals:
         return None
-    return moving
+    level = np.max([r / max(0.25, float(np.median(r))) for r in residuals], axis=0)
+    return np.clip(MOTION_GAIN * level, 0, 255).astype(np.uint8)
 
 
 def _gradient(img: np.ndarray) -> np.ndarray:
@@ -128,6 +148,56 @@ def _agreement(masks: Sequence[np.ndarray]) -> np.ndarray:
     return (iou.sum(1) - 1.0) / (len(masks) - 1)
 
 
+def _in_rect(click: Click, s: float, rect: tuple[int, int, int, int]) -> bool:
+    return rect[0] <= click.x * s < rect[2] and rect[1] <= click.y * s < rect[3]
+
+
+def _box_fit(mask: np.ndarray, rect: tuple[int, int, int, int]) -> float:
+    """IoU of the mask's bounding box with the rectangle: a box is drawn around the whole object."""
+    ys, xs = np.nonzero(mask)
+    x0, y0, x1, y1 = rect
+    ix = max(0, min(int(xs.max()) + 1, x1) - max(int(xs.min()), x0))
+    iy = max(0, min(int(ys.max()) + 1, y1) - max(int(ys.min()), y0))
+    own = (int(xs.max()) + 1 - int(xs.min())) * (int(ys.max()) + 1 - int(ys.min()))
+    return ix * iy / float(own + (x1 - x0) * (y1 - y0) - ix * iy)
+
+
+def _features(img: np.ndarray, lab: np.ndarray, motion: np.ndarray | None) -> list[np.ndarray]:
+    """Images GrabCut models in turn: Lab, and RGB with motion as its blue channel (colour alone often
+    fails) or, without motion, RGB."""
+    return [lab, img if motion is None else np.dstack([img[..., 0], img[..., 1], motion])]
+
+
+def _cut(mask: np.ndarray, positives: Sequence[Click], negatives: Sequence[Click], s: float) -> np.ndarray:
+    """Cut off the part of the mask a negative click still lies in, at the narrowest neck between it
+    and the rest (the highest level of the distance to the mask's edge that parts them): for what
+    colour does not separate."""
+    h, w = mask.shape
+    whole = mask.astype(np.uint8)
+    for c in negatives:  # the clicked pixels were cleared: close those small holes first
+        if cv2.dilate(whole, np.ones((9, 9), np.uint8))[min(h - 1, int(c.y * s)), min(w - 1, int(c.x * s))]:
+            cv2.circle(whole, (int(c.x * s), int(c.y * s)), 3, 1, -1)
+    dist = cv2.distanceTransform(np.pad(whole, 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    for c in negatives:
+        y, x = min(h - 1, int(c.y * s)), min(w - 1, int(c.x * s))
+        if dist[y, x] <= 0:
+            continue
+        for level in np.linspace(float(dist.max()), 0, CUT_LEVELS, endpoint=False)[1:]:
+            _, labels = cv2.connectedComponents((dist > level).astype(np.uint8))
+            own = labels[y, x]
+            rest = (labels > 0) & (labels != own)
+            if not own or not rest.any():
+                continue
+            if any(labels[min(h - 1, int(p.y * s)), min(w - 1, int(p.x * s))] == own for p in positives):
+                break  # the click's part holds a positive click too: nothing to cut
+            to_own = cv2.distanceTransform((labels != own).astype(np.uint8), cv2.DIST_L2, 3)
+            to_rest = cv2.distanceTransform((~rest).astype(np.uint8), cv2.DIST_L2, 3)
+            mask = mask & (to_rest <= to_own)
+            dist = cv2.distanceTransform(np.pad(mask.astype(np.uint8), 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
+            break
+    return mask
+
+
 class ClassicalSegmenter(Segmenter):
     name = "classical"
 
@@ -137,17 +207,32 @@ class ClassicalSegmenter(Segmenter):
     def segment(self, frame: Frame, clicks: Sequence[Click], *, neighbours: Sequence[Frame] = (),
                 box: Box | None = None) -> Mask:
         positives = [c for c in clicks if c.positive]
-        if not positives:
-            raise SelectionError(f"no positive click on frame {frame.index}; click inside the object first")
+        negatives = [c for c in clicks if not c.positive]
+        if not positives and box is None:
+            raise SelectionError(f"no positive click on frame {frame.index}; click inside the object first "
+                                 f"(or draw a box around it)")
         full_h, full_w = frame.image.shape[:2]
         s = _scale(frame.image)
         img = frame.image if s == 1.0 else cv2.resize(frame.image, (round(full_w * s), round(full_h * s)),
                                                         interpolation=cv2.INTER_AREA)
         h, w = img.shape[:2]
         seed = max(2, round(min(h, w) / 80))
-        negatives = [c for c in clicks if not c.positive]
-        moving = motion_region(img, [cv2.resize(n.image, (w, h), interpolation=cv2.INTER_AREA)
+        residuals = _residuals(img, [cv2.resize(n.image, (w, h), interpolation=cv2.INTER_AREA)
                                      for n in neighbours[:MAX_NEIGHBOURS]])
+        if box is None:
+            result = self._from_clicks(img, positives, negatives, residuals, s, seed)
+        else:
+            result = self._from_box(img, box, positives, negatives, residuals, s, seed)
+        if result is None or not result.any():
+            prompt = "click" if box is None else "box"
+            raise SelectionError(f"the {prompt} on frame {frame.index} selected nothing; "
+                                 f"{'click inside' if box is None else 'draw the box around'} the object")
+        return self._finish(result, s, full_w, full_h)
+
+    def _from_clicks(self, img: np.ndarray, positives: Sequence[Click], negatives: Sequence[Click],
+                     residuals: Sequence[np.ndarray], s: float, seed: int) -> np.ndarray | None:
+        h, w = img.shape[:2]
+        moving = motion_region(residuals)
         blob = self._moving_blob(moving, positives, s)
         grad = _gradient(img)
         motion_mask, core = None, None
@@ -188,10 +273,40 @@ class ClassicalSegmenter(Segmenter):
         result = best
         if result is not None and negatives and best_rect is not None:
             corrected = self._grabcut(img, best_rect, positives, negatives, s, seed)
-            result = None if corrected is None else corrected & best
-        if result is None or not result.any():
-            raise SelectionError(f"the click on frame {frame.index} selected nothing; click inside the object")
-        return self._finish(result, s, full_w, full_h)
+            result = None if corrected is None else _cut(corrected & best, positives, negatives, s)
+        return result
+
+    def _from_box(self, img: np.ndarray, box: Box, positives: Sequence[Click], negatives: Sequence[Click],
+                  residuals: Sequence[np.ndarray], s: float, seed: int) -> np.ndarray | None:
+        """The best GrabCut inside the box over feature images, margins and starts (see the module doc)."""
+        h, w = img.shape[:2]
+        rect = (max(0, int(box[0] * s)), max(0, int(box[1] * s)),
+                min(w, int(np.ceil(box[2] * s))), min(h, int(np.ceil(box[3] * s))))
+        if rect[2] - rect[0] < 3 or rect[3] - rect[1] < 3:
+            return None
+        inside = [c for c in positives if _in_rect(c, s, rect)]
+        lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB)
+        grad = _gradient(img)
+        best, best_score = None, 0.0
+        for feature in _features(img, lab, motion_channel(residuals)):
+            for margin in BOX_MARGINS:
+                candidate = self._grabcut(feature, rect, inside, negatives, s, seed, margin=margin, largest=True)
+                if candidate is None or not candidate.any():
+                    continue
+                fit = _box_fit(candidate, rect)
+                if fit < MIN_FIT or _outline_contrast(candidate, grad) < MIN_CONTRAST:
+                    continue
+                score = fit * _distinctness(candidate, lab) ** 0.5
+                if score > best_score:
+                    best, best_score = candidate, score
+        if best is not None and negatives:
+            best = _cut(best, inside, negatives, s)
+        for click in positives:  # a positive click outside the box adds what it selects by itself
+            if not _in_rect(click, s, rect) and (best is None or not best[int(click.y * s), int(click.x * s)]):
+                extra = self._from_clicks(img, [click], negatives, residuals, s, seed)
+                if extra is not None:
+                    best = extra if best is None else best | extra
+        return best
 
     @staticmethod
     def _finish(mask: np.ndarray, s: float, full_w: int, full_h: int) -> Mask:
@@ -256,13 +371,14 @@ class ClassicalSegmenter(Segmenter):
         return x0, y0, x1, y1
 
     def _grabcut(self, img: np.ndarray, rect: tuple[int, int, int, int], positives: Sequence[Click],
-                 negatives: Sequence[Click], s: float, seed: int) -> np.ndarray | None:
-        """GrabCut inside the rectangle, its colour models learned from a margin around it only.
-
+                 negatives: Sequence[Click], s: float, seed: int, *, margin: float = CROP_MARGIN,
+                 largest: bool = False) -> np.ndarray | None:
+        """GrabCut inside the rectangle, its colour models learned from a margin around it only
+        (``largest``: the largest segment is kept besides the clicked ones).
         Large crops are solved at a reduced size (GrabCut's cost grows with the pixel count)."""
         h, w = img.shape[:2]
         x0, y0, x1, y1 = rect
-        m = max(8, int(CROP_MARGIN * max(x1 - x0, y1 - y0)))
+        m = max(8, int(margin * max(x1 - x0, y1 - y0)))
         cx0, cy0, cx1, cy1 = max(0, x0 - m), max(0, y0 - m), min(w, x1 + m), min(h, y1 + m)
         cw, ch = cx1 - cx0, cy1 - cy0
         f = min(1.0, float(np.sqrt(GRABCUT_PIXELS / (cw * ch))))
@@ -275,7 +391,7 @@ class ClassicalSegmenter(Segmenter):
             init = cv2.resize(init, size, interpolation=cv2.INTER_NEAREST)
         shift = [Click(c.x - cx0 / s, c.y - cy0 / s, c.positive) for c in (*positives, *negatives)]
         solved = self._solve(crop, init, [c for c in shift if c.positive], [c for c in shift if not c.positive],
-                             s * f, max(1, round(seed * f)))
+                             s * f, max(1, round(seed * f)), largest=largest)
         if solved is None:
             return None
         if f < 1.0:
@@ -299,7 +415,7 @@ class ClassicalSegmenter(Segmenter):
         return self._keep_clicked(markers == 2, positives, negatives, s)
 
     def _solve(self, img: np.ndarray, init: np.ndarray, positives: Sequence[Click], negatives: Sequence[Click],
-               s: float, seed: int) -> np.ndarray | None:
+               s: float, seed: int, *, largest: bool = False) -> np.ndarray | None:
         for c in positives:
             _disc(init, c.x * s, c.y * s, seed, cv2.GC_FGD)
         for c in negatives:
@@ -311,15 +427,15 @@ class ClassicalSegmenter(Segmenter):
         except cv2.error:  # degenerate colour model (e.g. a flat image)
             return None
         fg = (init == cv2.GC_FGD) | (init == cv2.GC_PR_FGD)
-        return self._keep_clicked(fg, positives, negatives, s)
+        return self._keep_clicked(fg, positives, negatives, s, largest=largest)
 
     @staticmethod
     def _keep_clicked(mask: np.ndarray, positives: Sequence[Click], negatives: Sequence[Click],
-                      s: float) -> np.ndarray:
+                      s: float, *, largest: bool = False) -> np.ndarray:
         h, w = mask.shape
         mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-        n, labels = cv2.connectedComponents(mask)
-        keep = set()
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(mask)
+        keep = {1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))} if largest and n > 1 else set()
         for c in positives:
             lab = labels[min(h - 1, int(c.y * s)), min(w - 1, int(c.x * s))]
             if lab:

@@ -1,0 +1,143 @@
+"""Suite *segment*: first-frame J of one prompt per object, a click or a box, and the time it takes.
+
+Protocol: for every clip whose masks are segmentation ground truth (dilated inpainting holes are
+skipped) and every object id in its first mask, two prompts on frame 0, each segmented on its own:
+one positive click at the object's most interior pixel (maximum of the distance transform), and a
+box, the object's ground-truth bounding box padded by 5% of its width and height on each side
+(clipped to the frame).  As in the product, the frame 2 later is given as a motion neighbour.
+J is the IoU with the first mask; a prompt that selects nothing scores 0.  Overall: the mean over
+all objects; time: the mean wall time of one segmentation.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from unseen.engine.backends import registry
+from unseen.engine.stages import Box, Click, Frame, SelectionError
+from unseen.engine.synthetic import interior_point
+
+from . import report
+from .common import Context
+from .metrics import jaccard, mean
+
+log = logging.getLogger("unseen.benchmarks")
+
+BOX_PAD = 0.05  # of the object's box width and height, on each side
+NEIGHBOUR = 2  # frame index of the motion neighbour
+
+
+@dataclass(frozen=True)
+class Prompt:
+    clicks: tuple[Click, ...]
+    box: Box | None
+
+
+def gt_box(mask: np.ndarray, pad: float = BOX_PAD) -> Box:
+    """The mask's bounding box (x0, y0, x1, y1, exclusive ends) padded by ``pad`` of its size, in the frame."""
+    ys, xs = np.nonzero(mask)
+    x0, x1, y0, y1 = float(xs.min()), float(xs.max() + 1), float(ys.min()), float(ys.max() + 1)
+    px, py = pad * (x1 - x0), pad * (y1 - y0)
+    h, w = mask.shape
+    return max(0.0, x0 - px), max(0.0, y0 - py), min(float(w), x1 + px), min(float(h), y1 + py)
+
+
+def prompts(mask: np.ndarray) -> dict[str, Prompt]:
+    x, y = interior_point(mask)
+    return {"click": Prompt((Click(float(x), float(y), True),), None), "box": Prompt((), gt_box(mask))}
+
+
+def _score(segmenter, frame: Frame, neighbours: list[Frame], prompt: Prompt, gt: np.ndarray) -> tuple[float, float,
+                                                                                                      str | None]:
+    t0 = time.perf_counter()
+    try:
+        mask = segmenter.segment(frame, list(prompt.clicks), neighbours=neighbours, box=prompt.box)
+        error = None
+    except SelectionError as exc:
+        mask, error = np.zeros_like(gt), str(exc)
+    return jaccard(mask, gt), time.perf_counter() - t0, error
+
+
+def _segment_clip(clip, segmenter) -> dict:
+    frames = clip.read_frames(NEIGHBOUR + 1)
+    labels = clip.read_labels(1)[0]
+    f0 = Frame(0, frames[0])
+    neighbours = [Frame(NEIGHBOUR, frames[NEIGHBOUR])] if len(frames) > NEIGHBOUR else []
+    objects = []
+    for oid in (int(i) for i in np.unique(labels) if i != 0):
+        gt = labels == oid
+        row: dict = {"id": oid, "area": int(gt.sum())}
+        given = prompts(gt)
+        for kind, prompt in given.items():
+            j, seconds, error = _score(segmenter, f0, neighbours, prompt, gt)
+            row.update({f"{kind}_J": j, f"{kind}_s": seconds, f"{kind}_error": error})
+        row["click"] = [given["click"].clicks[0].x, given["click"].clicks[0].y]
+        row["box"] = list(given["box"].box)
+        objects.append(row)
+    return {"clip": clip.name, "size": f"{clip.width}x{clip.height}", "objects": objects,
+            "click_J": mean(o["click_J"] for o in objects), "box_J": mean(o["box_J"] for o in objects),
+            "ms_per_segment": 1000 * mean(o[k] for o in objects for k in ("click_s", "box_s"))}
+
+
+def run(ctx: Context) -> dict:
+    started = time.perf_counter()
+    result = ctx.header("segment")
+    segmenter = registry.create("segmenter", ctx.backends.segmenter, ctx.options())
+    result["backends"] = {"segmenter": segmenter.name}
+    result["protocol"] = __doc__.split("\n\n", 1)[1].strip()
+    clips, skipped = [], []
+    for clip in ctx.clips:
+        if not clip.has_masks:
+            continue
+        if clip.dilated:
+            skipped.append({"clip": clip.name, "reason": "masks are dilated inpainting holes, not segmentation GT"})
+            continue
+        r = _segment_clip(clip, segmenter)
+        ctx.say(f"[segment] {clip.name}: {len(r['objects'])} object(s), click J {r['click_J']:.3f}, "
+                f"box J {r['box_J']:.3f}, {r['ms_per_segment']:.0f} ms per segmentation")
+        clips.append(r)
+    result["clips"], result["skipped"] = clips, skipped
+    objects = [o for c in clips for o in c["objects"]]
+    result["overall"] = {
+        "objects": len(objects), "clips": len(clips),
+        "click_J": mean(o["click_J"] for o in objects), "box_J": mean(o["box_J"] for o in objects),
+        "click_J_clip_mean": mean(c["click_J"] for c in clips), "box_J_clip_mean": mean(c["box_J"] for c in clips),
+        "ms_per_segment": 1000 * mean(o[k] for o in objects for k in ("click_s", "box_s")),
+        "ms_per_segment_max": 1000 * max((o[k] for o in objects for k in ("click_s", "box_s")), default=0.0),
+    }
+    ctx.finish("segment", result, started)
+    print_table(result)
+    chart(ctx, result)
+    return result
+
+
+HEADERS = ["clip", "size", "object", "area (px)", "click J", "box J", "ms / segmentation"]
+
+
+def rows(result: dict) -> list[list]:
+    out = []
+    for c in result["clips"]:
+        for o in c["objects"]:
+            out.append([c["clip"], c["size"], o["id"], o["area"], o["click_J"], o["box_J"],
+                        f"{500 * (o['click_s'] + o['box_s']):.0f}"])
+    o = result["overall"]
+    out.append(["overall (objects)", "", o["objects"], "", o["click_J"], o["box_J"], f"{o['ms_per_segment']:.0f}"])
+    return out
+
+
+def print_table(result: dict) -> None:
+    print(f"\nsegment ({result['backends']['segmenter']} segmenter, frame 0, one prompt per object)")
+    print(report.table(HEADERS, rows(result)))
+    for s in result["skipped"]:
+        print(f"  skipped {s['clip']}: {s['reason']}")
+
+
+def chart(ctx: Context, result: dict) -> None:
+    names = [c["clip"] for c in result["clips"]] + ["overall"]
+    o = result["overall"]
+    report.bar_chart(ctx.results / "segment.png", f"segment: {result['backends']['segmenter']}, first-frame J",
+                     names, {"one click": [c["click_J"] for c in result["clips"]] + [o["click_J"]],
+                             "box": [c["box_J"] for c in result["clips"]] + [o["box_J"]]}, "J (0-1)")
