@@ -65,11 +65,6 @@ class AudioChunk:
     def seconds(self) -> Fraction:
         return self.pts * self.time_base
 
-    @property
-    def end(self) -> int:
-        """The stream-clock time just after its last sample."""
-        return self.pts + round(Fraction(self.frames, self.format.rate) / self.time_base)
-
 
 def _detached(stream: Any) -> Any:
     """A copy of ``stream``'s coded parameters that outlives its container (a reader that reconnects
@@ -88,7 +83,7 @@ class AudioInput:
         self.what = what
         ctx = stream.codec_context
         if ctx is None or not ctx.sample_rate:
-            name = stream.codec_context.name if ctx is not None else _codec_name(stream)
+            name = ctx.name if ctx is not None else _codec_name(stream)
             raise AudioError(f"{what}: its audio codec ({name}) cannot be decoded here; the video goes on without "
                              f"audio; send AAC, Opus or G.711 audio")
         layout = "mono" if ctx.layout.nb_channels == 1 else "stereo"
@@ -139,22 +134,20 @@ class AudioOut:
         self.dropped = 0
         self._next: int | None = None  # the sample after the last one written
 
-    @property
-    def codec(self) -> str:
-        return self.stream.codec_context.name
-
     def write(self, chunk: AudioChunk, seconds: Fraction | None) -> None:
-        if seconds is None or chunk.format != self.format or seconds < 0:
-            self.dropped += 1
+        if seconds is None or seconds < 0 or chunk.format != self.format or (self.copy and chunk.data is None):
+            self.dropped += 1  # before the first frame, or audio this stream was not set up for
             return
         pts, n = round(seconds * self.format.rate), chunk.frames
+        if not n and not self.copy:
+            return  # a packet that decoded to nothing: nothing to encode
         if self._next is not None and pts < self._next:
             if self._next - pts > max(1, n // 2):
                 self.dropped += 1
                 return
             pts = self._next  # rounding: the chunks are contiguous
         self._next = pts + n
-        if self.copy and chunk.data is not None:
+        if self.copy:
             packet = av.Packet(chunk.data)
             packet.pts = packet.dts = pts
             packet.duration = n

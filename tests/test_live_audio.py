@@ -20,7 +20,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import AudioStreamTrack, RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from unseen.engine.audio import AudioChunk, AudioFormat
@@ -248,6 +248,76 @@ def test_a_webrtc_viewer_gets_the_streams_audio(ffmpeg, tmp_path):
         assert np.abs(audio).max() > 0.3, "the beeps never reached the viewer"
         assert stream.describe()["audio"]["codec"] == "aac"
     asyncio.run(asyncio.wait_for(run(), 90))
+
+
+class ToneTrack(AudioStreamTrack):
+    """A microphone playing a 440 Hz tone (aiortc's paced silence, filled)."""
+
+    async def recv(self):
+        frame = await super().recv()
+        t = (frame.pts + np.arange(frame.samples)) / frame.sample_rate
+        tone = (0.8 * 32767 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
+        return _with_samples(frame, tone)
+
+
+def _with_samples(frame, samples: np.ndarray):
+    out = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+    out.sample_rate, out.pts, out.time_base = frame.sample_rate, frame.pts, frame.time_base
+    return out
+
+
+@pytest.mark.slow
+def test_a_webcams_audio_comes_back_to_it_over_webrtc():
+    """A browser-like aiortc publisher sends camera and microphone; the processed stream it gets back
+    carries its microphone's tone, and the stream reports the webcam's Opus audio."""
+    async def run() -> None:
+        signalling = Signalling(cfg.IceConfig(loopback=True), 2)
+        loop = asyncio.get_running_loop()
+        viewer = AudioViewer()
+        viewer.pc.addTrack(VideoStreamTrack())
+        viewer.pc.addTrack(ToneTrack())
+        streams: list[LiveStream] = []
+        try:
+            await viewer.pc.setLocalDescription(await viewer.pc.createOffer())
+            answer, stream = await signalling.answer(
+                {"sdp": viewer.pc.localDescription.sdp, "type": "offer"}, None,
+                create_webcam=lambda: LiveStream("phone", None, settings(), Metrics(), loop).start())
+            streams.append(stream)
+            await viewer.pc.setRemoteDescription(RTCSessionDescription(**answer))
+            await asyncio.wait_for(viewer.enough.wait(), 45)
+        finally:
+            await viewer.pc.close()
+            await signalling.close()
+            for stream in streams:
+                await stream.aclose()
+        audio = np.concatenate(viewer.samples).astype(np.float64) / 32768
+        assert np.abs(audio).max() > 0.3, "the microphone's tone never came back"
+        assert streams[0].describe()["audio"]["codec"] == "opus"
+    asyncio.run(asyncio.wait_for(run(), 90))
+
+
+def test_g711_recorded_to_mkv_stays_uncompressed_and_in_sync(ffmpeg, tmp_path):
+    """PyAV's Matroska muxer refuses G.711 as it is: the recording keeps it as 16-bit PCM (no lossy step)."""
+    clip = make_clip(tmp_path / "clip.mkv", 6, 2, "pcmu")
+    recorded = tmp_path / "recorded.mkv"
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        source = cfg.SourceConfig(name="cam", uri=str(clip), loop=False)
+        stream = await loop.run_in_executor(None, lambda: LiveStream(
+            "cam", source, settings(), Metrics(), loop, outputs=cfg.OutputConfig(record=str(recorded))))
+        stream.start()
+        try:
+            deadline = time.monotonic() + 40
+            while stream.state != "ended":
+                assert time.monotonic() < deadline, f"the file did not end: {stream.describe()}"
+                await asyncio.sleep(0.1)
+        finally:
+            await stream.aclose()
+    asyncio.run(asyncio.wait_for(run(), 60))
+    with av.open(str(recorded)) as c:
+        assert c.streams.audio[0].codec_context.name == "pcm_s16le"
+    check_sync(recorded, 3)
 
 
 def undecodable_audio_clip(folder: Path) -> Path:
