@@ -6,6 +6,7 @@ const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const token = params.get("token");
 const EFFECTS = ["remove", "blur", "pixelate", "fill", "overlay"];
+const DRAG_PX = 6;   // a press that moves less than this (CSS pixels) before release is a click, more a box
 
 const state = {
   stream: null, pc: null, ws: null, channel: null, camera: null,
@@ -15,6 +16,7 @@ const state = {
   current: null,              // metadata of the frame on screen
   shown: 0, shownT0: null, fps: 0, g2g: [], lastError: "",
   nextId: 1, waiting: new Map(),
+  drag: null,                 // {x, y, shift}: where a press started (client pixels), while the button is down
 };
 
 function authed(url) {
@@ -170,7 +172,7 @@ function onVideoFrame(now, md) {
   $("video").requestVideoFrameCallback(onVideoFrame);
 }
 
-// ------------------------------------------------------------------------------ clicks
+// ------------------------------------------------------------------------------ clicks and boxes
 function framePoint(ev) {
   const v = $("video");
   const r = v.getBoundingClientRect();
@@ -181,21 +183,70 @@ function framePoint(ev) {
   return { x: (ev.clientX - r.left - ox) / scale, y: (ev.clientY - r.top - oy) / scale };
 }
 
-async function onClick(ev, negative) {
-  ev.preventDefault();
-  const p = framePoint(ev);
-  if (!p || !state.stream) return;
-  const fields = { x: Math.round(p.x * 10) / 10, y: Math.round(p.y * 10) / 10, positive: !negative };
-  if (negative) fields.object = state.selected;
+const tenth = (v) => Math.round(v * 10) / 10;
+
+async function prompt(fields, busy) {
   if (state.current) { fields.pts = state.current.pts; }     // the source frame the user saw
-  setStatus(negative ? "correcting…" : "selecting…");
+  setStatus(busy);
   try {
     const r = await control("click", fields);
     state.selected = r.object;
     renderObjects(r.objects);
     setStatus(`${state.stream}: object ${r.object}`);
-  } catch (e) { showError(e.message); setStatus(`${state.stream}: click refused`); }
+  } catch (e) { showError(e.message); setStatus(`${state.stream}: refused`); }
 }
+
+function onClick(ev, negative) {
+  ev.preventDefault();
+  const p = framePoint(ev);
+  if (!p || !state.stream) return;
+  const fields = { x: tenth(p.x), y: tenth(p.y), positive: !negative };
+  if (negative) fields.object = state.selected;
+  prompt(fields, negative ? "correcting…" : "selecting…");
+}
+
+// A drag draws a box: a new object, or with shift the selected object's new box (the server clips it to the frame).
+function onBox(start, end, refine) {
+  const a = framePoint(start), b = framePoint(end);
+  if (!a || !b || !state.stream) return;
+  const fields = { box: [tenth(Math.min(a.x, b.x)), tenth(Math.min(a.y, b.y)), tenth(Math.max(a.x, b.x)),
+                         tenth(Math.max(a.y, b.y))] };
+  if (refine && state.selected !== null) fields.object = state.selected;
+  prompt(fields, "selecting the box…");
+}
+
+function showRubber(start, ev) {
+  const wrap = $("video").parentElement.getBoundingClientRect(), band = $("rubber");
+  band.style.left = `${Math.min(start.x, ev.clientX) - wrap.left}px`;
+  band.style.top = `${Math.min(start.y, ev.clientY) - wrap.top}px`;
+  band.style.width = `${Math.abs(ev.clientX - start.x)}px`;
+  band.style.height = `${Math.abs(ev.clientY - start.y)}px`;
+  band.hidden = false;
+}
+
+const dragged = (start, ev) => Math.hypot(ev.clientX - start.x, ev.clientY - start.y) >= DRAG_PX;
+
+function onPointerDown(ev) {
+  if (ev.button !== 0) return;
+  ev.preventDefault();
+  $("video").setPointerCapture(ev.pointerId);
+  state.drag = { x: ev.clientX, y: ev.clientY, shift: ev.shiftKey };
+}
+
+function onPointerMove(ev) {
+  if (state.drag && dragged(state.drag, ev)) showRubber(state.drag, ev);
+}
+
+function onPointerUp(ev) {
+  const start = state.drag;
+  state.drag = null;
+  $("rubber").hidden = true;
+  if (!start) return;
+  if (dragged(start, ev)) onBox({ clientX: start.x, clientY: start.y }, ev, start.shift || ev.shiftKey);
+  else onClick(ev, start.shift || ev.shiftKey);
+}
+
+function onPointerCancel() { state.drag = null; $("rubber").hidden = true; }
 
 // ------------------------------------------------------------------------------ objects and stats
 function renderObjects(objects) {
@@ -206,7 +257,8 @@ function renderObjects(objects) {
     const li = document.createElement("li");
     if (o.id === state.selected) li.className = "selected";
     const label = document.createElement("span");
-    label.textContent = `#${o.id}` + (o.area ? ` (${o.area} px)` : "");
+    label.textContent = `#${o.id}` + (o.area ? ` (${o.area} px)` : "") + (o.box ? " ▭" : "");
+    if (o.box) label.title = `box ${o.box.join(", ")} on frame ${o.prompt_frame}`;
     label.onclick = () => { state.selected = o.id; renderObjects(state.objects); };
     const sel = document.createElement("select");
     for (const e of EFFECTS) { const opt = new Option(e, e, false, e === o.effect); sel.appendChild(opt); }
@@ -262,7 +314,10 @@ window.unseen = {
 // ------------------------------------------------------------------------------ wiring
 $("connect").onclick = () => connect().catch((e) => { showError(e.message); setStatus("not connected"); });
 $("clear").onclick = () => control("clear", {}).then((r) => renderObjects(r.objects)).catch((e) => showError(e.message));
-$("video").addEventListener("click", (ev) => onClick(ev, ev.shiftKey));
+$("video").addEventListener("pointerdown", onPointerDown);
+$("video").addEventListener("pointermove", onPointerMove);
+$("video").addEventListener("pointerup", onPointerUp);
+$("video").addEventListener("pointercancel", onPointerCancel);
 $("video").addEventListener("contextmenu", (ev) => onClick(ev, true));
 if ("requestVideoFrameCallback" in HTMLVideoElement.prototype) $("video").requestVideoFrameCallback(onVideoFrame);
 loadSources().then(() => { if (params.get("autoplay")) $("connect").click(); });
