@@ -1,7 +1,7 @@
 """Backend registry: stage name -> implementations, and the ``auto`` choice.
 
 A backend is named ``kind`` or ``kind:variant`` (``classical``, ``sam:vit_b``,
-``aot:r50_aotl``, ``e2fgvi:hq``).  Each kind points to a factory
+``aot:r50_aotl``, ``e2fgvi:hq``, ``classical+nanotrack``).  Each kind points to a factory
 ``create(variant: str | None, options: BackendOptions) -> stage`` that is imported
 lazily, so the classical path never imports torch.
 """
@@ -27,6 +27,7 @@ _FACTORIES: dict[str, dict[str, str]] = {
     },
     "propagator": {
         "classical": "unseen.engine.backends.classical_propagate:create",
+        "classical+nanotrack": "unseen.engine.backends.guided:create",
         "aot": "unseen.engine.backends.aot:create",
     },
     "inpainter": {
@@ -43,6 +44,9 @@ AUTO_NEURAL: dict[str, tuple[str, list[tuple[str, str]]]] = {
                            ("aotl", "aotl"), ("aott", "aott")]),
     "inpainter": ("e2fgvi", [("hq", "e2fgvi_hq"), ("e2fgvi", "e2fgvi")]),
 }
+
+# What ``auto`` picks when no neural weights are present but a learned guide's are: (backend, weights name)
+AUTO_GUIDED: dict[str, tuple[str, str]] = {"propagator": ("classical+nanotrack", "nanotrack_v2")}
 
 
 class BackendError(RuntimeError):
@@ -98,19 +102,28 @@ def _factory(stage: str, kind: str) -> Callable[..., Any]:
 
 
 def resolve_auto(stage: str, options: BackendOptions) -> str:
-    """The backend name ``auto`` means: the best neural one whose weights are present, else classical."""
+    """The backend name ``auto`` means: the best neural one whose weights are present, else the classical one
+    guided by a learned box tracker when its weights are (the propagator), else classical."""
     kind, candidates = AUTO_NEURAL[stage]
     try:
         from unseen.weights import store
     except ImportError:  # pragma: no cover - weights module not installed
         return "classical"
     for variant, weights_name in candidates:
-        try:
-            if store.find(weights_name, options.weights_dir) is not None:
-                return f"{kind}:{variant}"
-        except Exception:  # noqa: BLE001 - a broken weights folder must not break auto
-            log.debug("weights lookup for %s failed", weights_name, exc_info=True)
+        if _present(store, weights_name, options):
+            return f"{kind}:{variant}"
+    guided = AUTO_GUIDED.get(stage)
+    if guided is not None and _present(store, guided[1], options):
+        return guided[0]
     return "classical"
+
+
+def _present(store: Any, weights_name: str, options: BackendOptions) -> bool:
+    try:
+        return store.find(weights_name, options.weights_dir) is not None
+    except Exception:  # noqa: BLE001 - a broken weights folder must not break auto
+        log.debug("weights lookup for %s failed", weights_name, exc_info=True)
+        return False
 
 
 def create(stage: str, name: str, options: BackendOptions | None = None) -> Any:
