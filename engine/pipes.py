@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass
 from fractions import Fraction
@@ -23,7 +24,7 @@ import numpy as np
 from .media import MediaError, StreamInfo
 from .stages import Frame
 
-__all__ = ["PIPE", "PipeSink", "PipeSource", "RawFormat", "RawReader", "Y4mHeader", "Y4mReader",
+__all__ = ["PIPE", "PipeSink", "PipeSource", "RawFormat", "RawReader", "Y4mHeader", "Y4mReader", "claim_stdout",
            "open_pipe_source"]
 
 log = logging.getLogger("unseen.pipes")
@@ -342,6 +343,15 @@ class PipeSink:
             _quiet(self.stream)
             raise MediaError(f"the reader of {self.name} closed the pipe after {self.frames} frames; keep the "
                              f"command reading unseen's output running to the end") from exc
+
+
+def claim_stdout() -> BinaryIO:
+    """Standard output for the video alone: a stream on a duplicate of descriptor 1, which then points at
+    standard error, so a stray print or a library's write goes there instead of into the video."""
+    sys.stdout.flush()
+    video = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    return video
 
 
 def _quiet(stream: BinaryIO) -> None:

@@ -192,10 +192,10 @@ def _open_input(args):
 def _open_output(args, source):
     """The sink: a file (H.264, audio copied), or ``-``: y4m (or ``--raw-out`` frames) on stdout."""
     from unseen.engine.media import FileSink
-    from unseen.engine.pipes import PIPE, PipeSink
+    from unseen.engine.pipes import PIPE, PipeSink, claim_stdout
 
-    if args.output == PIPE:
-        return PipeSink(sys.stdout.buffer, source.info, raw=args.raw_out)
+    if args.output == PIPE:  # stdout carries the video alone: prints and logs go to stderr
+        return PipeSink(claim_stdout(), source.info, raw=args.raw_out)
     return FileSink(args.output, source.info, audio_template=source.audio_stream)
 
 
