@@ -122,7 +122,8 @@ class VideoSession:
         """Process ``frames`` (RGB uint8 HxWx3, one size), yielding each output (RGB, the same size) as soon
         as it is ready, in order.  ``end`` (default): the video ends with these frames, the delay line is
         flushed, frames out = frames in.  ``end=False``: more frames follow in a later call (the last call
-        ends the video; ``process([])`` does).  A failed click or box is raised here (its error) once."""
+        ends the video; ``process([])`` does).  A failed click or box is raised here, once; the video goes
+        on (call process again: ``process([])`` gives the rest after an error at the end)."""
         if self._ended or self._closed:
             raise RuntimeError("this session's video has ended; open a new session for another video")
         images = iter(frames)
@@ -132,15 +133,18 @@ class VideoSession:
             image = next(images, _END)
             if image is _END:
                 break
+            if self._source.queue.closed:
+                raise RuntimeError("a frame after the end of the video (an earlier process() call ended it); "
+                                   "open a new session for another video")
             self._source.push(self._frame(image))
             self._sent += 1
             while (out := self._take(block=False)) is not None:
                 yield out
         if end:
-            self._ended = True
             self._source.close()  # the end of the video: the runtime flushes the delay line
             while self._given < self._sent:
                 yield self._take(block=True)
+            self._ended = True
             self._runtime.close()
 
     def _frame(self, image: np.ndarray) -> Frame:

@@ -10,6 +10,7 @@ import pytest
 
 from unseen.engine import open_session
 from unseen.engine.pipeline import PromptError
+from unseen.engine.stages import SelectionError
 from unseen.engine.synthetic import make_clip
 
 N, W, H = 20, 160, 96
@@ -92,6 +93,17 @@ def test_leaving_early_and_close_are_clean(small):
     s.close()  # again: nothing happens
     with pytest.raises(RuntimeError, match="open a new session"):
         next(s.process(small.frames))
+
+
+def test_a_click_that_selects_nothing_is_raised_and_the_video_goes_on():
+    black = [np.zeros((64, 96, 3), np.uint8)] * 12
+    with open_session(**CLASSICAL) as s:
+        s.click(30, 30)
+        outputs = []
+        with pytest.raises(SelectionError, match="selected nothing; click inside the object"):
+            outputs += s.process(black)
+        outputs += s.process(black[s.frames_in:])  # the frames not passed in when it was raised, if any
+        assert len(outputs) == s.frames_out == 12
 
 
 def test_bad_input_is_named(small):
