@@ -91,7 +91,8 @@ def from_rgb(image: np.ndarray, pix_fmt: str) -> bytes:
         return np.ascontiguousarray(image[..., ::-1]).tobytes()
     w2, h2 = width + width % 2, height + height % 2
     padded = np.ascontiguousarray(_pad(image, h2, w2))
-    frame = av.VideoFrame.from_ndarray(padded, format="rgb24").reformat(format=pix_fmt, dst_color_range="MPEG", interpolation="BICUBIC")
+    frame = av.VideoFrame.from_ndarray(padded, format="rgb24").reformat(  # bicubic, as the ffmpeg CLI scales
+        format=pix_fmt, dst_color_range="MPEG", interpolation="BICUBIC")
     flat = frame.to_ndarray().ravel()
     if pix_fmt == "gray":
         return np.ascontiguousarray(flat.reshape(h2, w2)[:height, :width]).tobytes()

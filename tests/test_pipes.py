@@ -39,10 +39,10 @@ def _frames(data: bytes) -> np.ndarray:
     return np.frombuffer(data, np.uint8).reshape(-1, H, W, 3)
 
 
-def _y4m(frames: list[np.ndarray]) -> bytes:
-    """RGB frames as ffmpeg's y4m (4:2:0)."""
+def _y4m(frames: list[np.ndarray], pix_fmt: str = "yuv420p") -> bytes:
+    """RGB frames as ffmpeg's y4m."""
     return _ffmpeg("-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{W}x{H}", "-r", "25", "-i", "-",
-                   "-pix_fmt", "yuv420p", "-f", "yuv4mpegpipe", "-", data=b"".join(f.tobytes() for f in frames))
+                   "-pix_fmt", pix_fmt, "-f", "yuv4mpegpipe", "-", data=b"".join(f.tobytes() for f in frames))
 
 
 def _decode_y4m(data: bytes) -> np.ndarray:
@@ -124,14 +124,20 @@ def test_a_damaged_y4m_stream_ends_in_one_line(kind, words, small):
     assert "Traceback" not in err
 
 
-def test_y4m_from_ffmpeg_reads_as_ffmpeg_decodes_it_and_back(small):
-    if not Path(FFMPEG).exists():
-        pytest.skip("ffmpeg not found")
-    data = _y4m(small.frames[:3])
+@needs_ffmpeg
+@pytest.mark.parametrize("pix_fmt", ["yuv420p", "yuv422p", "yuv444p", "gray"])
+def test_y4m_from_ffmpeg_reads_as_ffmpeg_decodes_it(small, pix_fmt):
+    data = _y4m(small.frames[:2], pix_fmt)
     source = open_pipe_source(io.BytesIO(data))
     frames = [f.image for f in source]
     assert (source.info.width, source.info.height, source.info.rate) == (W, H, 25)
     assert np.array_equal(np.stack(frames), _decode_y4m(data))  # the same conversion as ffmpeg's, exactly
+
+
+@needs_ffmpeg
+def test_y4m_written_reads_back_in_ffmpeg(small):
+    source = open_pipe_source(io.BytesIO(_y4m(small.frames[:3])))
+    frames = [f.image for f in source]
     out = io.BytesIO()
     sink = PipeSink(out, source.info)
     for i, f in enumerate(frames):
