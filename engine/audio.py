@@ -88,13 +88,14 @@ class AudioInput:
                              f"audio; send AAC, Opus or G.711 audio")
         layout = "mono" if ctx.layout.nb_channels == 1 else "stereo"
         self.format = AudioFormat(ctx.name, int(ctx.sample_rate), layout, template=_detached(stream))
+        self._decoder = ctx
         self._resampler = av.AudioResampler(format="s16", layout=layout, rate=self.format.rate)
         self.errors = 0
 
     def decode(self, packet: av.Packet) -> np.ndarray | None:
         """The packet's samples (s16 interleaved, (1, n)); None when it does not decode."""
         try:
-            frames = [f for frame in packet.decode() for f in self._resampler.resample(frame)]
+            frames = [f for frame in self._decoder.decode(packet) for f in self._resampler.resample(frame)]
         except (av.error.FFmpegError, ValueError) as exc:
             self.errors += 1
             if self.errors == 1:

@@ -149,6 +149,16 @@ class LiveAudio:
             self._stamp(*self._early.popleft())
 
     def _packet(self, packet: Any) -> None:
+        """An audio packet the source demuxed (reader thread); a failure here ends the audio, not the video."""
+        try:
+            self._take(packet)
+        except Exception as exc:  # noqa: BLE001 - the reader must go on with the frames
+            self.error = f"stream {self.name!r}: its audio failed ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:120]}); " \
+                         f"the video goes on without audio until the source reconnects"
+            log.warning("%s", self.error)
+            self._input = None
+
+    def _take(self, packet: Any) -> None:
         if self._input is None or packet.pts is None:
             return
         samples = self._input.decode(packet)

@@ -23,7 +23,7 @@ import pytest
 from aiortc import AudioStreamTrack, RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
-from unseen.engine.audio import AudioChunk, AudioFormat
+from unseen.engine.audio import AudioChunk, AudioFormat, AudioInput
 from unseen.engine.streams import AudioLine
 from support.live import SYSTEM_PYTHON, Proc, free_port, gst_missing, running, unseen_cmd, wait_port, wait_state
 from unseen.server import config as cfg
@@ -137,9 +137,8 @@ def serve_through_rtsp(tmp_path: Path, clip: Path, audio: str, record: str, seco
         try:
             wait_port(http_port, 60)
             # the clip plays once; then the source ends and the stream starts reconnecting
-            wait_state(base, lambda s: s["frames_out"] > 0 and s["state"] in ("reconnecting", "connecting"),
-                       seconds + 60, "the clip to play to its end")
-            state = wait_state(base, lambda s: True, 5, "the stream state")
+            state = wait_state(base, lambda s: s["frames_out"] > 0 and s["state"] in ("reconnecting", "connecting"),
+                               seconds + 60, "the clip to play to its end")
             assert state["audio"]["codec"] == AUDIO_CODECS[audio][0].replace("libopus", "opus"), state["audio"]
             assert state["audio"]["chunks_out"] > 0 and state["audio"]["error"] is None, state["audio"]
         finally:
@@ -354,6 +353,18 @@ def test_a_source_whose_audio_cannot_be_decoded_keeps_its_video_with_one_warning
     warnings = [r.getMessage() for r in caplog.records if r.name == "unseen.audio"]
     assert len(warnings) == 1, warnings  # once, not once per pass of the loop
     assert "cannot be decoded" in warnings[0] and "\n" not in warnings[0] and ";" in warnings[0]
+
+
+def test_audio_packets_that_do_not_decode_are_dropped_with_one_warning(ffmpeg, tmp_path, caplog):
+    clip = make_clip(tmp_path / "clip.mkv", 1, 1, "aac")
+    with av.open(str(clip)) as c, caplog.at_level(logging.WARNING, logger="unseen.audio"):
+        audio = AudioInput(c.streams.audio[0], "stream 'cam'")
+        good = [audio.decode(p) for p in c.demux(audio=0) if p.size][:5]
+        bad = [audio.decode(av.Packet(b"\xff" * 64)) for _ in range(3)]
+    assert all(s is not None and s.dtype == np.int16 for s in good) and bad == [None] * 3
+    assert audio.errors == 3 and audio.format.codec == "aac" and audio.format.rate == 48000
+    warnings = [r.getMessage() for r in caplog.records if r.name == "unseen.audio"]
+    assert len(warnings) == 1 and "\n" not in warnings[0] and "the video goes on" in warnings[0], warnings
 
 
 def test_audio_is_released_with_the_frame_it_belongs_to():
