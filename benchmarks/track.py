@@ -1,24 +1,39 @@
-"""Suite *track*: one click per object, segment, propagate; J on the first frame, J/F/J&F after.
+"""Suite *track*: objects prompted once, tracked on the stream runtime, with and without corrections.
 
-Protocol: for every clip whose masks are segmentation ground truth (dilated inpainting
-holes are skipped) and every object id in its first mask, one positive click at the
-object's most interior pixel (maximum of the distance transform of the first mask).
-All objects of a clip are clicked on frame 0 and propagated together, as the product
-does.  The click reaches the segmenter as it does in the live product, where the user
-clicks a frame already shown: the frame 2 later is given as a motion neighbour.
-J is the IoU, F the DAVIS boundary F-measure; "first J" scores the segmentation alone
-on frame 0; J, F and J&F are means over frames 1..N-1, per object.  Per clip: the mean
-over its objects; overall: the mean over all objects (DAVIS) and over clips.
+Protocol: for every clip whose masks are segmentation ground truth (dilated inpainting holes
+are skipped) and every object id in its first mask, one prompt on frame 0: a positive click
+at the object's most interior pixel (maximum of the distance transform), or its ground-truth
+box padded by 5% on each side.  The frames go through the product's runtime (a StreamSession,
+sequential mode, over the pipeline ``unseen serve`` builds: delay = the inpainter's, 30 frames
+of history; the effect is ``fill``, so nothing is inpainted) and the prompts through the
+pipeline's click API with a frame index; the masks scored are those the pipeline emits (what
+``--masks-out`` writes).
+Corrections: a simulated user watches the emitted frames; when an object's J on a frame drops
+below 0.5, at most once per 10 frames per object, the user clicks that frame (the pipeline
+re-segments there and re-propagates the held frames after it): a positive click at the most
+interior pixel of the largest missed region, or a negative one at the most interior pixel of
+the largest false region, whichever region is larger.  The first prompt is no correction.
+J is the IoU, F the DAVIS boundary F-measure; "first J" is J on frame 0; J, F and J&F are means
+over frames 1..N-1, per object.  Per clip: the mean over its objects; overall: the mean over all
+objects (DAVIS) and over clips.  Runs: each tracker (the classical one, and the NanoTrack-guided
+one when it can be built) x each prompt (click, box) x without/with corrections.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import time
+from dataclasses import asdict, dataclass, field
 
+import cv2
 import numpy as np
 
-from unseen.engine.backends import registry
-from unseen.engine.stages import Click, Frame, SelectionError
+from unseen.engine.backends.registry import BackendError
+from unseen.engine.effects import Effect
+from unseen.engine.pipeline import OutputFrame, Pipeline, PipelineConfig
+from unseen.engine.runtime import Mode, RuntimeConfig, StreamSession
+from unseen.engine.session import Backends, build_pipeline
+from unseen.engine.stages import Box, Frame
 from unseen.engine.synthetic import interior_point
 
 from . import report
@@ -28,119 +43,288 @@ from .metrics import f_measure, jaccard, mean
 log = logging.getLogger("unseen.benchmarks")
 
 QUICK_FRAMES = 20
+J_THRESHOLD = 0.5  # the simulated user corrects a frame whose J is below this ...
+SPACING = 10  # ... at most once per this many frames per object
+BOX_PAD = 0.05  # the box prompt: the first ground-truth box grown by this fraction of its size per side
+PROMPTS = ("click", "box")
+NANOTRACK = "classical+nanotrack"
 
 
-def _track_clip(ctx: Context, clip, segmenter, propagator, limit: int | None) -> dict:
-    frames = clip.read_frames(limit)
-    labels = clip.read_labels(len(frames))
-    n = min(len(frames), len(labels))
-    frames, labels = frames[:n], labels[:n]
-    ids = [int(i) for i in np.unique(labels[0]) if i != 0]
-    f0 = Frame(0, frames[0])
-    neighbours = [Frame(2, frames[2])] if n > 2 else []
-    first: dict[int, np.ndarray] = {}
-    clicks, errors = {}, {}
-    t0 = time.perf_counter()
-    for oid in ids:
-        gt0 = labels[0] == oid
+# ----------------------------------------------------------------------------- the simulated user
+@dataclass(frozen=True)
+class Correction:
+    """One corrective click of the simulated user."""
+
+    frame: int
+    object_id: int
+    x: int
+    y: int
+    positive: bool
+    region_px: int  # the area of the region it corrects
+
+
+def largest_region(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected region of ``mask`` (empty if the mask is)."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return np.zeros(mask.shape, bool)
+    return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+
+
+def correction_click(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int, bool, int] | None:
+    """(x, y, positive, region area): at the most interior pixel of the larger of the largest missed
+    region (positive) and the largest false region (negative); None when the masks agree."""
+    missed = largest_region(gt & ~pred)
+    false = largest_region(pred & ~gt)
+    n_missed, n_false = int(missed.sum()), int(false.sum())
+    if n_missed == 0 and n_false == 0:
+        return None
+    region, positive = (missed, True) if n_missed >= n_false else (false, False)
+    x, y = interior_point(region)
+    return x, y, positive, max(n_missed, n_false)
+
+
+class SimulatedUser:
+    """Looks at each emitted mask; clicks where J < ``threshold``, at most once per ``spacing`` frames per
+    object (the first prompt is not a correction and does not count)."""
+
+    def __init__(self, threshold: float = J_THRESHOLD, spacing: int = SPACING) -> None:
+        self.threshold = threshold
+        self.spacing = spacing
+        self._last: dict[int, int] = {}  # object id -> frame of its last correction
+
+    def look(self, frame: int, object_id: int, pred: np.ndarray, gt: np.ndarray) -> Correction | None:
+        if jaccard(pred, gt) >= self.threshold:
+            return None
+        last = self._last.get(object_id)
+        if last is not None and frame - last < self.spacing:
+            return None
+        click = correction_click(pred, gt)
+        if click is None:
+            return None
+        self._last[object_id] = frame
+        return Correction(frame, object_id, *click)
+
+
+# ----------------------------------------------------------------------------- prompts
+def padded_box(mask: np.ndarray, pad: float = BOX_PAD) -> Box:
+    """The mask's bounding box (x0, y0, x1, y1, pixel edges) grown by ``pad`` x its size per side,
+    clipped to the frame."""
+    ys, xs = np.nonzero(mask)
+    x0, x1, y0, y1 = float(xs.min()), float(xs.max() + 1), float(ys.min()), float(ys.max() + 1)
+    dx, dy = pad * (x1 - x0), pad * (y1 - y0)
+    h, w = mask.shape
+    return max(0.0, x0 - dx), max(0.0, y0 - dy), min(float(w), x1 + dx), min(float(h), y1 + dy)
+
+
+def first_prompt(pipeline: Pipeline, kind: str, object_id: int, gt0: np.ndarray) -> concurrent.futures.Future:
+    """The object's first prompt on frame 0: a click at its most interior pixel, or its padded box alone."""
+    if kind == "click":
         x, y = interior_point(gt0)
-        clicks[oid] = (x, y)
-        try:
-            first[oid] = segmenter.segment(f0, [Click(float(x), float(y), True)], neighbours=neighbours)
-        except SelectionError as exc:
-            errors[oid] = str(exc)
-            first[oid] = np.zeros_like(gt0)
-    segment_s = time.perf_counter() - t0
-    propagator.reset()
-    propagator.seed(f0, first)
-    per_obj = {oid: {"J": [], "F": []} for oid in ids}
+        return pipeline.click(x, y, object_id=object_id, frame_index=0)
+    return pipeline.prompt((), box=padded_box(gt0), object_id=object_id, frame_index=0)
+
+
+# ----------------------------------------------------------------------------- scoring on the runtime
+@dataclass
+class ObjectScore:
+    """One object's scores over the emitted frames, and the user's corrections."""
+
+    id: int
+    J: list[float] = field(default_factory=list)  # per frame, frame 0 first
+    F: list[float] = field(default_factory=list)
+    corrections: list[tuple[Correction, concurrent.futures.Future]] = field(default_factory=list)
+
+
+class Scorer:
+    """A sink: scores each emitted frame's masks against the ground truth; with a user, passes the user's
+    corrective clicks to the pipeline on the frame they saw."""
+
+    def __init__(self, labels: list[np.ndarray], ids: list[int], pipeline: Pipeline,
+                 user: SimulatedUser | None) -> None:
+        self.labels = labels
+        self.pipeline = pipeline
+        self.user = user
+        self.objects = {oid: ObjectScore(oid) for oid in ids}
+
+    def write(self, output: OutputFrame) -> None:
+        t = output.frame.index
+        for oid, score in self.objects.items():
+            gt = self.labels[t] == oid
+            pred = np.asarray(output.masks.get(oid, np.zeros(gt.shape, bool)), bool)
+            score.J.append(jaccard(pred, gt))
+            score.F.append(f_measure(pred, gt))
+            c = self.user.look(t, oid, pred, gt) if self.user is not None else None
+            if c is not None:
+                future = self.pipeline.click(c.x, c.y, positive=c.positive, object_id=oid, frame_index=t)
+                score.corrections.append((c, future))
+
+    def close(self, *, keep: bool = True) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Run:
+    """One configuration of the suite."""
+
+    tracker: str
+    prompt: str  # click | box
+    corrections: bool
+
+    @property
+    def label(self) -> str:
+        return f"{self.prompt}{' + corrections' if self.corrections else ''}"
+
+
+def _object_result(score: ObjectScore, first: concurrent.futures.Future, area0: int) -> dict:
+    j, f = mean(score.J[1:]), mean(score.F[1:])
+    applied = [c for c, fut in score.corrections if fut.done() and fut.exception() is None]
+    refused = [(c, str(fut.exception())) for c, fut in score.corrections if fut.done() and fut.exception()]
+    late = sum(not fut.done() for _, fut in score.corrections)  # given during the final flush: never applied
+    return {"id": score.id, "first_J": score.J[0] if score.J else float("nan"), "J": j, "F": f, "JF": (j + f) / 2,
+            "area0": area0, "error": str(first.exception()) if first.done() and first.exception() else None,
+            "corrections": len(applied) + len(refused), "corrections_refused": len(refused),
+            "corrections_late": late,
+            "clicks": [asdict(c) for c in applied] + [{**asdict(c), "refused": why} for c, why in refused]}
+
+
+def track_clip(ctx: Context, run: Run, name: str, frames: list[np.ndarray], labels: list[np.ndarray]) -> dict:
+    """One clip through the runtime under ``run``; per-object and per-clip scores."""
+    ids = [int(i) for i in np.unique(labels[0]) if i != 0]
+    pipeline = build_pipeline(Backends(ctx.backends.segmenter, run.tracker, "classical"), ctx.options(),
+                              PipelineConfig(default_effect=Effect.FILL))
+    firsts = {oid: first_prompt(pipeline, run.prompt, oid, labels[0] == oid) for oid in ids}
+    scorer = Scorer(labels, ids, pipeline, SimulatedUser() if run.corrections else None)
     t0 = time.perf_counter()
-    for t in range(1, n):
-        pred = propagator.step(Frame(t, frames[t]))
-        for oid in ids:
-            p = pred.get(oid, np.zeros(labels[t].shape, bool))
-            g = labels[t] == oid
-            per_obj[oid]["J"].append(jaccard(p, g))
-            per_obj[oid]["F"].append(f_measure(p, g))
-    propagate_s = time.perf_counter() - t0
-    objects = []
-    for oid in ids:
-        j, f = mean(per_obj[oid]["J"]), mean(per_obj[oid]["F"])
-        objects.append({"id": oid, "click": list(clicks[oid]), "first_J": jaccard(first[oid], labels[0] == oid),
-                        "J": j, "F": f, "JF": (j + f) / 2, "area0": int((labels[0] == oid).sum()),
-                        "error": errors.get(oid)})
-    return {
-        "clip": clip.name, "size": f"{clip.width}x{clip.height}", "frames": n, "objects": objects,
-        "first_J": mean(o["first_J"] for o in objects), "J": mean(o["J"] for o in objects),
-        "F": mean(o["F"] for o in objects), "JF": mean(o["JF"] for o in objects),
-        "segment_ms_per_click": 1000 * segment_s / max(1, len(ids)),
-        "propagate_ms_per_frame": 1000 * propagate_s / max(1, n - 1),
-    }
+    StreamSession([Frame(t, img) for t, img in enumerate(frames)], pipeline, [scorer], name="track",
+                  config=RuntimeConfig(mode=Mode.SEQUENTIAL)).run()
+    seconds = time.perf_counter() - t0
+    objects = [_object_result(scorer.objects[oid], firsts[oid], int((labels[0] == oid).sum())) for oid in ids]
+    stage_ms = pipeline.times.means()
+    return {"clip": name, "size": f"{frames[0].shape[1]}x{frames[0].shape[0]}", "frames": len(frames),
+            "objects": objects, **_means(objects),
+            "corrections": sum(o["corrections"] for o in objects),
+            "max_corrections": max((o["corrections"] for o in objects), default=0),
+            "segment_ms": stage_ms.get("segment"), "propagate_ms": stage_ms.get("propagate"),
+            "seconds": round(seconds, 2)}
 
 
-def run(ctx: Context) -> dict:
-    started = time.perf_counter()
-    result = ctx.header("track")
-    opts = ctx.options()
-    segmenter = registry.create("segmenter", ctx.backends.segmenter, opts)
-    propagator = registry.create("propagator", ctx.backends.propagator, opts)
-    result["backends"] = {"segmenter": segmenter.name, "propagator": propagator.name}
-    limit = ctx.cap(QUICK_FRAMES)
-    result["frames_cap"] = limit
-    result["protocol"] = __doc__.split("\n\n", 1)[1].strip()
-    clips, skipped = [], []
+def _means(objects: list[dict]) -> dict:
+    return {k: mean(o[k] for o in objects) for k in ("first_J", "J", "F", "JF", "corrections")}
+
+
+# ----------------------------------------------------------------------------- the suite
+def trackers(ctx: Context) -> list[str]:
+    """The tracker asked for, and the NanoTrack-guided one beside it (tried; skipped when it cannot be built)."""
+    base = ctx.backends.propagator
+    return [base] if base == NANOTRACK else [base, NANOTRACK]
+
+
+def _unusable(ctx: Context, tracker: str) -> str | None:
+    """None when a pipeline with ``tracker`` can be built, else why not (missing weights, unknown name)."""
+    try:
+        build_pipeline(Backends(ctx.backends.segmenter, tracker, "classical"), ctx.options())
+    except (BackendError, ImportError, FileNotFoundError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
+def runs_for(ctx: Context) -> tuple[list[Run], list[dict]]:
+    """The runs to make, and those that cannot be made (with the reason)."""
+    runs, missing = [], []
+    for tracker in trackers(ctx):
+        why = _unusable(ctx, tracker)
+        if why is not None:
+            missing.append({"tracker": tracker, "reason": why})
+            continue
+        for prompt in PROMPTS:
+            runs += [Run(tracker, prompt, False), Run(tracker, prompt, True)]
+    return runs, missing
+
+
+def _overall(clips: list[dict]) -> dict:
+    objects = [o for c in clips for o in c["objects"]]
+    return {"objects": len(objects), "clips": len(clips), **_means(objects),
+            "JF_clip_mean": mean(c["JF"] for c in clips),
+            "max_corrections": max((o["corrections"] for o in objects), default=0)}
+
+
+def _load(ctx: Context, limit: int | None) -> tuple[list, list[dict]]:
+    """(name, frames, labels) of every clip with segmentation ground truth; the skipped clips."""
+    loaded, skipped = [], []
     for clip in ctx.clips:
         if not clip.has_masks:
             continue
         if clip.dilated:
             skipped.append({"clip": clip.name, "reason": "masks are dilated inpainting holes, not segmentation GT"})
             continue
-        ctx.say(f"[track] {clip.name} ...")
-        r = _track_clip(ctx, clip, segmenter, propagator, limit)
-        ctx.say(f"[track] {clip.name}: {len(r['objects'])} object(s), first J {r['first_J']:.3f}, "
-                f"J {r['J']:.3f}, F {r['F']:.3f}, J&F {r['JF']:.3f}")
-        clips.append(r)
-    result["clips"] = clips
-    result["skipped"] = skipped
-    objects = [o for c in clips for o in c["objects"]]
-    result["overall"] = {
-        "objects": len(objects), "clips": len(clips),
-        "first_J": mean(o["first_J"] for o in objects), "J": mean(o["J"] for o in objects),
-        "F": mean(o["F"] for o in objects), "JF": mean(o["JF"] for o in objects),
-        "JF_clip_mean": mean(c["JF"] for c in clips),
-    }
+        frames = clip.read_frames(limit)
+        labels = clip.read_labels(len(frames))
+        n = min(len(frames), len(labels))
+        loaded.append((clip.name, frames[:n], labels[:n]))
+    return loaded, skipped
+
+
+def run(ctx: Context) -> dict:
+    started = time.perf_counter()
+    result = ctx.header("track")
+    limit = ctx.cap(QUICK_FRAMES)
+    result["frames_cap"] = limit
+    result["protocol"] = __doc__.split("\n\n", 1)[1].strip()
+    clips, result["skipped"] = _load(ctx, limit)
+    runs, result["unavailable"] = runs_for(ctx)
+    result["runs"] = []
+    for r in runs:
+        scored = []
+        for name, frames, labels in clips:
+            ctx.say(f"[track] {r.tracker}, {r.label}: {name} ...")
+            c = track_clip(ctx, r, name, frames, labels)
+            ctx.say(f"[track] {r.tracker}, {r.label}: {name}: first J {c['first_J']:.3f}, J&F {c['JF']:.3f}, "
+                    f"{c['corrections']} corrections")
+            scored.append(c)
+        result["runs"].append({**asdict(r), "label": r.label, "clips": scored, "overall": _overall(scored)})
+    first = result["runs"][0] if result["runs"] else {"clips": [], "overall": _overall([]), "tracker": None}
+    # the headline (what the summary table reads): the first tracker, one click, no corrections
+    result["clips"], result["overall"] = first["clips"], first["overall"]
+    result["backends"] = {"segmenter": ctx.backends.segmenter, "propagator": first["tracker"],
+                          "trackers": sorted({r.tracker for r in runs})}
     ctx.finish("track", result, started)
     print_table(result)
     chart(ctx, result)
     return result
 
 
+# ----------------------------------------------------------------------------- output
+HEADERS = ["tracker", "prompt", "clip", "frames", "objects", "first-frame J", "J", "F", "J&F",
+           "corrections / object", "max / object"]
+
+
 def rows(result: dict) -> list[list]:
-    out = [[c["clip"], c["size"], c["frames"], len(c["objects"]), c["first_J"], c["J"], c["F"], c["JF"]]
-           for c in result["clips"]]
-    o = result["overall"]
-    out.append(["overall (objects)", "", "", o["objects"], o["first_J"], o["J"], o["F"], o["JF"]])
+    out = []
+    for r in result["runs"]:
+        o = r["overall"]
+        lines = [(c["clip"], c["frames"], len(c["objects"]), c) for c in r["clips"]] + [("mean", "", o["objects"], o)]
+        for clip, frames, objects, c in lines:
+            extra = [c["corrections"], c["max_corrections"]] if r["corrections"] else ["-", "-"]
+            out.append([r["tracker"], r["label"], clip, frames, objects, c["first_J"], c["J"], c["F"], c["JF"], *extra])
     return out
 
 
-HEADERS = ["clip", "size", "frames", "objects", "first-frame J", "J", "F", "J&F"]
-
-
 def print_table(result: dict) -> None:
-    b = result["backends"]
-    print(f"\ntrack ({b['segmenter']} segmenter, {b['propagator']} propagator"
-          f"{', quick' if result['quick'] else ''})")
+    print(f"\ntrack ({result['backends']['segmenter']} segmenter; {report.machine_line(result['machine'])}"
+          f"{'; quick' if result['quick'] else ''})")
     print(report.table(HEADERS, rows(result)))
     for s in result["skipped"]:
         print(f"  skipped {s['clip']}: {s['reason']}")
+    for u in result["unavailable"]:
+        print(f"  not run: {u['tracker']}{' ' + u['prompt'] if 'prompt' in u else ''}: {u['reason']}")
 
 
 def chart(ctx: Context, result: dict) -> None:
-    names = [c["clip"] for c in result["clips"]] + ["overall"]
-    o = result["overall"]
-    report.bar_chart(ctx.results / "track.png", f"track: {result['backends']['segmenter']} + "
-                     f"{result['backends']['propagator']}", names,
-                     {"first-frame J": [c["first_J"] for c in result["clips"]] + [o["first_J"]],
-                      "J": [c["J"] for c in result["clips"]] + [o["J"]],
-                      "F": [c["F"] for c in result["clips"]] + [o["F"]],
-                      "J&F": [c["JF"] for c in result["clips"]] + [o["JF"]]}, "score (0-1)")
+    runs = result["runs"]
+    if not runs:
+        return
+    names = [c["clip"] for c in runs[0]["clips"]] + ["mean"]
+    series = {f"{r['tracker']}, {r['label']}": [c["JF"] for c in r["clips"]] + [r["overall"]["JF"]] for r in runs}
+    report.bar_chart(ctx.results / "track.png", f"track: J&F ({result['backends']['segmenter']} segmenter)",
+                     names, series, "J&F (0-1)")

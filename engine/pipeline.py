@@ -22,6 +22,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
+import cv2
+import numpy as np
+
 from .degrade import Level, StaleMasks
 from .effects import Effect
 from .emitter import EmitJob, Emitter, OutputFrame
@@ -357,14 +360,16 @@ class Pipeline:
         held = self._held[index]
         oid = self._target(action.object_id)
         prompt = self._merged(self.objects.get(oid), index, action.clicks, box)
+        tracked = _to_correct(self.objects.get(oid), index, prompt, held.masks.get(oid))
         neighbours = [self._held[i].frame for i in (index + 12, index - 12, index + 6, index - 6, index + 3, index - 3)
                       if i in self._held]
         earlier = [self._held[i].frame for i in sorted(self._held, reverse=True) if i < index][:self.config.history]
         if self._prompt_thread is not None and not final:  # live: segment off the frame path, apply when done
             action.on_frame, action.prompt = held.frame, prompt
-            action.segmentation = self._prompt_thread.submit(self._segment, held.frame, prompt, neighbours, earlier)
+            action.segmentation = self._prompt_thread.submit(self._segment, held.frame, prompt, neighbours, earlier,
+                                                             tracked)
             return False, None
-        mask, before = self._segment(held.frame, prompt, neighbours, earlier)
+        mask, before = self._segment(held.frame, prompt, neighbours, earlier, tracked)
         return True, self._place(oid, held.frame, prompt, mask, before)
 
     @staticmethod
@@ -375,14 +380,31 @@ class Pipeline:
             return FramePrompt(clicks, box)
         return FramePrompt(obj.clicks + clicks, box if box is not None else obj.box)
 
-    def _segment(self, frame: Frame, prompt: FramePrompt, neighbours: list[Frame],
-                 earlier: list[Frame]) -> tuple[Mask, dict[int, Mask]]:
-        """The prompted object's mask on ``frame``, and on the held frames before it (see _propagate_back)."""
+    def _segment(self, frame: Frame, prompt: FramePrompt, neighbours: list[Frame], earlier: list[Frame],
+                 tracked: Mask | None = None) -> tuple[Mask, dict[int, Mask]]:
+        """The prompted object's mask on ``frame`` (``tracked`` corrected, when given), and on the held frames
+        before it (see _propagate_back)."""
         assert self.segmenter is not None
         t0 = time.perf_counter()
-        mask = self.segmenter.segment(frame, list(prompt.clicks), neighbours=neighbours, box=prompt.box)
+        if tracked is not None:
+            mask = self._cut(frame, prompt.clicks, tracked, neighbours)
+        else:
+            mask = self.segmenter.segment(frame, list(prompt.clicks), neighbours=neighbours, box=prompt.box)
         self.times.add("segment", time.perf_counter() - t0)
         return mask, self._propagate_back(frame, mask, earlier)
+
+    def _cut(self, frame: Frame, clicks: Sequence[Click], tracked: Mask, neighbours: list[Frame]) -> Mask:
+        """``tracked`` less what the segmenter selects at each (negative) click; where it selects nothing,
+        less the part of ``tracked`` connected to the click."""
+        assert self.segmenter is not None
+        mask = tracked.copy()
+        for c in clicks:
+            try:
+                part = self.segmenter.segment(frame, [Click(c.x, c.y, True)], neighbours=neighbours)
+            except SelectionError:
+                part = _component_at(mask, c.x, c.y)
+            mask &= ~part
+        return mask
 
     def _propagate_back(self, frame: Frame, mask: Mask, earlier: list[Frame]) -> dict[int, Mask]:
         """Frame index -> the clicked object's mask, on the ``earlier`` frames (newest first), by a fork
@@ -514,3 +536,18 @@ class Pipeline:
             },
             "stage_ms": self.times.means(),
         }
+
+
+def _to_correct(obj: ObjectState | None, index: int, prompt: FramePrompt, tracked: Mask | None) -> Mask | None:
+    """The tracked mask a prompt corrects: negative clicks alone, on a frame where the object is tracked but
+    was not prompted (they select nothing to segment afresh; they cut from what the user sees); else None."""
+    if obj is None or obj.prompt_frame == index or prompt.box is not None or tracked is None or not tracked.any():
+        return None
+    return None if any(c.positive for c in prompt.clicks) else tracked
+
+
+def _component_at(mask: Mask, x: float, y: float) -> Mask:
+    """The 8-connected part of ``mask`` under (x, y); empty when (x, y) lies outside it."""
+    _, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    label = labels[int(y), int(x)]
+    return labels == label if label else np.zeros(mask.shape, bool)
