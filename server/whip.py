@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Literal
 
 from aiohttp import web
@@ -63,7 +64,7 @@ class WhipEndpoints:
     def add_routes(self, router: web.UrlDispatcher) -> None:
         for kind, start in (("whip", self.publish), ("whep", self.watch)):
             router.add_post(f"/{kind}/{{name}}", start)
-            router.add_delete(f"/{kind}/{{name}}/{{session}}", self.end)
+            router.add_delete(f"/{kind}/{{name}}/{{session}}", partial(self.end, kind))
             router.add_patch(f"/{kind}/{{name}}/{{session}}", self.patch)
 
     # ------------------------------------------------------------------ resources
@@ -71,14 +72,11 @@ class WhipEndpoints:
         offer = await self._offer(request)
         name = p.stream_name(request.match_info["name"])
         opened: list[RTCPeerConnection] = []
-        claimed: list[LiveStream] = []
-
-        def claim() -> LiveStream:
-            claimed.append(self._claim(name))
-            return claimed[0]
+        claimed: list[LiveStream] = []  # the stream, once this offer holds the publisher's place
         try:
             answer, _ = await self.signalling.answer({"sdp": offer.sdp, "type": "offer"}, None,
-                                                     create_webcam=claim, on_connection=opened.append)
+                                                     create_webcam=lambda: self._claim(name, claimed),
+                                                     on_connection=opened.append)
         except BaseException:
             if claimed:
                 self._fed.discard(name)
@@ -93,8 +91,8 @@ class WhipEndpoints:
                                                  on_connection=opened.append)
         return self._created(self._open("whep", stream.name, opened[0]), answer["sdp"])
 
-    async def end(self, request: web.Request) -> web.Response:
-        session = self._session(request)
+    async def end(self, kind: Kind, request: web.Request) -> web.Response:
+        session = self._session(kind, request)
         self._forget(session)
         await self.signalling.close_connection(session.pc)  # the peer frees its slot as the connection closes
         log.info("%s: %s session ended by DELETE", session.stream, session.kind.upper())
@@ -116,8 +114,9 @@ class WhipEndpoints:
                                 f"smaller offer", 413)
         return p.parse_sdp(await request.read(), limit=limit)
 
-    def _claim(self, name: str) -> LiveStream:
-        """The stream a publisher feeds: a configured ``whip://`` one without a publisher, or a new one."""
+    def _claim(self, name: str, claimed: list[LiveStream]) -> LiveStream:
+        """The stream a publisher feeds (appended to ``claimed``): a configured ``whip://`` one without a
+        publisher, or a new one."""
         if name in self._fed:
             raise StreamError(f"stream {name!r} already has a publisher; DELETE its WHIP session first", 409)
         try:
@@ -131,6 +130,7 @@ class WhipEndpoints:
                 raise StreamError(f"stream {name!r} has its own source; publish to another name, or configure "
                                   f"it with uri = 'whip://'", 409)
         self._fed.add(name)
+        claimed.append(stream)
         return stream
 
     def _open(self, kind: Kind, stream: str, pc: RTCPeerConnection) -> Session:
@@ -149,8 +149,7 @@ class WhipEndpoints:
         if self.sessions.pop(session.id, None) is not None and session.kind == "whip":
             self._fed.discard(session.stream)
 
-    def _session(self, request: web.Request) -> Session:
-        kind = request.path.split("/", 2)[1]
+    def _session(self, kind: Kind, request: web.Request) -> Session:
         name = p.stream_name(request.match_info["name"])
         session = self.sessions.get(request.match_info["session"])
         if session is None or session.kind != kind or session.stream != name:
@@ -160,5 +159,4 @@ class WhipEndpoints:
 
     @staticmethod
     def _created(session: Session, sdp: str) -> web.Response:
-        return web.Response(status=201, body=sdp.encode(), content_type=SDP,
-                            headers={"Location": session.location})
+        return web.Response(status=201, body=sdp.encode(), content_type=SDP, headers={"Location": session.location})
