@@ -241,9 +241,12 @@ def test_a_configured_whip_source_is_fed_by_one_publisher_at_a_time_and_outlives
                 assert (await c.delete(whip, headers=AUTH)).status == 200
                 await until_state(c, "door", lambda st: st["viewers"] == 0, "the publisher's slot freed")
                 third.addTrack(SceneTrack(frames))  # the stream stays: the next publisher feeds it
-                await connect(c, "/whip/door", third)
+                gone = await connect(c, "/whip/door", third)
                 out = (await until_state(c, "door", lambda st: st["viewers"] == 1, "the next publisher"))["frames_out"]
                 await until_state(c, "door", lambda st: st["frames_out"] > out, "the next publisher's frames")
+                await third.close()  # a publisher that leaves without DELETE: its session ends with it
+                await until_state(c, "door", lambda st: st["viewers"] == 0, "the vanished publisher's slot freed")
+                assert (await c.delete(gone, headers=AUTH)).status == 404
             finally:
                 await asyncio.gather(first.close(), second.close(), third.close())
     run(body(), timeout=90)
