@@ -60,7 +60,7 @@ def _offsets(ww: int, hh: int, r: int) -> list[tuple[int, int]]:
     """Candidate source displacements for a hole of ``ww`` x ``hh`` (ring ``r``): beside it
     (left/right, a little up or down), then above/below; nearest first."""
     out = []
-    for f in (1.0, 1.3, 1.7, 2.2, 3.0):
+    for f in (1.0, 1.3, 1.7, 2.2):
         dx = round(f * (ww + r))
         for dy in (0, round(0.25 * hh), -round(0.25 * hh)):
             out += [(dy, dx), (dy, -dx)]

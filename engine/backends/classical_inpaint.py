@@ -39,7 +39,7 @@ from .registry import BackendOptions
 
 HOLE_GROW = 6  # extra dilation (px at flow size) of holes where flow is untrusted
 REMAIN_DIFF = 30  # colour difference from the known background over which a pixel beside a hole is a remain ...
-REMAIN_REACH = 0.25  # ... within this distance of the hole (x the root of its area) ...
+REMAIN_REACH = 0.35  # ... within this distance of the hole (x the root of its area) ...
 REMAIN_MAX = 0.5  # ... adding at most this fraction of the hole (more: the light changed, not the object)
 MOVING = 0.5  # px (flow size) of motion against the camera's over which a pixel is no source for made-up fill
 
@@ -109,6 +109,7 @@ class FlowGuidedInpainter(Inpainter):
         self.background = BackgroundModel()
         self._objects: set[int] = set()  # the objects with a mask in the frame observed last
         self._occupied: tuple[int, Mask] | None = None  # (frame index, its tracked objects and hole)
+        self._entries: Mapping[int, WindowEntry] = {}  # the window of the frame being completed
 
     def reset(self) -> None:
         self._completed.clear()
@@ -141,13 +142,39 @@ class FlowGuidedInpainter(Inpainter):
         key = (entry.frame.index, entry.revision)
         if key not in self._holes:
             hole = entry.hole
-            if self.background.ready and hole.any():
-                hole = hole | self._remains(entry.frame.image, hole)
+            if hole.any():
+                hole = hole | self._remains(entry, hole)
             self._holes[key] = dilate_hole(hole, self.dilation)
         return self._holes[key]
 
-    def _remains(self, image: Image, hole: Mask) -> Mask:
-        """Pixels beside ``hole`` that differ from the known background and touch it: what the mask missed."""
+    def _neighbour(self, entry: WindowEntry) -> WindowEntry | None:
+        """The frame before ``entry`` in the window (its flow is the propagator's, cached), else the one after."""
+        i = entry.frame.index
+        return self._entries.get(i - 1) or self._entries.get(i + 1)
+
+    def _moving_with(self, entry: WindowEntry, hole: Mask) -> Mask | None:
+        """Pixels of ``entry``'s frame that move against the camera as the hole's object does (its flow's
+        median), at flow size; None when its object does not move against the camera."""
+        near = self._neighbour(entry)
+        if near is None:
+            return None
+        flow = self._flows.flow(entry.frame.image, near.frame.image)
+        small = cv2.resize(hole.astype(np.uint8), (flow.shape[1], flow.shape[0]), interpolation=cv2.INTER_NEAREST) > 0
+        if small.sum() < 8:
+            return None
+        camera = np.median(flow.reshape(-1, 2), axis=0)
+        own = np.median(flow[small], axis=0)
+        speed = float(np.hypot(*(own - camera)))
+        if speed < 2 * MOVING:
+            return None
+        moving = ((flow - camera) ** 2).sum(axis=2) > MOVING ** 2
+        along = ((flow - own) ** 2).sum(axis=2) < max(MOVING, 0.5 * speed) ** 2
+        return moving & along
+
+    def _remains(self, entry: WindowEntry, hole: Mask) -> Mask:
+        """Pixels beside ``hole`` that touch it and differ from the known background, or move with it:
+        what the mask missed."""
+        image = entry.frame.image
         h, w = hole.shape
         out = np.zeros_like(hole)
         ys, xs = np.nonzero(hole)
@@ -156,9 +183,15 @@ class FlowGuidedInpainter(Inpainter):
         x0, x1 = max(0, xs.min() - reach), min(w, xs.max() + reach + 1)
         box = hole[y0:y1, x0:x1].astype(np.uint8)
         near = cv2.dilate(box, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1,) * 2)) > 0
-        assert self.background.image is not None and self.background.known is not None
-        sub = self.background.differs(np.ascontiguousarray(image[y0:y1, x0:x1]), REMAIN_DIFF,
-                                      (slice(y0, y1), slice(x0, x1)))
+        sub = np.zeros(box.shape, bool)
+        if self.background.ready:
+            sub |= self.background.differs(np.ascontiguousarray(image[y0:y1, x0:x1]), REMAIN_DIFF,
+                                           (slice(y0, y1), slice(x0, x1)))
+        moving = self._moving_with(entry, hole)
+        if moving is not None:
+            sub |= cv2.resize(moving.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)[y0:y1, x0:x1] > 0
+        if not sub.any():
+            return out
         candidate = cv2.morphologyEx((sub & near & (box == 0)).astype(np.uint8), cv2.MORPH_OPEN,
                                      np.ones((3, 3), np.uint8))
         n, labels = cv2.connectedComponents(candidate | box, connectivity=8)
@@ -181,9 +214,9 @@ class FlowGuidedInpainter(Inpainter):
         if self._occupied is not None and self._occupied[0] == entries[t].frame.index \
                 and self._occupied[1].shape == (h, w):
             avoid |= self._occupied[1]
-        near = t + 1 if t + 1 in entries else t - 1 if t - 1 in entries else None
+        near = self._neighbour(entries[t])
         if near is not None:
-            flow = self._flows.flow(image, entries[near].frame.image)
+            flow = self._flows.flow(image, near.frame.image)
             own = np.median(flow.reshape(-1, 2), axis=0)
             moving = (((flow - own) ** 2).sum(axis=2) > MOVING ** 2).astype(np.uint8)
             moving = cv2.dilate(moving, np.ones((5, 5), np.uint8))
@@ -222,6 +255,7 @@ class FlowGuidedInpainter(Inpainter):
         t = request.target
         target = entries[t]
         image = target.frame.image
+        self._entries = entries
         hole = self._hole_of(target)
         if not hole.any():
             return image
@@ -245,14 +279,7 @@ class FlowGuidedInpainter(Inpainter):
                 colour[ok] = _sample(source, px[ok], py[ok])
                 done[ok] = True
 
-        # a still camera's background, where it was seen calm and free of every object
-        if self.background.ready:
-            assert self.background.known is not None and self.background.image is not None
-            known = self.background.known[ys, xs]
-            colour[known] = self.background.image[ys[known], xs[known]]
-            done |= known
-        self.filled["background"] += int(done.sum())
-        counted = int(done.sum())
+        counted = 0
         s = self._scale
         # walk forward and backward along the completed consecutive flows, nearest frames first
         walkers = []
@@ -274,6 +301,15 @@ class FlowGuidedInpainter(Inpainter):
                 wk["alive"] &= (wk["x"] >= 0) & (wk["y"] >= 0) & (wk["x"] <= w - 1) & (wk["y"] <= h - 1)
                 take(entries[j].frame.image, wk["x"], wk["y"], wk["alive"], self._hole_of(entries[j]))
         self.filled["window"] += int(done.sum()) - counted
+        counted = int(done.sum())
+        # a still camera's background, where it was seen calm and free of every object (after the window:
+        # what moves behind the hole now, another object passing, is there and not in the model)
+        if self.background.ready and not done.all():
+            assert self.background.known is not None and self.background.image is not None
+            known = self.background.known[ys, xs] & ~done
+            colour[known] = self.background.image[ys[known], xs[known]]
+            done |= known
+        self.filled["background"] += int(done.sum()) - counted
         counted = int(done.sum())
         # past reference frames: a direct flow to each, newest first
         for ref in reversed(list(request.references)):
@@ -338,15 +374,22 @@ class FlowGuidedInpainter(Inpainter):
         return out
 
     def cheap(self, request: InpaintRequest) -> Image:
-        """Degraded fill: the previous completed frame's pixels (still camera) or the texture fill."""
+        """Degraded fill: the previous completed frame's pixels (still camera) or the texture fill; the
+        still camera's background where known."""
         target = request.entries[request.target]
+        self._entries = {}  # (no flows for the remains: they cost what the degraded step saves)
         hole = self._hole_of(target)
         prev = request.completed.get(request.target - 1)
         if prev is not None:
             out = target.frame.image.copy()
             out[hole] = prev[hole]
-            return out
-        return texture_fill(target.frame.image, hole)
+        else:
+            out = texture_fill(target.frame.image, hole)
+        if self.background.ready:
+            assert self.background.known is not None and self.background.image is not None
+            known = hole & self.background.known
+            out[known] = self.background.image[known]
+        return out
 
 
 def create(variant: str | None, options: BackendOptions) -> FlowGuidedInpainter:
