@@ -143,6 +143,7 @@ def test_y4m_written_reads_back_in_ffmpeg(small):
     for i, f in enumerate(frames):
         sink.write(OutputFrame(Frame(i, f), f, {}))
     sink.close()
+    assert out.getvalue().startswith(b"YUV4MPEG2 W160 H96 F25:1 ")  # the input's size and rate
     again = _decode_y4m(out.getvalue())
     assert len(again) == 3 and np.abs(again.astype(int) - np.stack(frames)).mean() < 3  # one 4:2:0 hop
 
