@@ -176,20 +176,69 @@ class Run:
         return f"{self.prompt}{' + corrections' if self.corrections else ''}"
 
 
-def _object_result(score: ObjectScore, first: concurrent.futures.Future, area0: int) -> dict:
-    j, f = mean(score.J[1:]), mean(score.F[1:])
-    applied = [c for c, fut in score.corrections if fut.done() and fut.exception() is None]
-    refused = [(c, str(fut.exception())) for c, fut in score.corrections if fut.done() and fut.exception()]
-    late = sum(not fut.done() for _, fut in score.corrections)  # given during the final flush: never applied
-    return {"id": score.id, "first_J": score.J[0] if score.J else float("nan"), "J": j, "F": f, "JF": (j + f) / 2,
-            "area0": area0, "error": str(first.exception()) if first.done() and first.exception() else None,
-            "corrections": len(applied) + len(refused), "corrections_refused": len(refused),
-            "corrections_late": late,
-            "clicks": [asdict(c) for c in applied] + [{**asdict(c), "refused": why} for c, why in refused]}
+@dataclass
+class ObjectResult:
+    """One object's scores (J, F, J&F: means over frames 1..N-1) and the corrections the pipeline received."""
+
+    id: int
+    area0: int  # its ground-truth area on frame 0
+    first_J: float
+    J: float
+    F: float
+    error: str | None  # why its first prompt failed
+    applied: list[Correction]
+    refused: list[tuple[Correction, str]]
+    late: int  # given during the final flush: never applied, not counted
+
+    @property
+    def JF(self) -> float:
+        return (self.J + self.F) / 2
+
+    @property
+    def corrections(self) -> int:
+        return len(self.applied) + len(self.refused)
+
+    @classmethod
+    def of(cls, score: ObjectScore, first: concurrent.futures.Future, area0: int) -> "ObjectResult":
+        done = [(c, f) for c, f in score.corrections if f.done()]
+        return cls(score.id, area0, score.J[0] if score.J else float("nan"), mean(score.J[1:]), mean(score.F[1:]),
+                   str(first.exception()) if first.done() and first.exception() else None,
+                   [c for c, f in done if f.exception() is None],
+                   [(c, str(f.exception())) for c, f in done if f.exception() is not None],
+                   len(score.corrections) - len(done))
+
+    def describe(self) -> dict:
+        return {"id": self.id, "area0": self.area0, "first_J": self.first_J, "J": self.J, "F": self.F,
+                "JF": self.JF, "error": self.error, "corrections": self.corrections,
+                "corrections_refused": len(self.refused), "corrections_late": self.late,
+                "clicks": [asdict(c) for c in self.applied] + [{**asdict(c), "refused": why} for c, why in self.refused]}
 
 
-def track_clip(ctx: Context, run: Run, name: str, frames: list[np.ndarray], labels: list[np.ndarray]) -> dict:
-    """One clip through the runtime under ``run``; per-object and per-clip scores."""
+@dataclass
+class ClipResult:
+    """One clip under one run: its objects, the tracker that ran (as the registry named it), stage times."""
+
+    clip: str
+    size: str
+    frames: int
+    objects: list[ObjectResult]
+    propagator: str
+    segment_ms: float | None
+    propagate_ms: float | None
+    seconds: float
+
+    def mean(self, key: str) -> float:
+        return mean(getattr(o, key) for o in self.objects)
+
+    def describe(self) -> dict:
+        return {"clip": self.clip, "size": self.size, "frames": self.frames, "propagator": self.propagator,
+                "objects": [o.describe() for o in self.objects], **_means(self.objects),
+                "max_corrections": max((o.corrections for o in self.objects), default=0),
+                "segment_ms": self.segment_ms, "propagate_ms": self.propagate_ms, "seconds": round(self.seconds, 2)}
+
+
+def track_clip(ctx: Context, run: Run, name: str, frames: list[np.ndarray], labels: list[np.ndarray]) -> ClipResult:
+    """One clip through the runtime under ``run``; per-object scores."""
     ids = [int(i) for i in np.unique(labels[0]) if i != 0]
     pipeline = build_pipeline(Backends(ctx.backends.segmenter, run.tracker, "classical"), ctx.options(),
                               PipelineConfig(default_effect=Effect.FILL))
@@ -199,18 +248,16 @@ def track_clip(ctx: Context, run: Run, name: str, frames: list[np.ndarray], labe
     StreamSession([Frame(t, img) for t, img in enumerate(frames)], pipeline, [scorer], name="track",
                   config=RuntimeConfig(mode=Mode.SEQUENTIAL)).run()
     seconds = time.perf_counter() - t0
-    objects = [_object_result(scorer.objects[oid], firsts[oid], int((labels[0] == oid).sum())) for oid in ids]
     stage_ms = pipeline.times.means()
-    return {"clip": name, "size": f"{frames[0].shape[1]}x{frames[0].shape[0]}", "frames": len(frames),
-            "objects": objects, **_means(objects),
-            "corrections": sum(o["corrections"] for o in objects),
-            "max_corrections": max((o["corrections"] for o in objects), default=0),
-            "segment_ms": stage_ms.get("segment"), "propagate_ms": stage_ms.get("propagate"),
-            "seconds": round(seconds, 2)}
+    return ClipResult(name, f"{frames[0].shape[1]}x{frames[0].shape[0]}", len(frames),
+                      [ObjectResult.of(scorer.objects[oid], firsts[oid], int((labels[0] == oid).sum())) for oid in ids],
+                      pipeline.describe()["backends"]["propagator"], stage_ms.get("segment"),
+                      stage_ms.get("propagate"), seconds)
 
 
-def _means(objects: list[dict]) -> dict:
-    return {k: mean(o[k] for o in objects) for k in ("first_J", "J", "F", "JF", "corrections")}
+def _means(objects: list[ObjectResult]) -> dict:
+    """Means over objects (DAVIS); ``corrections``: per object."""
+    return {k: mean(getattr(o, k) for o in objects) for k in ("first_J", "J", "F", "JF", "corrections")}
 
 
 # ----------------------------------------------------------------------------- the suite
@@ -242,11 +289,11 @@ def runs_for(ctx: Context) -> tuple[list[Run], list[dict]]:
     return runs, missing
 
 
-def _overall(clips: list[dict]) -> dict:
-    objects = [o for c in clips for o in c["objects"]]
+def _overall(clips: list[ClipResult]) -> dict:
+    objects = [o for c in clips for o in c.objects]
     return {"objects": len(objects), "clips": len(clips), **_means(objects),
-            "JF_clip_mean": mean(c["JF"] for c in clips),
-            "max_corrections": max((o["corrections"] for o in objects), default=0)}
+            "JF_clip_mean": mean(c.mean("JF") for c in clips),
+            "max_corrections": max((o.corrections for o in objects), default=0)}
 
 
 def _load(ctx: Context, limit: int | None) -> tuple[list, list[dict]]:
@@ -279,10 +326,11 @@ def run(ctx: Context) -> dict:
         for name, frames, labels in clips:
             ctx.say(f"[track] {r.tracker}, {r.label}: {name} ...")
             c = track_clip(ctx, r, name, frames, labels)
-            ctx.say(f"[track] {r.tracker}, {r.label}: {name}: first J {c['first_J']:.3f}, J&F {c['JF']:.3f}, "
-                    f"{c['corrections']} corrections")
+            ctx.say(f"[track] {r.tracker}, {r.label}: {name}: first J {c.mean('first_J'):.3f}, "
+                    f"J&F {c.mean('JF'):.3f}, {sum(o.corrections for o in c.objects)} corrections")
             scored.append(c)
-        result["runs"].append({**asdict(r), "label": r.label, "clips": scored, "overall": _overall(scored)})
+        result["runs"].append({**asdict(r), "label": r.label, "clips": [c.describe() for c in scored],
+                               "overall": _overall(scored)})
     first = result["runs"][0] if result["runs"] else {"clips": [], "overall": _overall([]), "tracker": None}
     # the headline (what the summary table reads): the first tracker, one click, no corrections
     result["clips"], result["overall"] = first["clips"], first["overall"]

@@ -178,6 +178,11 @@ def test_every_suite_quick(data_dir, tmp_path):
         assert 0.0 <= o[key] <= 1.0
     assert o["first_J"] > 0.5  # the synthetic object is easy to segment
     assert o["JF"] == pytest.approx(np.mean([c["objects"][0]["JF"] for c in track["clips"]]))
+    runs = {(r["tracker"], r["prompt"], r["corrections"]): r for r in track["runs"]}
+    assert {("classical", p, c) for p in ("click", "box") for c in (False, True)} <= set(runs)
+    assert runs["classical", "click", False]["clips"] == track["clips"]  # the headline: one click, no corrections
+    assert all(r["overall"]["corrections"] == 0 for (_, _, c), r in runs.items() if not c)
+    assert {t for t, _, _ in runs} | {u["tracker"] for u in track["unavailable"]} == {"classical", "classical+nanotrack"}
 
     remove = json.loads((results / "remove.json").read_text())
     assert len(remove["pairs"]) == 3

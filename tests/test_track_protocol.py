@@ -97,20 +97,19 @@ def cut_runs():
 
 
 def test_corrections_on_the_runtime_raise_j(cut_runs):
-    plain, corrected = cut_runs[False], cut_runs[True]
-    assert plain["first_J"] > 0.8 and plain["first_J"] == corrected["first_J"]  # frame 0 leaves before any correction
-    assert plain["corrections"] == 0 and plain["objects"][0]["clicks"] == []
-    assert plain["J"] < 0.5  # the tracker loses the object at the cut
-    clicks = corrected["objects"][0]["clicks"]
-    assert 1 <= corrected["corrections"] <= 2 and min(c["frame"] for c in clicks) >= 8  # none before the cut
-    assert not any("refused" in c for c in clicks)  # a negative click on a tracked frame cuts from its mask
-    assert corrected["J"] > plain["J"] + 0.2
+    plain, corrected = cut_runs[False].objects[0], cut_runs[True].objects[0]
+    assert plain.first_J > 0.8 and plain.first_J == corrected.first_J  # frame 0 leaves before any correction
+    assert plain.corrections == 0 and plain.applied == []
+    assert plain.J < 0.5  # the tracker loses the object at the cut
+    assert 1 <= corrected.corrections <= 2 and min(c.frame for c in corrected.applied) >= 8  # none before the cut
+    assert corrected.refused == []  # a negative click on a tracked frame cuts from its mask
+    assert corrected.J > plain.J + 0.2
 
 
 def test_no_correction_while_the_track_holds():
     images, labels = _cut_clip(30, 8)
     images, labels = images[:8], labels[:8]  # before the cut
     ctx = Context(data=Path("."), results=Path("."))
-    r = track.track_clip(ctx, track.Run("classical", "click", True), "easy", images, labels)
-    assert r["first_J"] > 0.8 and r["J"] > 0.8
-    assert r["corrections"] == 0  # the first prompt is no correction
+    r = track.track_clip(ctx, track.Run("classical", "click", True), "easy", images, labels).objects[0]
+    assert r.first_J > 0.8 and r.J > 0.8
+    assert r.corrections == 0  # the first prompt is no correction
