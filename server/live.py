@@ -15,6 +15,9 @@ A stream owns its source, its pipeline, its publisher/recorder and its viewers:
 * every output frame goes to :class:`LiveOutputs`: the sinks (each on its own thread, see
   :class:`ThreadedSink`) and a :class:`LatestRelay` from which every viewer takes the newest frame:
   a slow viewer skips frames, it never grows a queue or delays the others.
+* the source's audio (server/audio.py :class:`LiveAudio`) is stamped on the same stream clock and held
+  until the frame it belongs with is output: then it goes to the sinks (each writes it before its next
+  frame, from its own drop-oldest queue) and to the viewers' audio tracks.  Audio never holds a frame back.
 """
 from __future__ import annotations
 
@@ -61,6 +64,11 @@ class StreamError(RuntimeError):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
+
+
+def frame_ticks(rate: Fraction | None) -> int:
+    """One frame's length on the stream clock (25 fps when the rate is unknown)."""
+    return round(CLOCK / rate) if rate else CLOCK // 25
 
 
 def _first_line(exc: BaseException) -> str:
@@ -289,8 +297,7 @@ class LiveOutputs:
         if not self.sinks and (self.outputs.publish or self.outputs.record):
             self._start_sinks(out.image)
         if self.audio is not None:  # the audio up to this frame's end, before the frame (a sink writes it first)
-            step = round(CLOCK / self.rate()) if self.rate() else CLOCK // 25
-            self.audio.release(int(out.frame.pts or 0) + step, self.sinks)
+            self.audio.release(int(out.frame.pts or 0) + frame_ticks(self.rate()), self.sinks)
         for sink in self.sinks:
             sink.write(out)
         now = time.monotonic()
@@ -516,7 +523,7 @@ class LiveStream:
                     return False
             self._count_skipped(source)
             if self._ingest(frame.image, frame.seconds, time.monotonic()):
-                self.audio.video(frame.seconds, self._clock, round(CLOCK / self.rate) if self.rate else CLOCK // 25)
+                self.audio.video(frame.seconds, self._clock, frame_ticks(self.rate))
         self._count_skipped(source)
         if self._stop.is_set():
             return False
