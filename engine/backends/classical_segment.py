@@ -1,12 +1,14 @@
 """Click segmentation with classical computer vision (the embedded default).
 
 Candidate segments around the positive clicks: GrabCut (colour models learned in a margin around
-the box) and marker watershed over rectangles of several sizes and shapes, plus GrabCut seeded with
+the box; on RGB with the motion against the camera in place of blue when there are neighbour frames,
+so that the parts of an object that moves as one go together) and marker watershed over rectangles
+of several sizes and shapes, plus GrabCut seeded with
 the region beside the click that moves against the camera (from the neighbour frames).  A candidate is
 scored by the contrast along its outline, the colour difference between it and a ring around it, its
 agreement with the other candidates and, when something moves there, with the moving region; the
 best one seeds a last GrabCut.  Negative clicks then subtract through a
-GrabCut with sure background at them.
+GrabCut with sure background at them, and cut off at its narrowest neck the part they still lie in.
 
 A box is the object's extent: GrabCut inside it (the clicks in it sure object or sure background) on
 two feature images (Lab, and RGB with the motion against the camera as a channel, so the colour
@@ -37,8 +39,8 @@ MAX_FRACTION = 0.25  # a click selects an object, not most of the frame
 MIN_CONTRAST = 4.0  # mean gradient along an outline below which there is no object to select
 CROP_MARGIN = 0.5  # GrabCut's background model: a margin this fraction of the rectangle around it
 GRABCUT_PIXELS = 40000  # larger GrabCut crops are solved downscaled to about this many pixels
-RECT_SCALES = (0.05, 0.08, 0.13, 0.2, 0.3)  # half-sizes of the tried rectangles, x the long side
-RECT_ASPECTS = ((1.0, 1.0), (0.55, 1.5), (1.5, 0.6))  # (width, height) factors: square, upright, lying
+RECT_SCALES = (0.08, 0.13, 0.2, 0.3)  # half-sizes of the tried rectangles, x the long side
+RECT_ASPECTS = ((1.0, 1.0), (0.55, 1.5))  # (width, height) factors: square, upright
 RING_WIDTH = 0.15  # colour ring around a candidate, x the square root of its area
 HIST_BINS = 8  # per Lab channel, for the inside/ring colour comparison
 DISTINCTNESS_POWER = 2.0  # weight of the inside/ring colour difference in the score
@@ -165,7 +167,11 @@ def _box_fit(mask: np.ndarray, rect: tuple[int, int, int, int]) -> float:
 def _features(img: np.ndarray, lab: np.ndarray, motion: np.ndarray | None) -> list[np.ndarray]:
     """Images GrabCut models in turn: Lab, and RGB with motion as its blue channel (colour alone often
     fails) or, without motion, RGB."""
-    return [lab, img if motion is None else np.dstack([img[..., 0], img[..., 1], motion])]
+    return [lab, img if motion is None else _with_motion(img, motion)]
+
+
+def _with_motion(img: np.ndarray, motion: np.ndarray) -> np.ndarray:
+    return np.dstack([img[..., 0], img[..., 1], motion])
 
 
 def _cut(mask: np.ndarray, positives: Sequence[Click], negatives: Sequence[Click], s: float) -> np.ndarray:
@@ -240,15 +246,17 @@ class ClassicalSegmenter(Segmenter):
             core = _core(blob)
             motion_mask = self._grabcut_moving(img, blob, core, positives, negatives, s, seed)
             core = core if core.any() else blob
-        # Rectangles of growing size and three shapes around the clicks each give a GrabCut and a
+        # Rectangles of growing size and two shapes around the clicks each give a GrabCut and a
         # watershed segment; the motion cue adds one more.  The rectangles come from the positive
         # clicks alone, so that a negative click only ever subtracts.
         smooth = cv2.cvtColor(cv2.GaussianBlur(img, (5, 5), 0), cv2.COLOR_RGB2BGR)
+        motion = motion_channel(residuals)
+        feature = img if motion is None else _with_motion(img, motion)
         candidates: list[tuple[np.ndarray, tuple[int, int, int, int] | None]] = []
         for frac in RECT_SCALES:
             for ax, ay in RECT_ASPECTS:
                 rect = self._rect(positives, s, frac * max(h, w) * ax, frac * max(h, w) * ay, w, h)
-                for candidate in (self._grabcut(img, rect, positives, (), s, seed),
+                for candidate in (self._grabcut(feature, rect, positives, (), s, seed),
                                   self._watershed(smooth, rect, positives, (), s, seed)):
                     candidates.append((candidate, rect))
         candidates.append((motion_mask, None))
