@@ -24,6 +24,7 @@ from aiortc import AudioStreamTrack, RTCPeerConnection, RTCSessionDescription, V
 from aiortc.mediastreams import MediaStreamError
 
 from unseen.engine.audio import AudioChunk, AudioFormat, AudioInput
+from unseen.engine.media import Source
 from unseen.engine.streams import AudioLine
 from support.live import SYSTEM_PYTHON, Proc, free_port, gst_missing, running, unseen_cmd, wait_port, wait_state
 from unseen.server import config as cfg
@@ -365,6 +366,22 @@ def test_audio_packets_that_do_not_decode_are_dropped_with_one_warning(ffmpeg, t
     assert audio.errors == 3 and audio.format.codec == "aac" and audio.format.rate == 48000
     warnings = [r.getMessage() for r in caplog.records if r.name == "unseen.audio"]
     assert len(warnings) == 1 and "\n" not in warnings[0] and "the video goes on" in warnings[0], warnings
+
+
+def test_a_looped_files_audio_follows_its_frames_into_the_next_pass(ffmpeg, tmp_path):
+    clip = make_clip(tmp_path / "clip.mkv", 2, 2, "pcmu")
+    source = Source(clip, loop=True)
+    audio: list[float] = []
+    source.on_audio = lambda packet: audio.append(float(packet.pts * packet.time_base))
+    frames = []
+    for frame in source:
+        frames.append(frame.seconds)
+        if len(frames) == 2 * 2 * FPS + 1:  # two passes and the first frame of the third
+            break
+    source.close()
+    second = [t for t in audio if t >= 2.0]
+    assert second and all(b > a for a, b in zip(audio, audio[1:])), audio  # no step back at the loop
+    assert frames[2 * FPS] == pytest.approx(2.0) and min(second) == pytest.approx(2.0, abs=0.05)
 
 
 def test_audio_is_released_with_the_frame_it_belongs_to():
