@@ -38,7 +38,8 @@ FPS = 50
 W, H = 160, 96
 TOLERANCE = 0.020  # seconds between a flash frame and its beep's first sample
 CLASSICAL = {"segmenter": "classical", "propagator": "classical", "inpainter": "classical"}
-AUDIO_CODECS = {"pcmu": ("pcm_mulaw", 8000), "aac": ("aac", 48000), "opus": ("libopus", 48000)}
+AUDIO_CODECS = {"pcmu": ("pcm_mulaw", 8000), "pcma": ("pcm_alaw", 8000), "aac": ("aac", 48000),
+                "opus": ("libopus", 48000)}
 
 
 def _missing() -> str | None:
@@ -170,8 +171,9 @@ def test_rtsp_g711_in_rtsp_and_mp4_out_keep_every_beep_on_its_flash_for_60_s(gst
 @pytest.mark.slow
 @pytest.mark.timeout(200)
 @pytest.mark.parametrize("audio, record, recorded_codec", [("aac", "recorded.mkv", "aac"),
-                                                           ("opus", "recorded.mp4", "opus")])
-def test_rtsp_aac_and_opus_in_are_copied_out_in_sync(gst, tmp_path, audio, record, recorded_codec):
+                                                           ("opus", "recorded.mp4", "opus"),
+                                                           ("pcma", "recorded.mkv", "pcm_s16le")])
+def test_rtsp_aac_opus_and_alaw_in_are_copied_out_in_sync(gst, tmp_path, audio, record, recorded_codec):
     clip = make_clip(tmp_path / "clip.mkv", 12, 2, audio)
     received, recorded = serve_through_rtsp(tmp_path, clip, audio, record, 12)
     name = AUDIO_CODECS[audio][0].replace("libopus", "opus")
