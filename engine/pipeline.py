@@ -119,7 +119,8 @@ class Pipeline:
                frame_index: int | None = None, pts: int | None = None) -> concurrent.futures.Future:
         """Prompt ``object_id`` (a new id, or None for the next free one, starts an object) with clicks and/or
         a box (x0, y0, x1, y1, frame pixels; clipped to the frame).  On the frame the object was last prompted
-        on, the clicks add to its clicks and a box replaces its box; on another frame they start afresh.
+        on, the clicks add to its clicks and a box replaces its box; on another frame its clicks start afresh
+        and its box, if it has one, follows it (the box around its tracked mask there).
 
         The future resolves to the object id once the prompt was applied on its frame."""
         clicks = tuple(clicks)
@@ -359,7 +360,7 @@ class Pipeline:
         box = clip_box(action.box, *self._size) if action.box is not None else None
         held = self._held[index]
         oid = self._target(action.object_id)
-        prompt = self._merged(self.objects.get(oid), index, action.clicks, box)
+        prompt = _merged(self.objects.get(oid), index, action.clicks, box, held.masks.get(oid))
         tracked = _to_correct(self.objects.get(oid), index, prompt, held.masks.get(oid))
         neighbours = [self._held[i].frame for i in (index + 12, index - 12, index + 6, index - 6, index + 3, index - 3)
                       if i in self._held]
@@ -371,14 +372,6 @@ class Pipeline:
             return False, None
         mask, before = self._segment(held.frame, prompt, neighbours, earlier, tracked)
         return True, self._place(oid, held.frame, prompt, mask, before)
-
-    @staticmethod
-    def _merged(obj: ObjectState | None, index: int, clicks: tuple[Click, ...], box: Box | None) -> FramePrompt:
-        """The object's prompts on frame ``index`` with these added: on its prompt frame the clicks add up and a
-        new box replaces the old; on another frame (the object has moved) its prompts start afresh."""
-        if obj is None or obj.prompt_frame != index:
-            return FramePrompt(clicks, box)
-        return FramePrompt(obj.clicks + clicks, box if box is not None else obj.box)
 
     def _segment(self, frame: Frame, prompt: FramePrompt, neighbours: list[Frame], earlier: list[Frame],
                  tracked: Mask | None = None) -> tuple[Mask, dict[int, Mask]]:
@@ -536,6 +529,31 @@ class Pipeline:
             },
             "stage_ms": self.times.means(),
         }
+
+
+def _merged(obj: ObjectState | None, index: int, clicks: tuple[Click, ...], box: Box | None,
+            tracked: Mask | None) -> FramePrompt:
+    """The object's prompts on frame ``index`` with these added.  On its prompt frame the clicks add up and a new
+    box replaces the old.  On another frame (the object has moved) the clicks start afresh, and an object that
+    has a box keeps one: the box around its ``tracked`` mask there, grown to take the new positive clicks."""
+    if obj is None:
+        return FramePrompt(clicks, box)
+    if obj.prompt_frame == index:
+        return FramePrompt(obj.clicks + clicks, box if box is not None else obj.box)
+    if box is None and obj.box is not None:
+        box = _box_around(tracked, [c for c in clicks if c.positive])
+    return FramePrompt(clicks, box)
+
+
+def _box_around(mask: Mask | None, clicks: Sequence[Click]) -> Box | None:
+    """The box around ``mask`` and ``clicks`` (each a pixel); None where the mask is missing or empty."""
+    if mask is None or not mask.any():
+        return None
+    x, y, w, h = cv2.boundingRect(mask.astype(np.uint8))
+    x0, y0, x1, y1 = float(x), float(y), float(x + w), float(y + h)
+    for c in clicks:
+        x0, y0, x1, y1 = min(x0, c.x), min(y0, c.y), max(x1, c.x + 1), max(y1, c.y + 1)
+    return x0, y0, min(x1, float(mask.shape[1])), min(y1, float(mask.shape[0]))
 
 
 def _to_correct(obj: ObjectState | None, index: int, prompt: FramePrompt, tracked: Mask | None) -> Mask | None:

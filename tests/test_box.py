@@ -21,7 +21,10 @@ W, H = 64, 48
 B = (10.0, 8.0, 30.0, 28.0)
 B2 = (20.0, 10.0, 40.0, 30.0)
 C = Click(15.0, 12.0)
+C2 = Click(25.0, 15.0)
 N = Click(25.0, 20.0, positive=False)
+N2 = Click(50.0, 20.0, positive=False)
+MOVED = (16.0, 8.0, 36.0, 28.0)  # B 6 px to the right: 3 frames later
 
 
 class Recorder(Segmenter):
@@ -44,17 +47,17 @@ class Recorder(Segmenter):
         return mask
 
 
-class Still(Propagator):
-    """Objects stay where they were seeded."""
+class Drift(Propagator):
+    """Objects move ``speed`` px to the right per frame from where they were seeded (0: they stay)."""
 
-    def __init__(self) -> None:
-        self.masks: dict = {}
+    def __init__(self, speed: int = 2) -> None:
+        self.speed, self.seeded, self.masks = speed, 0, {}
 
     def seed(self, frame, masks):
-        self.masks = dict(masks)
+        self.seeded, self.masks = frame.index, dict(masks)
 
     def step(self, frame):
-        return dict(self.masks)
+        return {k: np.roll(m, self.speed * (frame.index - self.seeded), axis=1) for k, m in self.masks.items()}
 
     def reset(self):
         self.masks = {}
@@ -65,16 +68,17 @@ class Copy(Inpainter):
         return request.entries[request.target].frame.image
 
 
-def pipeline(segment_async: bool = False) -> tuple[Pipeline, Recorder]:
+def pipeline(segment_async: bool = False, speed: int = 2) -> tuple[Pipeline, Recorder]:
     seg = Recorder()
-    return Pipeline(seg, Still(), Copy(), PipelineConfig(delay=2, segment_async=segment_async)), seg
+    # delay 4: a late (async) segmentation still re-steps every frame after its own (none is strided over)
+    return Pipeline(seg, Drift(speed), Copy(), PipelineConfig(delay=4, segment_async=segment_async)), seg
 
 
 def frame(i: int) -> Frame:
     return Frame(i, np.zeros((H, W, 3), np.uint8), pts=i)
 
 
-def play(p: Pipeline, prompts: list[dict], frames: int = 6) -> list:
+def play(p: Pipeline, prompts: list[dict], frames: int = 8) -> list:
     """Submit the prompts (on frame 0 unless they say), step ``frames`` frames and flush; their object ids or errors."""
     futures = [p.prompt(**{"frame_index": 0, **kw}) for kw in prompts]
     for i in range(frames):
@@ -92,8 +96,17 @@ CASES = {
     "a negative click keeps the box": ([dict(box=B), dict(clicks=[N], object_id=1)], (0, (N,), B), B),
     "a new box replaces the old": ([dict(box=B), dict(clicks=[C], object_id=1), dict(box=B2, object_id=1)],
                                    (0, (C,), B2), B2),
-    "another frame starts afresh": ([dict(box=B), dict(clicks=[C], object_id=1, frame_index=3)],
-                                    (3, (C,), None), None),
+    # on frame 3 the box's object has moved 6 px: its box follows it, its clicks start afresh
+    "on another frame the box follows the object": ([dict(box=B), dict(clicks=[C2], object_id=1, frame_index=3)],
+                                                    (3, (C2,), MOVED), MOVED),
+    "... grown to take a positive click outside it": ([dict(box=B), dict(clicks=[C], object_id=1, frame_index=3)],
+                                                      (3, (C,), (15.0, 8.0, 36.0, 28.0)), (15.0, 8.0, 36.0, 28.0)),
+    "... not for a negative click outside it": ([dict(box=B), dict(clicks=[N2], object_id=1, frame_index=3)],
+                                                (3, (N2,), MOVED), MOVED),
+    "... and a new box there replaces it": ([dict(box=B), dict(box=B2, clicks=[C2], object_id=1, frame_index=3)],
+                                            (3, (C2,), B2), B2),
+    "an object without a box starts afresh": ([dict(clicks=[C]), dict(clicks=[C2], object_id=1, frame_index=3)],
+                                              (3, (C2,), None), None),
     "clipped to the frame": ([dict(box=(-10.0, -5.0, 20.0, 99.0))], (0, (), (0.0, 0.0, 20.0, float(H))),
                              [0.0, 0.0, 20.0, float(H)]),
 }
@@ -120,7 +133,7 @@ def test_a_box_without_an_object_id_starts_another_object():
 
 
 def test_the_box_region_is_the_objects_mask():
-    p, _ = pipeline()
+    p, _ = pipeline(speed=0)
     p.prompt(box=B, frame_index=0)
     outs = [o for i in range(6) for o in p.step(frame(i))] + p.flush()
     expected = np.zeros((H, W), bool)
