@@ -217,18 +217,21 @@ def _run(*argv) -> int:
                  "--inpainter", "classical"])
 
 
-def test_unseen_run_takes_a_box_with_a_click(tmp_path, clip):
+@pytest.mark.parametrize("with_click", [False, True], ids=["box alone", "box and click"])
+def test_unseen_run_takes_a_box(tmp_path, clip, with_click):
     from conftest import write_av
 
     from unseen.engine.masks import read_label_map
+    from unseen.engine.synthetic import iou
 
     video = write_av(tmp_path / "in.mp4", clip.frames[:8])
     x, y = clip.click(0)
     ys, xs = np.nonzero(clip.masks[0])
-    box = f"{xs.min() - 4},{ys.min() - 4},{xs.max() + 4},{ys.max() + 4}@0#1"
-    assert _run(video, tmp_path / "out.mp4", "--click", f"{x},{y}#1", "--box", box, "--masks-out",
-                tmp_path / "m") == 0
-    assert read_label_map(tmp_path / "m" / "00003.png").max() == 1
+    box = f"{xs.min() - 4},{ys.min() - 4},{xs.max() + 4},{ys.max() + 4}@0" + ("#1" if with_click else "")
+    click = ["--click", f"{x},{y}#1"] if with_click else []
+    assert _run(video, tmp_path / "out.mp4", *click, "--box", box, "--masks-out", tmp_path / "m") == 0
+    labels = read_label_map(tmp_path / "m" / "00000.png")
+    assert labels.max() == 1 and iou(labels == 1, clip.masks[0]) > 0.8
 
 
 @pytest.mark.parametrize("box, fragment", [("900,10,950,40", "outside the 320x192 frame"),
@@ -270,7 +273,7 @@ def test_rest_websocket_and_client_take_a_box():
             async with Control(base, timeout=60) as ctl:
                 refined = await ctl.click("cam", 50, 50, object_id=1, box=(-20, 20, 100, 90))
             assert [(o["id"], o["box"]) for o in refined["objects"]] == [(1, [0, 20, 100, 90])]
-            argv = ["-q", "click", base, "cam", "50", "50", "--object", "1", "--box", "30,25,95,85"]
+            argv = ["-q", "click", base, "cam", "--object", "1", "--box", "30,25,95,85"]
             assert await asyncio.get_running_loop().run_in_executor(None, main, argv) == 0
             objects = await (await c.get("/api/streams/cam/objects")).json()
             assert [(o["id"], o["box"]) for o in objects] == [(1, [30, 25, 95, 85])]
