@@ -4,7 +4,7 @@ A person walking through a still scene uncovers the background behind him over t
 a fill source for a hole nothing in the window saw behind.  A pixel is learned only once it has been
 calm (unchanged from one frame to the next) and away from every tracked object for ``STABLE`` frames
 in a row: something moving through (tracked or not) is not learned.  The model is dropped as soon as
-the camera moves (the median optical flow between consecutive frames, at a small size, over STILL_SHIFT).
+the light changes over much of the scene, or the camera moves (the median optical flow between consecutive frames, at a small size, over STILL_SHIFT).
 
 Memory: the model image, one counter and one flag per pixel, the previous frame (a reference to it)
 and its small grey image: constant on an endless stream.  Imports only numpy and OpenCV.
@@ -19,6 +19,7 @@ CALM = 10  # colour change (0-255, largest channel, 3x3 mean) between consecutiv
 CLEARANCE = 8  # px: pixels this near a tracked object are not free (its blurred edge, a part its mask missed)
 SHIFT_SIZE = 240  # long side (px) the camera's motion is measured at ...
 STILL_SHIFT = 0.25  # ... over which (px at that size, about 1 px at 854x480) the camera moved: the model is dropped
+CHANGED = 0.4  # fraction of the known background that differs from it over which the scene changed: dropped
 LEARN_RATE = 0.25  # a learned pixel follows what it shows while calm and free (slow light changes)
 
 
@@ -55,6 +56,8 @@ class BackgroundModel:
         moved = self._grey is not None and (self._grey.shape != grey.shape or self._shift(grey) > STILL_SHIFT)
         prev = self._prev
         self._prev, self._grey = image, grey
+        if not moved and self.known is not None and self._scene_changed(image):
+            moved = True  # the light changed, or the stream cut to another scene: what was learned is wrong now
         if moved or prev is None or prev.shape != image.shape:
             if self.known is not None and moved:
                 self.drops += 1
@@ -103,6 +106,15 @@ class BackgroundModel:
         if model.shape != image.shape:
             return np.zeros(image.shape[:2], bool)
         return known & (_colour_distance(np.ascontiguousarray(model), image) > threshold)
+
+    def _scene_changed(self, image: np.ndarray) -> bool:
+        """More than CHANGED of the known background (every 4th pixel) differs from it by over 3 CALM."""
+        assert self.known is not None and self.image is not None
+        known = self.known[::4, ::4]
+        if known.sum() < 64 or self.image.shape != image.shape:
+            return False
+        d = _colour_distance(np.ascontiguousarray(self.image[::4, ::4]), np.ascontiguousarray(image[::4, ::4]))
+        return float((d[known] > 3 * CALM).mean()) > CHANGED
 
     def _small_grey(self, image: np.ndarray) -> np.ndarray:
         h, w = image.shape[:2]

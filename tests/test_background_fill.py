@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from unseen.engine.background import STABLE, BackgroundModel
 from unseen.engine.backends.classical_inpaint import FlowGuidedInpainter
 from unseen.engine.flow import FlowCache
 from unseen.engine.pipeline import Pipeline, PipelineConfig
@@ -141,3 +142,21 @@ def test_a_panning_camera_drops_the_model():
     assert from_model[62] > 0  # emitted up to frame 57: still camera, filled from the model
     assert inpainter.background.drops == 1 and not inpainter.background.ready
     assert from_model[-1] == from_model[67]  # frames emitted after the pan began: nothing from the model
+
+
+def test_model_learns_calm_free_pixels_and_drops_on_a_light_change():
+    """Pixels are learned after STABLE calm frames away from the objects, never under an object; a light
+    change over the whole scene drops the model."""
+    bg = background()
+    model = BackgroundModel()
+    occupied = np.zeros((H, W), bool)
+    occupied[30:60, 60:100] = True
+    for t in range(STABLE + 1):
+        img = bg.copy()
+        paint(img, (60, 30, 40, 30), RED)
+        model.update(img, occupied)
+    assert model.ready and model.known is not None and model.image is not None
+    assert not model.known[30:60, 60:100].any()
+    assert np.array_equal(model.image[model.known], bg[model.known])
+    model.update(np.clip(bg.astype(int) + 60, 0, 255).astype(np.uint8), occupied)
+    assert model.drops == 1 and not model.ready

@@ -40,7 +40,7 @@ from .registry import BackendOptions
 HOLE_GROW = 6  # extra dilation (px at flow size) of holes where flow is untrusted
 REMAIN_DIFF = 30  # colour difference from the known background over which a pixel beside a hole is a remain ...
 REMAIN_REACH = 0.35  # ... within this distance of the hole (x the root of its area) ...
-REMAIN_MAX = 0.5  # ... adding at most this fraction of the hole (more: the light changed, not the object)
+REMAIN_MAX = 1.0  # ... adding at most this fraction of the hole (more: the light changed, not the object)
 MOVING = 0.5  # px (flow size) of motion against the camera's over which a pixel is no source for made-up fill
 
 
