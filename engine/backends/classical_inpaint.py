@@ -153,8 +153,8 @@ class FlowGuidedInpainter(Inpainter):
         return self._entries.get(i - 1) or self._entries.get(i + 1)
 
     def _moving_with(self, entry: WindowEntry, hole: Mask) -> Mask | None:
-        """Pixels of ``entry``'s frame that move against the camera as the hole's object does (its flow's
-        median), at flow size; None when its object does not move against the camera."""
+        """Pixels of ``entry``'s frame that move as the hole's object does (its flow's median) against a
+        still camera, at flow size; None when the camera moves or the object does not."""
         near = self._neighbour(entry)
         if near is None:
             return None
@@ -165,8 +165,8 @@ class FlowGuidedInpainter(Inpainter):
         camera = np.median(flow.reshape(-1, 2), axis=0)
         own = np.median(flow[small], axis=0)
         speed = float(np.hypot(*(own - camera)))
-        if speed < 2 * MOVING:
-            return None
+        if speed < 2 * MOVING or np.hypot(*camera) > MOVING:  # (a moving camera's parallax moves the
+            return None  # background beside the object against the camera too: no evidence)
         moving = ((flow - camera) ** 2).sum(axis=2) > MOVING ** 2
         along = ((flow - own) ** 2).sum(axis=2) < max(MOVING, 0.5 * speed) ** 2
         return moving & along
@@ -218,7 +218,8 @@ class FlowGuidedInpainter(Inpainter):
         if near is not None:
             flow = self._flows.flow(image, near.frame.image)
             own = np.median(flow.reshape(-1, 2), axis=0)
-            moving = (((flow - own) ** 2).sum(axis=2) > MOVING ** 2).astype(np.uint8)
+            limit = max(MOVING, 0.3 * float(np.hypot(*own)))  # (parallax of a moving camera is not motion)
+            moving = (((flow - own) ** 2).sum(axis=2) > limit ** 2).astype(np.uint8)
             moving = cv2.dilate(moving, np.ones((5, 5), np.uint8))
             avoid |= cv2.resize(moving, (w, h), interpolation=cv2.INTER_NEAREST) > 0
         if self.background.ready:
