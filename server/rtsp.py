@@ -23,7 +23,7 @@ from unseen.engine.pipeline import OutputFrame
 
 log = logging.getLogger("unseen.rtsp")
 RTP_TIME_BASE = Fraction(1, 90000)
-INTERLEAVE = {"max_interleave_delta": "500000"}  # µs: the muxer waits at most 0.5 s for audio beside a frame
+INTERLEAVE = {"max_interleave_delta": "100000"}  # µs: a frame waits at most 0.1 s for audio to interleave with
 MAX_GAP = 2.0  # seconds: a longer jump in the source's clock is bridged (readers would stall)
 
 
