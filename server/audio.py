@@ -153,8 +153,9 @@ class LiveAudio:
         try:
             self._take(packet)
         except Exception as exc:  # noqa: BLE001 - the reader must go on with the frames
-            self.error = f"stream {self.name!r}: its audio failed ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:120]}); " \
-                         f"the video goes on without audio until the source reconnects"
+            cause = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+            self.error = (f"stream {self.name!r}: its audio failed ({cause}); the video goes on without audio "
+                          f"until the source reconnects")
             log.warning("%s", self.error)
             self._input = None
 

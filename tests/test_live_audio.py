@@ -298,6 +298,7 @@ def test_a_webcams_audio_comes_back_to_it_over_webrtc():
     asyncio.run(asyncio.wait_for(run(), 90))
 
 
+@pytest.mark.slow
 def test_g711_recorded_to_mkv_stays_uncompressed_and_in_sync(ffmpeg, tmp_path):
     """PyAV's Matroska muxer refuses G.711 as it is: the recording keeps it as 16-bit PCM (no lossy step)."""
     clip = make_clip(tmp_path / "clip.mkv", 6, 2, "pcmu")

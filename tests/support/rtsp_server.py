@@ -21,7 +21,8 @@ gi.require_version("GstRtspServer", "1.0")
 from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 
 H264_CAPS = "video/x-h264,stream-format=byte-stream,alignment=au"
-AUDIO_PAY = {"pcmu": "rtppcmupay", "pcma": "rtppcmapay", "aac": "aacparse ! rtpmp4gpay", "opus": "opusparse ! rtpopuspay"}
+AUDIO_PAY = {"pcmu": "rtppcmupay", "pcma": "rtppcmapay", "aac": "aacparse ! rtpmp4gpay",
+             "opus": "opusparse ! rtpopuspay"}
 
 
 class Relay:
