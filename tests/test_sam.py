@@ -137,12 +137,13 @@ def test_box_from_options() -> None:
     assert np.array_equal(seg.segment(Frame(index=0, image=img), []), expected(seg, img, [], box=box)[0])
 
 
-def test_precision_autocast_only_on_cuda(segmenter: SamSegmenter) -> None:
+def test_reduced_precision_runs_on_cpu_too_and_keeps_the_mask(segmenter: SamSegmenter) -> None:
+    """bf16 autocast takes the same path on CPU as on CUDA: the mask stays that of fp32 but for a few
+    pixels on its outline."""
     frame = Frame(index=0, image=image())
     reference = segmenter.segment(frame, [Click(40, 30)])
-    half = SamSegmenter(segmenter.model, precision="fp16")
-    assert half._dtype is None  # CPU: full precision, identical result
-    assert np.array_equal(half.segment(frame, [Click(40, 30)]), reference)
+    low = SamSegmenter(segmenter.model, precision="bf16").segment(frame, [Click(40, 30)])
+    assert (low != reference).mean() <= 0.02
 
 
 def test_backend_registry_name() -> None:

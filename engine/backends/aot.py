@@ -17,13 +17,12 @@ import torch.nn.functional as F
 from ..models.aot import AOT, aot_config, aot_input_size, build_aot
 from ..models.aot_memory import AOTInference
 from ..stages import Frame, Mask, Propagator
-from .neural import MODELS, compile_module, load_weights, model_key
+from .neural import MODELS, autocast, compile_module, load_weights, model_key, precision_dtype
 from .registry import BackendError, BackendOptions
 
 DEFAULT_VARIANT = "r50_deaotl"
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
-_PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def preprocess(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
@@ -49,7 +48,7 @@ class AOTPropagator(Propagator):
         self._settings = dict(device=device, precision=precision, memory_cap=memory_cap, memory_gap=memory_gap,
                               max_references=max_references)
         self.variant = model.cfg.name
-        self.autocast_dtype = _PRECISIONS.get(precision) if self.device.type == "cuda" else None
+        self.autocast_dtype = precision_dtype(precision)
         self.engine = AOTInference(self.model, long_term_gap=memory_gap, memory_cap=memory_cap,
                                    max_references=max_references)
         self._slots: dict[int, int] = {}  # session object id -> identity slot 1..10
@@ -73,9 +72,7 @@ class AOTPropagator(Propagator):
         self._input_size = None
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=self.autocast_dtype)
+        return autocast(self.device, self.autocast_dtype)
 
     def _image(self, frame: Frame) -> torch.Tensor:
         size = aot_input_size(frame.height, frame.width, self.variant)
@@ -116,15 +113,22 @@ class AOTPropagator(Propagator):
             self.engine.add_reference_frame(image, label_t, num_objects=max(self._slots.values()),
                                             tag=frame.index)
 
-    @torch.inference_mode()
     def step(self, frame: Frame) -> dict[int, Mask]:
+        return self.step_with_logits(frame)[0]
+
+    @torch.inference_mode()
+    def step_with_logits(self, frame: Frame) -> tuple[dict[int, Mask], torch.Tensor | None]:
+        """:meth:`step`, and the logits its masks are the argmax of: ``(1 + objects, H, W)`` float32 on the
+        CPU, background first, then each tracked object in id order (None with no object)."""
         if not self._slots:
-            return {}
+            return {}, None
         image = self._image(frame)
         with self._autocast():
-            label = self.engine.step(image, (frame.height, frame.width))
-        label_np = label[0].to(torch.uint8).cpu().numpy()
-        return {object_id: label_np == slot for object_id, slot in self._slots.items()}
+            logits = self.engine.step_logits(image, (frame.height, frame.width))
+        label_np = logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+        ordered = [0] + [self._slots[i] for i in sorted(self._slots)]
+        masks = {object_id: label_np == slot for object_id, slot in self._slots.items()}
+        return masks, logits[0, ordered].float().cpu()
 
 
 def create(variant: str | None, options: BackendOptions) -> AOTPropagator:

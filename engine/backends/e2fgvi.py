@@ -24,13 +24,12 @@ from torch import nn
 
 from ..models.e2fgvi import E2FGVI_SIZE, PAD_MULTIPLE, build_e2fgvi
 from ..stages import Image, Inpainter, InpaintRequest, Mask, dilate_hole
-from .neural import MODELS, compile_module, load_weights, model_key
+from .neural import MODELS, autocast, compile_module, load_weights, model_key, precision_dtype
 from .registry import BackendError, BackendOptions
 
 log = logging.getLogger("unseen.e2fgvi")
 
 _VARIANTS = {None: True, "hq": True, "e2fgvi_hq": True, "e2fgvi": False, "base": False}
-_AMP = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def mirror_pad(x: torch.Tensor, multiple: tuple[int, int] = PAD_MULTIPLE) -> torch.Tensor:
@@ -54,8 +53,7 @@ def predict(model: nn.Module, frames: np.ndarray, holes: np.ndarray, num_local: 
     masks = torch.from_numpy(np.ascontiguousarray(holes)).to(device)[:, None].float()
     masked = mirror_pad((imgs * (1 - masks))[None])
     dev = torch.device(device)
-    with torch.inference_mode(), torch.autocast(dev.type, dtype=amp or torch.float16,
-                                                 enabled=amp is not None and dev.type == "cuda"):
+    with torch.inference_mode(), autocast(dev, amp):
         out, _ = model(masked, num_local)
     out = (out[:num_local, :, :h, :w].float() + 1) / 2
     return out.permute(0, 2, 3, 1).cpu().numpy() * 255
@@ -131,7 +129,7 @@ class E2FGVIInpainter(Inpainter):
         self.model = model
         self.hq = hq
         self.device = torch.device(options.device)
-        self.amp = _AMP.get(options.precision) if self.device.type == "cuda" else None
+        self.amp = precision_dtype(options.precision)
         self.future, self.past, self.dilation = options.future, options.past, options.dilation
         self.ref_stride = options.ref_stride
         self.neighbor_stride = int(extra.get("neighbor_stride", max(1, min(5, options.future))))

@@ -2,13 +2,33 @@
 model per device for every stream of the process."""
 from __future__ import annotations
 
+import contextlib
 import threading
 import weakref
 from typing import Callable, Hashable
 
+import torch
 from torch import nn
 
 from .registry import BackendError, BackendOptions
+
+
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def precision_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a ``precision`` option (None: full precision)."""
+    if precision not in PRECISIONS:
+        raise BackendError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    return PRECISIONS[precision]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """A stage's mixed precision on ``device``: the same autocast on CUDA and on CPU (where it is slower,
+    but lets the precision checks run on machines without a GPU); ``dtype`` None runs in fp32."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def load_weights(name: str, options: BackendOptions) -> nn.Module:

@@ -23,13 +23,12 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from ..stages import Box, Click, Frame, Mask, Segmenter, SelectionError
-from .neural import MODELS, compile_module, load_weights, model_key
+from .neural import MODELS, autocast, compile_module, load_weights, model_key, precision_dtype
 from .registry import BackendError, BackendOptions
 
 VARIANTS = ("vit_h", "vit_l", "vit_b")
 DEFAULT_VARIANT = "vit_b"
 
-_AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -83,13 +82,11 @@ class SamSegmenter(Segmenter):
         self.box = box
         self.cache_frames = max(1, int(cache_frames))
         self.encoder_runs = 0  # image-encoder passes so far (for metrics and tests)
-        self._dtype = _AUTOCAST.get(precision) if self.device.type == "cuda" else None
+        self.autocast_dtype = precision_dtype(precision)
         self._cache: OrderedDict[int, _Embedding] = OrderedDict()
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self._dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=self._dtype)
+        return autocast(self.device, self.autocast_dtype)
 
     @torch.inference_mode()
     def embed(self, frame: Frame) -> _Embedding:

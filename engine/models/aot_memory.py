@@ -147,8 +147,12 @@ class AOTInference:
     def step(self, image: Tensor, output_size: tuple[int, int]) -> Tensor:
         """Propagate one frame, update memory with its prediction; returns the label map
         ``(1, H, W)`` (int64) at ``output_size``."""
+        return self.step_logits(image, output_size).argmax(dim=1)
+
+    def step_logits(self, image: Tensor, output_size: tuple[int, int]) -> Tensor:
+        """:meth:`step`, returning the identity logits ``(1, 11, H, W)`` its label map is the argmax of."""
         logits = self.propagate(image, output_size)
         label = logits.argmax(dim=1, keepdim=True)
         input_label = F.interpolate(label.float(), size=tuple(image.shape[-2:]), mode="nearest")
         self.update_memory(input_label)
-        return label[:, 0]
+        return logits
