@@ -33,6 +33,7 @@ TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 W, H, FPS = 320, 192, 15
 REMOVED = 0.5  # object pixels left after the click, as a fraction of its area (as tests/test_browser.py)
+HISTORY = 40  # frames through the stream before the click: held frames that saw the background behind it
 
 
 async def local_offer(*, publish: bool) -> tuple[RTCPeerConnection, str]:
@@ -154,6 +155,14 @@ class Watcher:
         return got
 
 
+def prompt(obj: np.ndarray, pad: int = 4) -> dict:
+    """A click inside the object where a viewer sees it (it moves slowly) and a box around it."""
+    x, y = interior_point(obj)
+    ys, xs = np.nonzero(obj)
+    return {"x": x, "y": y, "box": [max(0, int(xs.min()) - pad), max(0, int(ys.min()) - pad),
+                                    min(W - 1, int(xs.max()) + pad), min(H - 1, int(ys.max()) + pad)]}
+
+
 async def connect(c, path: str, pc: RTCPeerConnection) -> str:
     """POST the connection's offer, apply the answer; the session's Location."""
     await pc.setLocalDescription(await pc.createOffer())
@@ -193,12 +202,12 @@ def test_aiortc_publishes_over_whip_watches_over_whep_and_the_click_removes_the_
                 viewer.addTransceiver("video", direction="recvonly")
                 watcher = Watcher(viewer)
                 whep = await connect(c, "/whep/cam", viewer)
+                await until_state(c, "cam", lambda st: st["frames_out"] >= HISTORY, "a history to fill from")
                 before = (await watcher.next_frames(3))[-1]
                 assert before.shape == (H, W, 3)
                 obj = object_pixels(before, background)
                 assert obj.sum() > 0.5 * area, f"the object is not in the watched video ({obj.sum()} px of {area})"
-                x, y = interior_point(obj)  # where a viewer sees it (it moves slowly)
-                r = await c.post("/api/streams/cam/objects", json={"x": x, "y": y}, headers=AUTH)
+                r = await c.post("/api/streams/cam/objects", json=prompt(obj), headers=AUTH)
                 assert r.status == 200, await r.text()
                 await watcher.next_frames(2 * FPS)  # the delay line, the round trip, the tracker settling
                 residual = [int(object_like(f, background, frames, masks).sum()) for f in
@@ -362,12 +371,12 @@ def test_chromium_publishes_over_whip_and_watches_over_whep_with_the_object_remo
             poll(base, "/api/streams/cam", lambda st: st and st["frames_out"] >= 5, "the page's camera in the stream")
             whep = watcher.evaluate(PAGE_CLIENT, {"path": "/whep/cam", "token": TOKEN, "publish": False})
             assert whep.startswith("/whep/cam/")
+            poll(base, "/api/streams/cam", lambda st: st["frames_out"] >= HISTORY, "a history to fill from")
             seen = page_frames(watcher, 3)[-1]
             assert seen.shape == (H, W, 3), seen.shape
             obj = object_pixels(seen, background)
             assert obj.sum() > 0.5 * area, f"the object is not in the watched video ({obj.sum()} px of {area})"
-            x, y = interior_point(obj)
-            rest(base, "POST", "/api/streams/cam/objects", {"x": x, "y": y}, token=TOKEN, timeout=60)
+            rest(base, "POST", "/api/streams/cam/objects", prompt(obj), token=TOKEN, timeout=60)
             page_frames(watcher, 3 * FPS)  # the delay line, the round trip, the tracker settling
             residual = [int(object_like(f, background, frames, masks).sum()) for f in page_frames(watcher, 10)]
             print(f"\nChromium WHIP -> WHEP {W}x{H}: object px before "
