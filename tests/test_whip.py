@@ -48,18 +48,20 @@ async def local_offer(*, publish: bool) -> tuple[RTCPeerConnection, str]:
 
 
 def sdp_post(sdp: str | bytes, **headers: str) -> dict:
-    return {"data": sdp if isinstance(sdp, bytes) else sdp.encode(), "headers": {"Content-Type": "application/sdp", **AUTH, **headers}}
+    """The request's keywords: an SDP body, its content type and the token."""
+    body = sdp if isinstance(sdp, bytes) else sdp.encode()
+    return {"data": body, "headers": {"Content-Type": "application/sdp", **AUTH, **headers}}
 
 
 # ------------------------------------------------------------------------------ edge cases
 OVERSIZE = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n" + "a=x-filler:0123456789abcdef\r\n" * 400
-EDGES = [  # (method, path, what to send: "offer"/"viewer" = a real aiortc offer, else the request's kwargs)
+EDGES = [  # (method, path, what to send: "publisher"/"viewer" = a real aiortc offer, else the request's kwargs)
     ("post", "/whip/cam", {"data": b"v=0", "headers": {"Content-Type": "application/json", **AUTH}}, 415,
      "must be application/sdp"),
     ("post", "/whep/cam", {"data": b"v=0", "headers": {**AUTH}}, 415, "must be application/sdp"),
     ("post", "/whep/cam", {"data": b"v=0", "headers": {"Content-Type": "application/sdp"}}, 401, "token"),
     ("delete", "/whip/cam/x", {}, 401, "token"),
-    ("post", "/whip/cam", "offer+origin", 403, "not allowed"),
+    ("post", "/whip/cam", "publisher+origin", 403, "not allowed"),
     ("post", "/whip/new", sdp_post(OVERSIZE), 413, "limit"),
     ("post", "/whep/nope", "viewer", 404, "unknown stream 'nope'"),
     ("delete", "/whip/cam/no-such-session", {"headers": AUTH}, 404, "no WHIP session"),
@@ -70,10 +72,10 @@ EDGES = [  # (method, path, what to send: "offer"/"viewer" = a real aiortc offer
     ("post", "/whip/new", sdp_post("hello"), 400, "not an SDP offer"),
     ("post", "/whip/new", sdp_post("v=0\r\nm=video nonsense\r\n"), 400, "cannot be used"),
     ("post", "/whip/new", sdp_post(b"v=0\r\nm=video \xff\r\n"), 400, "not UTF-8"),
-    ("post", "/whip/bad%20name", "offer", 400, "stream name"),
-    ("post", "/whip/cam", "offer", 409, "has its own source"),
+    ("post", "/whip/bad%20name", "publisher", 400, "stream name"),
+    ("post", "/whip/cam", "publisher", 409, "has its own source"),
     ("post", "/whip/new", "viewer", 400, "sends no video"),
-    ("post", "/whep/cam", "offer-as-viewer", 201, ""),
+    ("post", "/whep/cam", "viewer", 201, ""),  # and the one that is served, beside them
 ]
 
 
@@ -87,7 +89,7 @@ def test_whip_whep_refusals_are_one_line_and_the_server_keeps_serving(method, pa
         async with client(s) as c:
             kwargs = send
             if isinstance(send, str):
-                pc, sdp = await local_offer(publish=send.startswith("offer"))
+                pc, sdp = await local_offer(publish=send.startswith("publisher"))
                 pcs.append(pc)
                 kwargs = sdp_post(sdp, **({"Origin": "http://evil.example"} if send.endswith("origin") else {}))
             r = await getattr(c, method)(path, **kwargs)
@@ -134,7 +136,10 @@ class Watcher:
         self.frames: list[np.ndarray] = []
         self.arrived = asyncio.Event()
         self.task: asyncio.Task | None = None
-        pc.on("track", lambda track: setattr(self, "task", asyncio.ensure_future(self._read(track))))
+        pc.on("track", self._on_track)
+
+    def _on_track(self, track) -> None:
+        self.task = asyncio.ensure_future(self._read(track))
 
     async def _read(self, track) -> None:
         try:
