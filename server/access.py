@@ -93,7 +93,7 @@ class Access:
         scheme = _scheme(uri)
         if scheme not in self.allow_schemes:
             raise _not_allowed("source")
-        if scheme == "synthetic":
+        if scheme in ("synthetic", "whip"):  # they open nothing (whip://: fed by a WHIP publisher)
             return uri
         if scheme == "file":
             return str(self._inside_folders(uri.removeprefix("file://"), "source"))

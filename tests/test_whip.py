@@ -266,6 +266,21 @@ def test_a_configured_whip_source_is_fed_by_one_publisher_at_a_time_and_outlives
     run(body(), timeout=90)
 
 
+@pytest.mark.parametrize("schemes, status", [(["synthetic"], 403), (["synthetic", "whip"], 201)])
+def test_a_whip_source_added_through_the_api_needs_its_scheme_allowed(schemes, status):
+    async def body() -> None:
+        s = settings(security={"token": TOKEN, "allow": {"schemes": schemes}})
+        async with client(s) as c:
+            r = await c.post("/api/streams", json={"name": "door", "uri": "whip://"}, headers=AUTH)
+            assert r.status == status, await r.text()
+            if status == 201:
+                state = await r.json()
+                assert state["kind"] == "whip" and state["state"] == "waiting"
+            else:
+                assert "not allowed" in (await r.json())["error"]
+    run(body())
+
+
 @pytest.mark.slow
 def test_whep_viewers_are_limited_and_an_unconnected_one_frees_its_slot():
     async def body() -> None:
