@@ -40,7 +40,8 @@ MIN_CONTRAST = 4.0  # mean gradient along an outline below which there is no obj
 CROP_MARGIN = 0.5  # GrabCut's background model: a margin this fraction of the rectangle around it
 GRABCUT_PIXELS = 40000  # larger GrabCut crops are solved downscaled to about this many pixels
 RECT_SCALES = (0.08, 0.13, 0.2, 0.3)  # half-sizes of the tried rectangles, x the long side
-RECT_ASPECTS = ((1.0, 1.0), (0.55, 1.5))  # (width, height) factors: square, upright
+RECT_ASPECTS = ((1.0, 1.0), (0.55, 1.5), (1.5, 0.6))  # (width, height) factors: square, upright, lying
+CANDIDATE_ITERATIONS = 3  # GrabCut iterations of the rectangles' candidates (the winner is re-solved)
 RING_WIDTH = 0.15  # colour ring around a candidate, x the square root of its area
 HIST_BINS = 8  # per Lab channel, for the inside/ring colour comparison
 DISTINCTNESS_POWER = 2.0  # weight of the inside/ring colour difference in the score
@@ -246,7 +247,7 @@ class ClassicalSegmenter(Segmenter):
             core = _core(blob)
             motion_mask = self._grabcut_moving(img, blob, core, positives, negatives, s, seed)
             core = core if core.any() else blob
-        # Rectangles of growing size and two shapes around the clicks each give a GrabCut and a
+        # Rectangles of growing size and three shapes around the clicks each give a GrabCut and a
         # watershed segment; the motion cue adds one more.  The rectangles come from the positive
         # clicks alone, so that a negative click only ever subtracts.
         smooth = cv2.cvtColor(cv2.GaussianBlur(img, (5, 5), 0), cv2.COLOR_RGB2BGR)
@@ -256,7 +257,8 @@ class ClassicalSegmenter(Segmenter):
         for frac in RECT_SCALES:
             for ax, ay in RECT_ASPECTS:
                 rect = self._rect(positives, s, frac * max(h, w) * ax, frac * max(h, w) * ay, w, h)
-                for candidate in (self._grabcut(feature, rect, positives, (), s, seed),
+                for candidate in (self._grabcut(feature, rect, positives, (), s, seed,
+                                                iterations=CANDIDATE_ITERATIONS),
                                   self._watershed(smooth, rect, positives, (), s, seed)):
                     candidates.append((candidate, rect))
         candidates.append((motion_mask, None))
@@ -380,7 +382,7 @@ class ClassicalSegmenter(Segmenter):
 
     def _grabcut(self, img: np.ndarray, rect: tuple[int, int, int, int], positives: Sequence[Click],
                  negatives: Sequence[Click], s: float, seed: int, *, margin: float = CROP_MARGIN,
-                 largest: bool = False) -> np.ndarray | None:
+                 largest: bool = False, iterations: int | None = None) -> np.ndarray | None:
         """GrabCut inside the rectangle, its colour models learned from a margin around it only
         (``largest``: the largest segment is kept besides the clicked ones).
         Large crops are solved at a reduced size (GrabCut's cost grows with the pixel count)."""
@@ -399,7 +401,7 @@ class ClassicalSegmenter(Segmenter):
             init = cv2.resize(init, size, interpolation=cv2.INTER_NEAREST)
         shift = [Click(c.x - cx0 / s, c.y - cy0 / s, c.positive) for c in (*positives, *negatives)]
         solved = self._solve(crop, init, [c for c in shift if c.positive], [c for c in shift if not c.positive],
-                             s * f, max(1, round(seed * f)), largest=largest)
+                             s * f, max(1, round(seed * f)), largest=largest, iterations=iterations)
         if solved is None:
             return None
         if f < 1.0:
@@ -423,7 +425,7 @@ class ClassicalSegmenter(Segmenter):
         return self._keep_clicked(markers == 2, positives, negatives, s)
 
     def _solve(self, img: np.ndarray, init: np.ndarray, positives: Sequence[Click], negatives: Sequence[Click],
-               s: float, seed: int, *, largest: bool = False) -> np.ndarray | None:
+               s: float, seed: int, *, largest: bool = False, iterations: int | None = None) -> np.ndarray | None:
         for c in positives:
             _disc(init, c.x * s, c.y * s, seed, cv2.GC_FGD)
         for c in negatives:
@@ -431,7 +433,7 @@ class ClassicalSegmenter(Segmenter):
         bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
         cv2.setRNGSeed(0)  # GrabCut's k-means start: same input, same mask
         try:
-            cv2.grabCut(img, init, None, bgd, fgd, self.iterations, cv2.GC_INIT_WITH_MASK)
+            cv2.grabCut(img, init, None, bgd, fgd, iterations or self.iterations, cv2.GC_INIT_WITH_MASK)
         except cv2.error:  # degenerate colour model (e.g. a flat image)
             return None
         fg = (init == cv2.GC_FGD) | (init == cv2.GC_PR_FGD)
