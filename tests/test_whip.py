@@ -17,7 +17,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+from aiortc import AudioStreamTrack, RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 
@@ -264,6 +264,34 @@ def test_a_configured_whip_source_is_fed_by_one_publisher_at_a_time_and_outlives
             finally:
                 await asyncio.gather(first.close(), second.close(), third.close())
     run(body(), timeout=90)
+
+
+def test_the_publishers_audio_reaches_a_whep_viewer_that_asks_for_it():
+    frames, _, _ = static_scene(W, H, FPS)
+
+    async def body() -> None:
+        s = settings(security={"token": TOKEN}, ice={"loopback": True})
+        publisher, viewer = RTCPeerConnection(), RTCPeerConnection()
+        heard = asyncio.Event()
+
+        async def listen(track) -> None:
+            if track.kind == "audio":
+                await track.recv()
+                heard.set()
+
+        viewer.on("track", lambda track: asyncio.ensure_future(listen(track)))
+        async with client(s) as c:
+            try:
+                publisher.addTrack(SceneTrack(frames))
+                publisher.addTrack(AudioStreamTrack())  # aiortc's silence, 20 ms packets
+                await connect(c, "/whip/cam", publisher)
+                viewer.addTransceiver("video", direction="recvonly")
+                viewer.addTransceiver("audio", direction="recvonly")
+                await connect(c, "/whep/cam", viewer)
+                await asyncio.wait_for(heard.wait(), 30)
+            finally:
+                await asyncio.gather(publisher.close(), viewer.close())
+    run(body(), timeout=60)
 
 
 @pytest.mark.parametrize("schemes, status", [(["synthetic"], 403), (["synthetic", "whip"], 201)])
