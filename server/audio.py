@@ -86,6 +86,11 @@ class AudioSubscription:
             self._items.append(chunk)
         self._event.set()
 
+    def drain(self) -> list[AudioChunk]:
+        """Every chunk waiting now, oldest first (without waiting)."""
+        items, self._items = list(self._items), collections.deque()
+        return items
+
     async def next(self) -> AudioChunk | None:
         """The oldest waiting chunk; None once the relay closed (and nothing is left)."""
         while not self._items and not self.closed:

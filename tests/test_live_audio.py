@@ -186,14 +186,14 @@ def test_rtsp_aac_opus_and_alaw_in_are_copied_out_in_sync(gst, tmp_path, audio, 
 
 
 # ------------------------------------------------------------------------------ in process
-def settings() -> cfg.Settings:
-    return cfg.Settings(backends=CLASSICAL, demo=False, delay=2)
+def settings(delay: int = 2) -> cfg.Settings:
+    return cfg.Settings(backends=CLASSICAL, demo=False, delay=delay)
 
 
-async def file_stream(path: Path) -> LiveStream:
+async def file_stream(path: Path, delay: int = 2) -> LiveStream:
     loop = asyncio.get_running_loop()
     source = cfg.SourceConfig(name="cam", uri=str(path), loop=True)
-    stream = await loop.run_in_executor(None, lambda: LiveStream("cam", source, settings(), Metrics(), loop))
+    stream = await loop.run_in_executor(None, lambda: LiveStream("cam", source, settings(delay), Metrics(), loop))
     return stream.start()
 
 
@@ -321,6 +321,50 @@ def test_g711_recorded_to_mkv_stays_uncompressed_and_in_sync(ffmpeg, tmp_path):
     with av.open(str(recorded)) as c:
         assert c.streams.audio[0].codec_context.name == "pcm_s16le"
     check_sync(recorded, 3)
+
+
+def beep_onsets(chunks: list[AudioChunk]) -> list[Fraction]:
+    """The stream times (s) of each beep's first loud sample in ``chunks`` (after 0.5 s of quiet)."""
+    onsets, last_loud = [], Fraction(-1)
+    for chunk in chunks:
+        loud = np.nonzero(np.abs(chunk.samples.reshape(-1, chunk.format.channels)[:, 0]) > 0.3 * 32768)[0]
+        if len(loud):
+            first = chunk.seconds + Fraction(int(loud[0]), chunk.format.rate)
+            if first - last_loud > Fraction(1, 2):
+                onsets.append(first)
+            last_loud = chunk.seconds + Fraction(int(loud[-1]), chunk.format.rate)
+    return onsets
+
+
+@pytest.mark.slow
+def test_viewers_get_each_beep_together_with_its_flash_frame(ffmpeg, tmp_path):
+    """At the hand-off to the viewers, the beep has arrived when its flash frame is out, and no audio more
+    than two frames ahead of the frames: the audio leaves the delay line (10 frames here) with its frames."""
+    clip = make_clip(tmp_path / "clip.mkv", 6, 2, "pcmu")
+    frame = Fraction(1, FPS)
+
+    async def run() -> list[tuple[Fraction, list[Fraction], Fraction]]:
+        stream = await file_stream(clip, delay=10)
+        audio = stream.audio.viewers.subscribe()
+        seen, delivered, seq, white = [], [], 0, False
+        try:
+            while len(seen) < 3:
+                seq, view = await stream.relay.next(seq, timeout=20)
+                assert view is not None, "the stream closed"
+                now_white = view.image.mean() > 128
+                delivered += audio.drain()
+                if now_white and not white:  # a flash frame, with the audio handed out up to it
+                    seen.append((view.pts * Fraction(1, 90000), beep_onsets(delivered),
+                                 max(c.seconds for c in delivered)))
+                white = now_white
+        finally:
+            audio.close()
+            await stream.aclose()
+        return seen
+    for flash, onsets, newest in asyncio.run(asyncio.wait_for(run(), 60)):
+        onset = min(onsets, key=lambda t: abs(t - flash))
+        assert abs(onset - flash) <= TOLERANCE, f"the nearest beep handed out is {float(onset - flash):.3f} s off"
+        assert newest - flash <= 2 * frame, f"audio ran {float(newest - flash):.3f} s ahead of the frames"
 
 
 def undecodable_audio_clip(folder: Path) -> Path:
