@@ -28,6 +28,7 @@ log = logging.getLogger("unseen.audio")
 AUDIO_LINE_ITEMS = 1024  # chunks held for the delay line (about 20 s of 20 ms packets): drop-oldest
 AUDIO_VIEWER_ITEMS = 50  # chunks waiting for one viewer (about 1 s): drop-oldest
 EARLY_ITEMS = 256  # chunks that came before the video's first frames (a connection's start): drop-oldest
+WEBRTC_AUDIO = AudioFormat("opus", 48000, "stereo")  # what aiortc's Opus decoder gives
 WEBCAM_RESYNC = 0.25  # seconds: a browser's audio further than this from its video's clock is re-anchored
 
 
@@ -181,6 +182,11 @@ class LiveAudio:
         self._push(AudioChunk(own + self._offset, self.time_base, samples, self._input.format, data))
 
     # ---------------------------------------------------------------- a browser webcam
+    def expect(self, fmt: AudioFormat = WEBRTC_AUDIO) -> None:
+        """Audio that is coming (a publisher's track): outputs that start before its first chunk make room."""
+        if self.format is None:
+            self.format = fmt
+
     def feed(self, samples: np.ndarray, rate: int, layout: str, seconds: float | None, now: int) -> None:
         """Decoded webcam audio (s16 interleaved) whose track time is ``seconds``; ``now``: the stream
         clock's time at its arrival, from the video's."""

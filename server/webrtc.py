@@ -290,6 +290,7 @@ class _Peer:
         if self.publisher and remote.kind == "video" and self.consumer is None:
             self.consumer = asyncio.ensure_future(consume_webcam(remote, self.stream))
         elif self.publisher and remote.kind == "audio" and self.audio_consumer is None:
+            self.stream.audio.expect()  # a recording or publisher that starts first takes audio too
             self.audio_consumer = asyncio.ensure_future(consume_webcam_audio(remote, self.stream))
 
     async def _expect_connection(self) -> None:

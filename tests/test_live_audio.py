@@ -269,9 +269,12 @@ def _with_samples(frame, samples: np.ndarray):
 
 
 @pytest.mark.slow
-def test_a_webcams_audio_comes_back_to_it_over_webrtc():
+def test_a_webcams_audio_comes_back_to_it_over_webrtc(tmp_path):
     """A browser-like aiortc publisher sends camera and microphone; the processed stream it gets back
-    carries its microphone's tone, and the stream reports the webcam's Opus audio."""
+    carries its microphone's tone, the stream reports the webcam's Opus audio, and its recording (mp4) has
+    the tone as AAC."""
+    recorded = tmp_path / "webcam.mp4"
+
     async def run() -> None:
         signalling = Signalling(cfg.IceConfig(loopback=True), 2)
         loop = asyncio.get_running_loop()
@@ -283,7 +286,8 @@ def test_a_webcams_audio_comes_back_to_it_over_webrtc():
             await viewer.pc.setLocalDescription(await viewer.pc.createOffer())
             answer, stream = await signalling.answer(
                 {"sdp": viewer.pc.localDescription.sdp, "type": "offer"}, None,
-                create_webcam=lambda: LiveStream("phone", None, settings(), Metrics(), loop).start())
+                create_webcam=lambda: LiveStream("phone", None, settings(), Metrics(), loop,
+                                                 outputs=cfg.OutputConfig(record=str(recorded))).start())
             streams.append(stream)
             await viewer.pc.setRemoteDescription(RTCSessionDescription(**answer))
             await asyncio.wait_for(viewer.enough.wait(), 45)
@@ -296,6 +300,10 @@ def test_a_webcams_audio_comes_back_to_it_over_webrtc():
         assert np.abs(audio).max() > 0.3, "the microphone's tone never came back"
         assert streams[0].describe()["audio"]["codec"] == "opus"
     asyncio.run(asyncio.wait_for(run(), 90))
+    with av.open(str(recorded)) as c:
+        assert c.streams.audio[0].codec_context.name == "aac"
+        loudest = max(float(np.abs(f.to_ndarray()).max()) for f in c.decode(audio=0))
+    assert loudest > 0.3, "the recording has no tone"
 
 
 @pytest.mark.slow
