@@ -4,8 +4,11 @@ A 50 fps clip (160x96) whose white flashes start on the same frame as a 1 kHz be
 RTSP server (tests/support/rtsp_server.py --file) into ``unseen serve``, which republishes it over RTSP to an
 ``ffmpeg -rtsp_flags listen`` receiver (it records what it receives, stream copy) and records it itself.  In
 each output every flash is matched with its beep: the beep's first sample is within 20 ms of the flash frame.
-In process: a WebRTC viewer (aiortc) of a stream with audio gets an audio track that carries the beeps, and a
-source whose audio codec cannot be decoded keeps its video with one warning line.
+G.711 in: RTSP out copies it, mp4 gets AAC, mkv 16-bit PCM; AAC and Opus are copied.
+In process: a WebRTC viewer (aiortc) gets an audio track that carries the beeps, and at the hand-off to the
+viewers each beep is out with its flash frame, not ahead of the frames; a webcam publisher's microphone comes
+back to it and into its recording; a looped file's audio follows its frames; a source whose audio codec cannot
+be decoded, or whose packets do not decode, keeps its video with one warning line.
 """
 from __future__ import annotations
 
