@@ -195,9 +195,12 @@ def test_every_suite_quick(data_dir, tmp_path):
         assert p["flicker_diff"] == pytest.approx(p["flicker_output"] - p["flicker_gt"], abs=2e-6)  # each rounded to 1e-6
         assert 0 < p["detail_region"] < float("inf")  # (the synthetic truth is smooth: any fill is busier)
         sources = p["fill_sources"]  # where the fill came from: fractions of every filled pixel
-        assert set(sources) == {"window", "reference", "previous", "spatial"}
+        assert set(sources) == {"background", "window", "reference", "previous", "spatial"}
         assert sum(sources.values()) == pytest.approx(1.0, abs=1e-3) and sources["window"] > 0
     assert remove["backends"]["inpainter"] == "classical"
+    truth = remove["gt_mask"]  # the same pairs with the true masks removed: the fill alone
+    assert len(truth["pairs"]) == 3 and all(p["mask_J"] == 1.0 for p in truth["pairs"])
+    assert remove["overall_still"]["pairs"] + remove["overall_moving"]["pairs"] == 3
 
     complete = json.loads((results / "complete.json").read_text())
     assert complete["reference"]["psnr"] == 33.01 and complete["reference"]["ssim"] == 0.9721
