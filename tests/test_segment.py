@@ -82,5 +82,5 @@ def test_first_frame_j_on_blackswan(shared_data):
     seg = ClassicalSegmenter()
     by_box = seg.segment(Frame(0, frames[0]), [], neighbours=[Frame(2, frames[2])], box=given["box"].box)
     by_click = seg.segment(Frame(0, frames[0]), list(given["click"].clicks), neighbours=[Frame(2, frames[2])])
-    assert iou(by_box, truth) >= 0.6  # measured 0.749 (2026-12-03)
+    assert iou(by_box, truth) >= 0.65  # measured 0.801 (2026-12-03)
     assert iou(by_click, truth) >= 0.55  # measured 0.681

@@ -26,7 +26,8 @@ import numpy as np
 from ..stages import Box, Click, Frame, Mask, Segmenter, SelectionError
 from .registry import BackendOptions
 
-WORK_SIZE = 480  # long side the segmentation runs at
+WORK_SIZE = 480  # long side the segmentation runs at ...
+BOX_WORK_SIZE = 960  # ... and with a box (its GrabCuts are few, and a box's object may be small)
 MAX_NEIGHBOURS = 4  # frames compared for the motion cue
 MOTION_MIN = 0.5  # px of flow, beyond the camera's own motion, that count as moving ...
 MOTION_NOISE = 4.0  # ... and at least this many times the frame's median residual flow
@@ -38,7 +39,8 @@ MOTION_FLOOR = 0.5  # ... which can change a score at most ((1 + floor) / floor)
 MAX_FRACTION = 0.25  # a click selects an object, not most of the frame
 MIN_CONTRAST = 4.0  # mean gradient along an outline below which there is no object to select
 CROP_MARGIN = 0.5  # GrabCut's background model: a margin this fraction of the rectangle around it
-GRABCUT_PIXELS = 40000  # larger GrabCut crops are solved downscaled to about this many pixels
+GRABCUT_PIXELS = 40000  # larger GrabCut crops are solved downscaled to about this many pixels ...
+BOX_PIXELS = 60000  # ... and with a box
 RECT_SCALES = (0.08, 0.13, 0.2, 0.3)  # half-sizes of the tried rectangles, x the long side
 RECT_ASPECTS = ((1.0, 1.0), (0.55, 1.5), (1.5, 0.6))  # (width, height) factors: square, upright, lying
 CANDIDATE_ITERATIONS = 3  # GrabCut iterations of the rectangles' candidates (the winner is re-solved)
@@ -53,8 +55,8 @@ CUT_LEVELS = 24  # distance levels tried to part a negatively clicked part from 
 MIN_FIT = 0.2  # a box's segment whose bounding box covers less of the box than this is no object in it
 
 
-def _scale(image: np.ndarray) -> float:
-    return min(1.0, WORK_SIZE / max(image.shape[:2]))
+def _scale(image: np.ndarray, size: int = WORK_SIZE) -> float:
+    return min(1.0, size / max(image.shape[:2]))
 
 
 def _disc(mask: np.ndarray, x: float, y: float, r: int, value: int) -> None:
@@ -219,7 +221,7 @@ class ClassicalSegmenter(Segmenter):
             raise SelectionError(f"no positive click on frame {frame.index}; click inside the object first "
                                  f"(or draw a box around it)")
         full_h, full_w = frame.image.shape[:2]
-        s = _scale(frame.image)
+        s = _scale(frame.image, WORK_SIZE if box is None else BOX_WORK_SIZE)
         img = frame.image if s == 1.0 else cv2.resize(frame.image, (round(full_w * s), round(full_h * s)),
                                                         interpolation=cv2.INTER_AREA)
         h, w = img.shape[:2]
@@ -300,7 +302,8 @@ class ClassicalSegmenter(Segmenter):
         best, best_score = None, 0.0
         for feature in _features(img, lab, motion_channel(residuals)):
             for margin in BOX_MARGINS:
-                candidate = self._grabcut(feature, rect, inside, negatives, s, seed, margin=margin, largest=True)
+                candidate = self._grabcut(feature, rect, inside, negatives, s, seed, margin=margin, largest=True,
+                                          pixels=BOX_PIXELS)
                 if candidate is None or not candidate.any():
                     continue
                 fit = _box_fit(candidate, rect)
@@ -382,7 +385,8 @@ class ClassicalSegmenter(Segmenter):
 
     def _grabcut(self, img: np.ndarray, rect: tuple[int, int, int, int], positives: Sequence[Click],
                  negatives: Sequence[Click], s: float, seed: int, *, margin: float = CROP_MARGIN,
-                 largest: bool = False, iterations: int | None = None) -> np.ndarray | None:
+                 largest: bool = False, iterations: int | None = None,
+                 pixels: int = GRABCUT_PIXELS) -> np.ndarray | None:
         """GrabCut inside the rectangle, its colour models learned from a margin around it only
         (``largest``: the largest segment is kept besides the clicked ones).
         Large crops are solved at a reduced size (GrabCut's cost grows with the pixel count)."""
@@ -391,7 +395,7 @@ class ClassicalSegmenter(Segmenter):
         m = max(8, int(margin * max(x1 - x0, y1 - y0)))
         cx0, cy0, cx1, cy1 = max(0, x0 - m), max(0, y0 - m), min(w, x1 + m), min(h, y1 + m)
         cw, ch = cx1 - cx0, cy1 - cy0
-        f = min(1.0, float(np.sqrt(GRABCUT_PIXELS / (cw * ch))))
+        f = min(1.0, float(np.sqrt(pixels / (cw * ch))))
         size = (max(1, round(cw * f)), max(1, round(ch * f)))
         init = np.full((ch, cw), cv2.GC_BGD, np.uint8)
         init[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0] = cv2.GC_PR_FGD
