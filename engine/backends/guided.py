@@ -1,22 +1,26 @@
 """The classical propagator guided by a learned box tracker (``classical+nanotrack``).
 
 The flow propagator (:class:`~.classical_propagate.FlowPropagator`: DIS flow warp + GrabCut refinement) moves
-every object's mask; one NanoTrack V2 per object follows its box.  When the tracker is sure of the box (its
-score), the box guides the mask:
-- the mask is bounded by the box grown by GROW x its size per side (what the flow dragged off onto the
-  background leaves);
-- a mask lost or shrunk (too little of it in the box against the area the object had for its box, or most of
-  it outside the box) is re-seeded from the box: a GrabCut in the box with the object's own colour model
-  (learned where it was seeded) against the background around the box now.  This is how the object comes back
-  after an occlusion or a fast move the flow did not follow.
-A changed mask re-seeds the flow propagator (on this frame), so the next step goes on from it.  Masks are never
-opened or smoothed here: thin parts inside the box stay.
+every object's mask; one NanoTrack V2 per object follows its box.  Where the tracker's score trusts the box,
+the box guides the mask, each step:
+- masked pixels that move with the background rather than with the box leave (what the warp dragged along
+  where the camera and the object move apart: the trees behind a rider);
+- the mask is bounded by the box grown by GROW x its size per side;
+- a mask lost or shrunk (too little of it in the box against the area the object had for its box, most of it
+  outside the box, or its own box far from the tracker's) is re-seeded by a GrabCut in the box with the object's
+  own colour model (learned where it was seeded) against the background around the box now;
+- an object not found (a full occlusion: the tracker stays on what hid it) is also looked for where it would be
+  had it kept its motion from before it disappeared; found there, the tracker starts over on it.
+A mask the guidance changed re-seeds the flow propagator on this frame, so the next step goes on from it.
+Masks are never opened or smoothed here: thin parts inside the box stay.
 
-Memory: the flow propagator's, plus per object the tracker's template (fixed size) and one colour model.
+Memory: the flow propagator's, plus per object the tracker (fixed-size template), one colour model and the
+boxes of the last COAST_BACK frames.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import cv2
@@ -36,13 +40,19 @@ WEIGHTS = "nanotrack_v2"
 MIN_SCORE = 0.6  # the tracker's score below which its box is not trusted (the flow alone goes on)
 GROW = 0.35  # the box grown by this x its size per side bounds the mask
 LOST = 0.35  # mask in the box below this x the area the object had for its box: re-seeded from the box ...
-AWAY = 0.5  # ... as when less than this share of the mask lies in the grown box
+AWAY = 0.5  # ... as when less than this share of the mask lies in the grown box, or when the mask's own box
+BOX_AGREE = 0.5  # overlaps the tracker's by less than this (IoU); the re-seeded mask is taken when larger than
+# what is left of the mask in the grown box
 CLIP_MIN = 0.01  # a bound that takes away less than this share of the mask is not applied
+RESEED = 0.03  # guidance that changes more than this share of a mask re-seeds the flow propagator with it
 DENSITY_RATE = 0.1  # how fast the object's area per box area follows the accepted masks as they grow ...
 DENSITY_DOWN = 0.02  # ... and as they shrink (slowly: a mask losing the object must not become the norm)
 CUT_SIZE = 256  # long side of the region the re-seeding GrabCut runs at
 CONTEXT = 0.5  # background around the box for that GrabCut, x the box's size per side
 MIN_SEEDED = 0.1  # a re-seeded mask is taken when larger than this x the expected area and what is left
+MAX_COAST = 50  # frames an object not found is looked for along its old motion (then it starts over)
+VELOCITY_RATE = 0.3  # how fast the smoothed velocity follows the box
+COAST_BACK = 8  # an object lost coasts from its box and velocity of this many frames before
 KEEP_PART = 0.1  # parts of the re-seeded mask smaller than this x its largest part are dropped
 SEPARATE = 6.0  # px (flow size): the box's motion this far from the background's tells them apart ...
 BG_SHARE = 0.25  # ... and a masked pixel moving with the background (nearer it than the box, and within this x
@@ -57,6 +67,16 @@ class _Guide:
     density: float
     colour: np.ndarray
     box: Box  # on the last frame
+    velocity: tuple[float, float] = (0.0, 0.0)  # the box's motion per frame, smoothed
+    past: deque = field(default_factory=lambda: deque(maxlen=COAST_BACK))  # (box, velocity) of the last frames
+    lost: int = 0  # frames in a row the object was not found in the box (it coasts: see coasting)
+
+    def coasting(self) -> Box:
+        """Where the object would be had it kept the motion it had COAST_BACK frames ago (the tracker's box
+        and motion go wrong already while the object disappears, before it is lost)."""
+        box, velocity = self.past[0]
+        frames = len(self.past) + self.lost - 1
+        return _shift(box, (velocity[0] * frames, velocity[1] * frames))
 
 
 class GuidedPropagator(Propagator):
@@ -119,12 +139,16 @@ class GuidedPropagator(Propagator):
             if flow is not None and tracked.score >= MIN_SCORE:
                 new = _motion_gate(new, flow, self._flows.scale(frame.image), guide.box, tracked.box)
             new = self._guide(frame.image, guide, new, tracked, recover)
+            if not guide.lost:
+                guide.velocity = _velocity(guide.velocity, guide.box, tracked.box)
+                guide.past.append((tracked.box, guide.velocity))
             guide.box = tracked.box
             if new is not mask:
-                masks[oid], changed = new, True
-        if changed:
-            _resolve_overlaps(masks)
-            self._flow.seed(frame, masks)  # the flow goes on from the guided masks
+                changed |= int((new ^ mask).sum()) > RESEED * max(1, int(mask.sum()))
+                masks[oid] = new
+        _resolve_overlaps(masks)
+        if changed:  # the flow goes on from the guided masks (its colour models are learned again)
+            self._flow.seed(frame, masks)
         return masks
 
     def _guide(self, image: Image, guide: _Guide, mask: Mask, tracked: TrackedBox, recover: bool) -> Mask:
@@ -135,11 +159,12 @@ class GuidedPropagator(Propagator):
         area = int(mask.sum())
         inside = int(mask[y0:y1, x0:x1].sum())
         expected = guide.density * _area(tracked.box)
-        if recover and (inside < LOST * expected or inside < AWAY * area):
-            seeded = _from_box(image, tracked.box, guide.colour)
-            if seeded.sum() > max(inside, MIN_SEEDED * expected):
-                self.recoveries += 1
+        lost = inside < LOST * expected
+        if recover and (lost or inside < AWAY * area or _box_iou(mask_box(mask), tracked.box) < BOX_AGREE):
+            seeded = self._recover(image, guide, tracked.box, max(inside, MIN_SEEDED * expected), expected)
+            if seeded is not None:
                 return seeded
+        guide.lost = guide.lost + 1 if lost and recover and guide.lost < MAX_COAST else 0
         if area - inside > CLIP_MIN * area:
             bounded = np.zeros_like(mask)
             bounded[y0:y1, x0:x1] = mask[y0:y1, x0:x1]
@@ -147,6 +172,23 @@ class GuidedPropagator(Propagator):
         density = inside / _area(tracked.box)
         guide.density += (DENSITY_RATE if density > guide.density else DENSITY_DOWN) * (density - guide.density)
         return mask
+
+    def _recover(self, image: Image, guide: _Guide, box: Box, least: float, expected: float) -> Mask | None:
+        """The object cut out of the tracker's box if more than ``least`` pixels; a lost object is also looked
+        for where it would be had it kept its motion (the tracker may have stayed on what hid it), and the
+        tracker starts over on it when it is found there."""
+        seeded = _from_box(image, box, guide.colour)
+        if seeded.sum() <= LOST * expected and guide.lost and guide.past:
+            coasted = _from_box(image, guide.coasting(), guide.colour)
+            if coasted.sum() > LOST * expected:
+                guide.tracker.start(image, mask_box(coasted) or box)
+                guide.past.clear()
+                seeded = coasted
+        if seeded.sum() <= least:
+            return None
+        self.recoveries += 1
+        guide.lost = 0
+        return seeded
 
 
 def _motion_gate(mask: Mask, flow: np.ndarray, scale: float, before: Box, now: Box) -> Mask:
@@ -189,6 +231,26 @@ def mask_box(mask: Mask) -> Box | None:
     """The mask's bounding box (pixel edges), None for an empty mask."""
     x, y, bw, bh = cv2.boundingRect(mask.astype(np.uint8))
     return None if bw == 0 else (float(x), float(y), float(x + bw), float(y + bh))
+
+
+def _shift(box: Box, by: tuple[float, float]) -> Box:
+    return box[0] + by[0], box[1] + by[1], box[2] + by[0], box[3] + by[1]
+
+
+def _velocity(velocity: tuple[float, float], before: Box, now: Box) -> tuple[float, float]:
+    """The box centre's motion per frame, smoothed."""
+    dx = (now[0] + now[2] - before[0] - before[2]) / 2
+    dy = (now[1] + now[3] - before[1] - before[3]) / 2
+    return (1 - VELOCITY_RATE) * velocity[0] + VELOCITY_RATE * dx, (1 - VELOCITY_RATE) * velocity[1] + VELOCITY_RATE * dy
+
+
+def _box_iou(a: Box | None, b: Box) -> float:
+    if a is None:
+        return 0.0
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(0.0, w) * max(0.0, h)
+    return inter / (_area(a) + _area(b) - inter)
 
 
 def _area(box: Box) -> float:
