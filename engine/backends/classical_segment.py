@@ -3,18 +3,18 @@
 Candidate segments around the positive clicks: GrabCut (colour models learned in a margin around
 the box; on RGB with the motion against the camera in place of blue when there are neighbour frames,
 so that the parts of an object that moves as one go together) and marker watershed over rectangles
-of several sizes and shapes, plus GrabCut seeded with
-the region beside the click that moves against the camera (from the neighbour frames).  A candidate is
-scored by the contrast along its outline, the colour difference between it and a ring around it, its
-agreement with the other candidates and, when something moves there, with the moving region; the
-best one seeds a last GrabCut.  Negative clicks then subtract through a
-GrabCut with sure background at them, and cut off at its narrowest neck the part they still lie in.
+of several sizes and shapes, plus GrabCut seeded with the region beside the click that moves against
+the camera (from the neighbour frames).  A candidate is scored by the contrast along its outline, the
+colour difference between it and a ring around it, its agreement with the other candidates and, when
+something moves there, with the moving region; the best one seeds a last GrabCut.  Negative clicks
+then subtract through a GrabCut with sure background at them, and cut off at its narrowest neck the
+part they still lie in.
 
 A box is the object's extent: GrabCut inside it (the clicks in it sure object or sure background) on
 two feature images (Lab, and RGB with the motion against the camera as a channel, so the colour
-models separate what moves from what does not) and two context margins; the segment
-whose own bounding box fills the box best, weighted by its colour distinctness, wins.  Positive
-clicks outside the box add what they select on their own.
+models separate what moves from what does not) and two context margins; the segment whose own
+bounding box fills the box best, weighted by its colour distinctness, wins.  Positive clicks outside
+the box add what they select on their own.
 """
 from __future__ import annotations
 
@@ -290,7 +290,7 @@ class ClassicalSegmenter(Segmenter):
 
     def _from_box(self, img: np.ndarray, box: Box, positives: Sequence[Click], negatives: Sequence[Click],
                   residuals: Sequence[np.ndarray], s: float, seed: int) -> np.ndarray | None:
-        """The best GrabCut inside the box over feature images, margins and starts (see the module doc)."""
+        """The best GrabCut inside the box over feature images and margins (see the module doc)."""
         h, w = img.shape[:2]
         rect = (max(0, int(box[0] * s)), max(0, int(box[1] * s)),
                 min(w, int(np.ceil(box[2] * s))), min(h, int(np.ceil(box[3] * s))))
@@ -315,7 +315,8 @@ class ClassicalSegmenter(Segmenter):
         if best is not None and negatives:
             best = _cut(best, inside, negatives, s)
         for click in positives:  # a positive click outside the box adds what it selects by itself
-            if not _in_rect(click, s, rect) and (best is None or not best[int(click.y * s), int(click.x * s)]):
+            at = min(h - 1, int(click.y * s)), min(w - 1, int(click.x * s))
+            if not _in_rect(click, s, rect) and (best is None or not best[at]):
                 extra = self._from_clicks(img, [click], negatives, residuals, s, seed)
                 if extra is not None:
                     best = extra if best is None else best | extra
@@ -389,6 +390,7 @@ class ClassicalSegmenter(Segmenter):
                  pixels: int = GRABCUT_PIXELS) -> np.ndarray | None:
         """GrabCut inside the rectangle, its colour models learned from a margin around it only
         (``largest``: the largest segment is kept besides the clicked ones).
+
         Large crops are solved at a reduced size (GrabCut's cost grows with the pixel count)."""
         h, w = img.shape[:2]
         x0, y0, x1, y1 = rect
