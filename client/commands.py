@@ -19,7 +19,7 @@ def cmd_click(args) -> int:
     async def go():
         async with Control(args.url, token=args.token, timeout=args.timeout) as c:
             return await c.click(args.stream, args.x, args.y, positive=not args.negative, object_id=args.object,
-                                 box=args.box)
+                                 box=args.box, pts=args.pts, frame=args.frame)
     return _run(go())
 
 
@@ -69,6 +69,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     click.add_argument("--negative", action="store_true", help="negative click (correct an object)")
     click.add_argument("--object", type=int, default=None, help="object id (default: a new object; "
                                                                  "negative clicks: the last one)")
+    click.add_argument("--pts", type=int, default=None, help="the frame seen, by its timestamp in the stream's "
+                                                            "clock (default: the frame being shown)")
+    click.add_argument("--frame", type=int, default=None, help="the frame seen, by its index in the stream")
     click.set_defaults(func=cmd_click)
     objects = sub.add_parser("objects", help="list a live stream's objects")
     _common(objects)

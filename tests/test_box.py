@@ -12,7 +12,7 @@ from support.app_client import SYNTH, client, run, settings, wait_frames
 from unseen.client.control import Control
 from unseen.engine.pipeline import Pipeline, PipelineConfig, PromptError
 from unseen.engine.stages import Click, Frame, Inpainter, Propagator, Segmenter
-from unseen.server.cli import BoxArg, ClickArg, main, parse_box, plan_prompts
+from unseen.server.cli import BoxArg, ClickArg, build_parser, main, parse_box, plan_prompts
 from test_browser import playwright_browser  # noqa: F401 - the fixture (a headless Chromium with a fake webcam)
 
 pytestmark = pytest.mark.timeout(120)
@@ -255,15 +255,20 @@ def test_bad_box_syntax_is_a_usage_error(capsys):
 
 # ------------------------------------------------------------------------------ server, client
 def test_rest_websocket_and_client_take_a_box():
-    """A box with a click over REST, a box refining it over the WebSocket (python client), `unseen click --box`;
-    each object reports its box; a box outside the frame and a message with neither are refused."""
+    """A box with a click over REST, the object's new box (clipped) over the WebSocket (python client), a box alone
+    with `unseen click --box`, all on the synthetic stream's frame 3, around its object; each object
+    reports its box; a box outside the frame and a message with neither are refused."""
+    x, y = 60, 58  # the synthetic://cam object on frame 3 spans x 48..72, y 47..67
+    box = [44, 43, 76, 71]
+    build_parser()  # the CLI's imports, done before the clock runs
+
     async def body():
-        async with client(settings(sources=[SYNTH])) as c:
-            await wait_frames(c, "cam", 2)
-            r = await c.post("/api/streams/cam/objects", json={"x": 50, "y": 50, "box": [40, 30, 90, 80]})
+        async with client(settings(sources=[dict(SYNTH, fps=5)])) as c:  # 30 frames of history: 6 s
+            await wait_frames(c, "cam", 5)  # frame 3 has arrived (and is held: 30 frames of history)
+            r = await c.post("/api/streams/cam/objects", json={"x": x, "y": y, "box": box, "frame": 3})
             assert r.status == 200, await r.text()
             reply = await r.json()
-            assert [(o["id"], o["box"]) for o in reply["objects"]] == [(1, [40, 30, 90, 80])]
+            assert [(o["id"], o["box"], o["clicks"]) for o in reply["objects"]] == [(1, box, 1)]
             for bad, fragment in [({"box": [300, 10, 400, 60]}, "outside the 192x112 frame"),
                                   ({}, "neither a click nor a box"), ({"box": [9, 1, 3, 5]}, "empty or reversed")]:
                 r = await c.post("/api/streams/cam/objects", json=bad)
@@ -271,12 +276,12 @@ def test_rest_websocket_and_client_take_a_box():
                 assert r.status == 400 and fragment in error and "\n" not in error, error
             base = str(c.make_url("/"))
             async with Control(base, timeout=60) as ctl:
-                refined = await ctl.click("cam", 50, 50, object_id=1, box=(-20, 20, 100, 90))
-            assert [(o["id"], o["box"]) for o in refined["objects"]] == [(1, [0, 20, 100, 90])]
-            argv = ["-q", "click", base, "cam", "--object", "1", "--box", "30,25,95,85"]
+                refined = await ctl.click("cam", x, y, object_id=1, box=(44, -30, 76, 71), frame=3)
+            assert [(o["id"], o["box"]) for o in refined["objects"]] == [(1, [44, 0, 76, 71])]
+            argv = ["-q", "click", base, "cam", "--object", "1", "--box", ",".join(map(str, box)), "--frame", "3"]
             assert await asyncio.get_running_loop().run_in_executor(None, main, argv) == 0
             objects = await (await c.get("/api/streams/cam/objects")).json()
-            assert [(o["id"], o["box"]) for o in objects] == [(1, [30, 25, 95, 85])]
+            assert [(o["id"], o["box"]) for o in objects] == [(1, box)]
             await wait_frames(c, "cam", 10)  # still serving
     run(body())
 
