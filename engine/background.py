@@ -50,8 +50,15 @@ class BackgroundModel:
     def reset(self) -> None:
         self.image = self.known = self._calm = self._prev = self._grey = None
 
-    def update(self, image: np.ndarray, occupied: np.ndarray | None) -> None:
-        """Learn from the next frame; ``occupied`` (HxW bool or None) are the tracked objects' pixels."""
+    @property
+    def previous(self) -> np.ndarray | None:
+        """The frame learned from last."""
+        return self._prev
+
+    def update(self, image: np.ndarray, occupied: np.ndarray | None, moving: np.ndarray | None = None) -> None:
+        """Learn from the next frame; ``occupied`` (HxW bool or None) are the tracked objects' pixels,
+        ``moving`` (or None) those measured moving since the previous frame (a flat object's inside does
+        not change colour as it moves: it is not calm)."""
         grey = self._small_grey(image)
         moved = self._grey is not None and (self._grey.shape != grey.shape or self._shift(grey) > STILL_SHIFT)
         prev = self._prev
@@ -69,6 +76,8 @@ class BackgroundModel:
             self.known = np.zeros((h, w), bool)
             self._calm = np.zeros((h, w), np.uint8)
         calm = _colour_distance(image, prev) < CALM
+        if moving is not None:
+            calm &= ~moving
         if occupied is not None and occupied.any():
             near = cv2.dilate(occupied.astype(np.uint8), cv2.getStructuringElement(
                 cv2.MORPH_ELLIPSE, (2 * CLEARANCE + 1,) * 2)) > 0

@@ -129,13 +129,24 @@ class FlowGuidedInpainter(Inpainter):
             if m.any():
                 occupied |= m
                 present.add(oid)
-        self.background.update(image, occupied)
+        self.background.update(image, occupied, self._moved(image, self.background.previous))
         for oid in present - self._objects:
             grown = cv2.dilate(masks[oid].astype(np.uint8), cv2.getStructuringElement(
                 cv2.MORPH_ELLIPSE, (4 * CLEARANCE + 1,) * 2)) > 0
             self.background.forget(grown, image)
         self._objects = present
         self._occupied = (entry.frame.index, occupied)
+
+    def _moved(self, image: Image, before: Image | None) -> Mask | None:
+        """Pixels that moved against the camera since ``before`` (the flow is the propagator's, cached,
+        while it tracks something), dilated; None without a previous frame of this size."""
+        if before is None or before.shape != image.shape:
+            return None
+        flow = self._flows.flow(image, before)
+        camera = np.median(flow.reshape(-1, 2), axis=0)
+        moving = (((flow - camera) ** 2).sum(axis=2) > MOVING ** 2).astype(np.uint8)
+        moving = cv2.dilate(moving, np.ones((5, 5), np.uint8))
+        return cv2.resize(moving, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST) > 0
 
     # -- cached pieces ---------------------------------------------------------------------
     def _hole_of(self, entry: WindowEntry) -> Mask:
