@@ -14,7 +14,11 @@ Peak RSS is sampled every frame.  Backends: classical always; the neural ones wi
 random weights (same compute as trained ones) where they import, on fewer frames (CPU).
 Random weights give arbitrary masks (often empty, so nothing to inpaint): the neural
 inpainter is therefore also timed alone on the holes the classical run found at the same
-size (``hole_fraction`` says how much of the frame each run had to fill).
+size, and the three neural stages together with every stage running but the inpainter filling
+those holes (benchmarks/given.py: the end-to-end figure of a realistic run; ``hole_fraction``
+says how much of the frame each run had to fill).  On a GPU the neural runs are at 854x480,
+1280x720 and 1920x1080 (holes resized from the largest classical run), plus 4 streams at once
+at 854x480 in one process (models shared), each stream's fps reported.
 Every run goes through the stream runtime (engine/runtime.py).  At each size the classical
 backends run side by side on the same clip: the pass-through (decode and encode only: the limit
 of this machine), the sequential order (one thread) and the pipelined runtime (decode, track, emit
@@ -31,9 +35,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from unseen.engine.backends import registry
@@ -45,6 +52,7 @@ from unseen.engine.stages import Frame
 
 from . import report
 from .common import Context
+from .given import GivenPropagator, GivenSegmenter, Holes
 from .data import Clip
 
 log = logging.getLogger("unseen.benchmarks")
@@ -55,6 +63,8 @@ NEURAL = Backends("sam:vit_b", "aot:r50_deaotl", "e2fgvi:hq")
 FRAMES = {"classical": (12, 100), "neural": (6, 8)}  # (quick, full) frames per resolution
 NEURAL_BUDGET_S = 150.0  # neural on CPU: stop feeding frames after this long (per resolution)
 LONG_FRAMES = (200, 3000)
+CUDA_RESOLUTIONS = [(854, 480), (1280, 720), (1920, 1080)]  # the neural runs on a GPU
+STREAMS = (4, (854, 480))  # streams served at once by one process (the neural runs on a GPU)
 
 
 def source_clip(ctx: Context) -> Clip:
@@ -167,13 +177,14 @@ class Probe:
 
 def measure(ctx: Context, backends: Backends | None, opts, path: Path, frames: int, label: str,
             budget_s: float | None = None, given: list | None = None, keep: list | None = None, *,
-            mode: Mode = Mode.PIPELINED, traces: list | None = None) -> dict:
+            mode: Mode = Mode.PIPELINED, traces: list | None = None, through: list | None = None) -> dict:
     """Decode -> pipeline (one click) -> encode for ``frames`` frames on the runtime in ``mode``.
 
     ``backends`` None: the pass-through (decode and encode only).  With ``budget_s``, no new frame is
     fed once that many seconds have passed (at least 2 frames are fed); the frames still held are then
     flushed (inpainted) as at the end of a stream.  With ``given`` (per-frame holes), only the inpainter
-    runs, on those holes (no click).  ``keep`` receives the output holes (to give them to another
+    runs, on those holes (no click).  With ``through`` (per-frame holes), every stage runs (one click,
+    segmented; every frame propagated) but the inpainter fills those holes (benchmarks/given.py).  ``keep`` receives the output holes (to give them to another
     inpainter at the same size).  ``traces`` receives (label, Chrome trace) of the run."""
     rss0 = report.rss_mb()
     t_build = time.perf_counter()
@@ -183,12 +194,17 @@ def measure(ctx: Context, backends: Backends | None, opts, path: Path, frames: i
         inpainter = registry.create("inpainter", backends.inpainter, opts)
         pipeline = Pipeline(None, None, inpainter, PipelineConfig(),
                             given_masks=lambda i: {1: given[min(i, len(given) - 1)]})
+    elif through is not None:
+        holes = Holes(through)
+        pipeline = Pipeline(GivenSegmenter(registry.create("segmenter", backends.segmenter, opts), holes),
+                            GivenPropagator(registry.create("propagator", backends.propagator, opts), holes),
+                            registry.create("inpainter", backends.inpainter, opts), PipelineConfig())
     else:
         pipeline = build_pipeline(backends, opts, PipelineConfig())
     build_s = time.perf_counter() - t_build
     src = Source(path)
     info = src.info
-    out_path = ctx.results / "_cache" / f"speed-out-{os.getpid()}.mp4"
+    out_path = ctx.results / "_cache" / f"speed-out-{os.getpid()}-{threading.get_ident()}.mp4"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     probe = Probe()
     future = None
@@ -235,7 +251,9 @@ def measure(ctx: Context, backends: Backends | None, opts, path: Path, frames: i
         "threads": session.threads,
         "hole_fraction": float(sum(h.mean() for h in holes) / len(holes)) if holes else 0.0,
         "masks": "none (pass-through)" if backends is None else
-                 "given (the classical run's holes at this size)" if given is not None else "click",
+                 "given (the classical run's holes at this size)" if given is not None else
+                 "click, then every stage runs but the inpainter fills the classical run's holes at this size"
+                 if through is not None else "click",
         "warning": ("the hole covers under 1% of the frame (the tracker lost or barely selected the object): "
                     "little to inpaint, so this fps is optimistic") if backends is not None and holes and
                    sum(h.mean() for h in holes) / len(holes) < 0.01 else None,
@@ -247,6 +265,23 @@ def measure(ctx: Context, backends: Backends | None, opts, path: Path, frames: i
         "rss_before_mb": rss0, "peak_rss_mb": max(probe.peak, report.rss_mb()), "click_error": click_error,
         "loadavg": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def concurrent(ctx: Context, backends: Backends, opts, path: Path, frames: int, label: str, streams: int,
+               through: list | None = None) -> dict:
+    """``streams`` streams of the same clip at once in one process (threads; the models shared as ``unseen
+    serve`` shares them), each measured as :func:`measure` does: every stream's fps, and the slowest."""
+    with ThreadPoolExecutor(streams, thread_name_prefix="speed-stream") as pool:
+        runs = list(pool.map(lambda i: measure(ctx, backends, opts, path, frames, f"{label} #{i + 1}",
+                                               through=through), range(streams)))
+    fps = [r["fps"] for r in runs]
+    return {"label": label, "streams": streams, "size": runs[0]["size"], "frames": frames,
+            "fps_each": fps, "fps_min": min((f for f in fps if f is not None), default=None), "runs": runs}
+
+
+def resized(holes: list[np.ndarray], size: tuple[int, int]) -> list[np.ndarray]:
+    """Holes brought to ``size`` = (w, h) (nearest neighbour): a size the classical runs did not cover."""
+    return [cv2.resize(h.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0 for h in holes]
 
 
 def _hole(shape: tuple[int, int], masks: list) -> np.ndarray:
@@ -368,11 +403,13 @@ def run(ctx: Context) -> dict:
     modes: list[dict] = []
     result["modes"] = modes
 
-    def one(label, backends, opts, n, size, budget=None, given=None, keep=None, mode=Mode.PIPELINED, into=runs):
+    def one(label, backends, opts, n, size, budget=None, given=None, keep=None, mode=Mode.PIPELINED, into=runs,
+            through=None):
         path = scaled(ctx, clip, size, None if not ctx.quick else max(n, 12))
         ctx.say(f"[speed] {label} ({mode.value}) at {size[0]}x{size[1]}, {n} frames ...")
         try:
-            r = measure(ctx, backends, opts, path, n, label, budget, given, keep, mode=mode, traces=traces)
+            r = measure(ctx, backends, opts, path, n, label, budget, given, keep, mode=mode, traces=traces,
+                        through=through)
         except Exception as exc:  # noqa: BLE001 - one failing configuration must not hide the others
             log.exception("speed run failed")
             r = {"label": label, "size": f"{size[0]}x{size[1]}", "error": f"{type(exc).__name__}: {exc}"[:400]}
@@ -424,19 +461,33 @@ def run(ctx: Context) -> dict:
         if neural is not None:
             n_neural = ctx.frames or FRAMES["neural"][q]
             budget = NEURAL_BUDGET_S if on_cpu else None
-            res_neural = resolutions[:1] if ctx.quick else resolutions
+            res_neural = (resolutions[:1] if ctx.quick else CUDA_RESOLUTIONS if not on_cpu and not ctx.resolutions
+                          else resolutions)
             result["neural"].update(
                 frames_cap=n_neural, budget_s=budget, resolutions=[f"{w}x{h}" for w, h in res_neural],
                 note=f"random weights (same compute, meaningless output); at most {n_neural} frames per resolution"
                      + (f", and no new frame fed after {budget:g} s (CPU), the held ones then flushed" if budget else ""))
             tag = f"{ctx.device}" + (f" {ctx.precision}" if ctx.precision != "fp32" else "")
             for size in res_neural:
+                if holes_at and not holes_at.get(size):
+                    holes_at[size] = resized(max(holes_at.values(), key=lambda h: h[0].size if h else 0), size)
                 one(f"neural (random weights, {tag})", neural, ctx.options(random_weights=True), n_neural, size, budget)
                 # random weights give arbitrary masks (often empty: nothing to inpaint), so the neural
                 # inpainter is also timed on the hole the classical backends found at this size
                 if neural.inpainter != "classical" and holes_at.get(size):
                     one(f"{neural.inpainter} on the classical holes ({tag})", neural, ctx.options(random_weights=True),
                         n_neural, size, budget, given=holes_at[size][:n_neural])
+                    # the end-to-end figure of a realistic run: all three stages, holes of a real size
+                    one(f"neural, every stage, on the classical holes ({tag})", neural,
+                        ctx.options(random_weights=True), n_neural, size, budget, through=holes_at[size][:n_neural])
+            count, size = STREAMS
+            if not on_cpu and holes_at.get(size):
+                path = scaled(ctx, clip, size, None)
+                ctx.say(f"[speed] {count} neural streams at once at {size[0]}x{size[1]} ...")
+                result["neural"]["streams"] = concurrent(
+                    ctx, neural, ctx.options(random_weights=True), path, n_neural,
+                    f"neural, every stage, on the classical holes ({tag})", count, through=holes_at[size][:n_neural])
+                report.write_json(json_path, result)
     result["complete"] = True
     ctx.finish("speed", result, started)
     print_table(result)
@@ -499,6 +550,10 @@ def print_table(result: dict) -> None:
     for stage, note in result["neural"].get("backends", {}).items():
         if note["status"] != "ok (random weights)":
             print(f"  neural {stage} {note['name']} skipped: {note.get('reason')}")
+    streams = result["neural"].get("streams")
+    if streams:
+        print(f"{streams['streams']} streams at once at {streams['size']} ({streams['label']}): fps each "
+              f"{', '.join(report.fmt(f, 1) for f in streams['fps_each'])}; slowest {report.fmt(streams['fps_min'], 1)}")
     lr = result.get("long_run")
     if lr:
         print(f"long run: {lr['frames']} frames at {lr['size']} (classical, clip looped {lr['loops']:.1f}x): "

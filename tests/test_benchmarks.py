@@ -240,6 +240,18 @@ def test_speed_measure_with_given_holes(data_dir, tmp_path):
     again = speed.measure(ctx, b, ctx.options(), path, 8, "given", given=holes)
     assert again["hole_fraction"] == pytest.approx(first["hole_fraction"])
     assert again["counts"].get("segment", 0) == 0 and again["counts"]["inpaint"] == 8
+    # every stage runs (a click segmented, every later frame propagated), the inpainter fills the given holes
+    shifted = [np.roll(h, 7, axis=1) for h in holes]
+    through = speed.measure(ctx, b, ctx.options(), path, 8, "through", through=shifted)
+    assert through["counts"]["segment"] == 1 and through["counts"]["propagate"] >= 7
+    assert through["counts"]["inpaint"] == 8 and through["masks"].startswith("click, then every stage runs")
+    assert through["hole_fraction"] == pytest.approx(float(np.mean([h.mean() for h in shifted])))
+    # several streams at once in one process: each measured, the slowest named
+    both = speed.concurrent(ctx, b, ctx.options(), path, 6, "two", 2, through=shifted)
+    assert both["streams"] == 2 and len(both["fps_each"]) == 2 and both["fps_min"] == min(both["fps_each"])
+    assert all(r["frames"] == 6 and r["counts"]["inpaint"] == 6 for r in both["runs"])
+    big = speed.resized(holes, (320, 192))
+    assert big[0].shape == (192, 320) and big[0].mean() == pytest.approx(holes[0].mean(), abs=0.01)
 
 
 def test_quick_speed_skips_neural_on_cpu(data_dir, tmp_path):
