@@ -19,7 +19,7 @@ def _load(results: Path, suite: str) -> dict | None:
 
 def markdown(results: Path) -> str:
     """One table of the headline figures, the machine named, plus one line per suite's setup."""
-    data = {s: _load(results, s) for s in ("track", "remove", "complete", "speed")}
+    data = {s: _load(results, s) for s in ("track", "segment", "remove", "complete", "speed")}
     present = [d for d in data.values() if d]
     if not present:
         return f"(no results in {results})"
@@ -35,6 +35,13 @@ def markdown(results: Path) -> str:
                      f"J {f(o['J'], 3)}, F {f(o['F'], 3)}, first-frame J {f(o['first_J'], 3)}; per clip: {per_clip}"])
         notes.append(f"track: {t['backends']['segmenter']} segmenter + {t['backends']['propagator']} propagator, "
                      f"{o['objects']} objects in {o['clips']} clips" + (" (--quick)" if t["quick"] else ""))
+    g = data["segment"]
+    if g:
+        o = g["overall"]
+        rows.append(["segment: first-frame J, one click / box", f"{f(o['click_J'], 3)} / {f(o['box_J'], 3)}",
+                     f"{o['objects']} objects; per clip (click/box): " + ", ".join(
+                         f"{c['clip']} {f(c['click_J'], 2)}/{f(c['box_J'], 2)}" for c in g["clips"])
+                     + f"; ms per click {f(o['click_ms'], 0)}, per box {f(o['box_ms'], 0)}"])
     r = data["remove"]
     if r:
         o = r["overall"]
