@@ -241,6 +241,8 @@ class ClassicalSegmenter(Segmenter):
     def _from_clicks(self, img: np.ndarray, positives: Sequence[Click], negatives: Sequence[Click],
                      residuals: Sequence[np.ndarray], s: float, seed: int) -> np.ndarray | None:
         h, w = img.shape[:2]
+        motion = motion_channel(residuals)
+        feature = img if motion is None else _with_motion(img, motion)
         moving = motion_region(residuals)
         blob = self._moving_blob(moving, positives, s)
         grad = _gradient(img)
@@ -253,8 +255,6 @@ class ClassicalSegmenter(Segmenter):
         # watershed segment; the motion cue adds one more.  The rectangles come from the positive
         # clicks alone, so that a negative click only ever subtracts.
         smooth = cv2.cvtColor(cv2.GaussianBlur(img, (5, 5), 0), cv2.COLOR_RGB2BGR)
-        motion = motion_channel(residuals)
-        feature = img if motion is None else _with_motion(img, motion)
         candidates: list[tuple[np.ndarray, tuple[int, int, int, int] | None]] = []
         for frac in RECT_SCALES:
             for ax, ay in RECT_ASPECTS:
@@ -279,12 +279,12 @@ class ClassicalSegmenter(Segmenter):
                 if contrast >= MIN_CONTRAST and score > best_score:
                     best, best_rect, best_score = candidate, rect, score
         if best is not None and best_rect is not None:  # re-solve with the winner as the object's seed
-            refined = self._grabcut_seeded(img, best, positives, (), s, seed)
+            refined = self._grabcut_seeded(feature, best, positives, (), s, seed)
             if refined is not None and refined.any() and refined.mean() <= MAX_FRACTION:
                 best = refined
         result = best
         if result is not None and negatives and best_rect is not None:
-            corrected = self._grabcut(img, best_rect, positives, negatives, s, seed)
+            corrected = self._grabcut(feature, best_rect, positives, negatives, s, seed)
             result = None if corrected is None else _cut(corrected & best, positives, negatives, s)
         return result
 
