@@ -100,6 +100,16 @@ async function disconnect() {
   state.shown = 0; state.shownT0 = null; state.g2g = [];
 }
 
+// The camera with its microphone; the camera alone when there is no microphone or it is refused.
+async function openCamera(w, h) {
+  const video = { width: w, height: h };
+  try {
+    return await navigator.mediaDevices.getUserMedia({ video, audio: true });
+  } catch (err) {
+    return await navigator.mediaDevices.getUserMedia({ video, audio: false });
+  }
+}
+
 async function connect() {
   await disconnect();
   showError("");
@@ -114,12 +124,17 @@ async function connect() {
   state.channel = channel;
   if (webcam) {
     const w = +(params.get("width") || 640), h = +(params.get("height") || 480);
-    state.camera = await navigator.mediaDevices.getUserMedia({ video: { width: w, height: h }, audio: false });
+    state.camera = await openCamera(w, h);
     pc.addTransceiver(state.camera.getVideoTracks()[0], { direction: "sendrecv" });
+    const mic = state.camera.getAudioTracks()[0];  // its sound comes back delayed with the video
+    pc.addTransceiver(mic || "audio", { direction: mic ? "sendrecv" : "recvonly" });
   } else {
     pc.addTransceiver("video", { direction: "recvonly" });
+    pc.addTransceiver("audio", { direction: "recvonly" });  // the source's audio, if it has any
   }
-  pc.ontrack = (ev) => { $("video").srcObject = ev.streams[0] || new MediaStream([ev.track]); };
+  const received = new MediaStream();
+  $("video").srcObject = received;
+  pc.ontrack = (ev) => received.addTrack(ev.track);
   pc.onconnectionstatechange = () => setStatus(`${state.stream}: ${pc.connectionState}`);
   await pc.setLocalDescription(await pc.createOffer());
   await waitIce(pc, 3000);
@@ -313,6 +328,11 @@ window.unseen = {
 
 // ------------------------------------------------------------------------------ wiring
 $("connect").onclick = () => connect().catch((e) => { showError(e.message); setStatus("not connected"); });
+$("sound").onclick = () => {  // muted until asked: autoplay, and no echo of a webcam's own microphone
+  const v = $("video");
+  v.muted = !v.muted;
+  $("sound").textContent = v.muted ? "Sound on" : "Sound off";
+};
 $("clear").onclick = () => control("clear", {}).then((r) => renderObjects(r.objects)).catch((e) => showError(e.message));
 $("video").addEventListener("pointerdown", onPointerDown);
 $("video").addEventListener("pointermove", onPointerMove);
