@@ -44,7 +44,7 @@ AWAY = 0.5  # ... as when less than this share of the mask lies in the grown box
 BOX_AGREE = 0.5  # overlaps the tracker's by less than this (IoU); the re-seeded mask is taken when larger than
 # what is left of the mask in the grown box
 CLIP_MIN = 0.01  # a bound that takes away less than this share of the mask is not applied
-RESEED = 0.03  # guidance that changes more than this share of a mask re-seeds the flow propagator with it
+RESEED = 0.1  # guidance that changes more than this share of a mask re-seeds the flow propagator with it
 DENSITY_RATE = 0.1  # how fast the object's area per box area follows the accepted masks as they grow ...
 DENSITY_DOWN = 0.02  # ... and as they shrink (slowly: a mask losing the object must not become the norm)
 CUT_SIZE = 256  # long side of the region the re-seeding GrabCut runs at
