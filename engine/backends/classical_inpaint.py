@@ -89,6 +89,11 @@ def _carry(fill: Image, offset: np.ndarray, inside: Mask, x: np.ndarray, y: np.n
     return ok, fill[by, bx].astype(np.float32), moved.astype(np.float32)
 
 
+def _camera(flow: np.ndarray) -> np.ndarray:
+    """The camera's motion in a flow: its median (objects cover less than half the frame), on every 4th pixel."""
+    return np.median(flow[::4, ::4].reshape(-1, 2), axis=0)
+
+
 class FlowGuidedInpainter(Inpainter):
     name = "classical"
 
@@ -144,7 +149,7 @@ class FlowGuidedInpainter(Inpainter):
         if before is None or before.shape != image.shape:
             return None
         flow = self._flows.flow(image, before)
-        camera = np.median(flow.reshape(-1, 2), axis=0)
+        camera = _camera(flow)
         moving = (((flow - camera) ** 2).sum(axis=2) > MOVING ** 2).astype(np.uint8)
         moving = cv2.dilate(moving, np.ones((5, 5), np.uint8))
         return cv2.resize(moving, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST) > 0
@@ -180,7 +185,7 @@ class FlowGuidedInpainter(Inpainter):
             flow = self._flows.flow(entry.frame.image, near.frame.image)
             small = cv2.resize(hole.astype(np.uint8), (flow.shape[1], flow.shape[0]),
                                interpolation=cv2.INTER_NEAREST) > 0
-            camera = np.median(flow.reshape(-1, 2), axis=0)
+            camera = _camera(flow)
             if small.sum() < 8 or np.hypot(*camera) > MOVING:
                 return None
             own = np.median(flow[small], axis=0)
@@ -237,7 +242,7 @@ class FlowGuidedInpainter(Inpainter):
         near = self._neighbour(entries[t])
         if near is not None:
             flow = self._flows.flow(image, near.frame.image)
-            own = np.median(flow.reshape(-1, 2), axis=0)
+            own = _camera(flow)
             limit = max(MOVING, 0.3 * float(np.hypot(*own)))  # (parallax of a moving camera is not motion)
             moving = (((flow - own) ** 2).sum(axis=2) > limit ** 2).astype(np.uint8)
             moving = cv2.dilate(moving, np.ones((5, 5), np.uint8))
