@@ -142,7 +142,7 @@ class FlowPropagator(Propagator):
                 self._area[oid] = (1 - AREA_ADAPT) * anchor + AREA_ADAPT * float(mask.sum())
             out[oid] = mask
             self._soft[oid] = soft
-        self._resolve_overlaps(out)
+        resolve_overlaps(out)
         self._prev = frame.image
         self._learn_background(small, out, still)  # before the look check: what it takes away is not
         # learned as background on the frame it leaves the object
@@ -164,7 +164,7 @@ class FlowPropagator(Propagator):
             warped = self._warp(soft, flow)
             out[oid] = warped > 0.5
             self._soft[oid] = warped
-        self._resolve_overlaps(out)
+        resolve_overlaps(out)
         self._prev = frame.image
         self._carry_looks(flow)
         return out
@@ -403,15 +403,17 @@ class FlowPropagator(Propagator):
             return mask  # the colour models disagree with the motion: trust the flow (no runaway growth)
         return out
 
-    def _resolve_overlaps(self, masks: dict[int, Mask]) -> None:
-        """A pixel belongs to one object: where masks overlap, the newer object (higher id) wins."""
-        taken = None
-        for oid in sorted(masks, reverse=True):
-            if taken is None:
-                taken = masks[oid].copy()
-                continue
-            masks[oid] = masks[oid] & ~taken
-            taken |= masks[oid]
+
+
+def resolve_overlaps(masks: dict[int, Mask]) -> None:
+    """A pixel belongs to one object: where masks overlap, the newer object (higher id) wins."""
+    taken = None
+    for oid in sorted(masks, reverse=True):
+        if taken is None:
+            taken = masks[oid].copy()
+            continue
+        masks[oid] = masks[oid] & ~taken
+        taken |= masks[oid]
 
 
 def create(variant: str | None, options: BackendOptions) -> FlowPropagator:

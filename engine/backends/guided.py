@@ -31,7 +31,7 @@ from unseen.weights.store import installed
 
 from ..flow import FlowCache, shared
 from ..stages import Box, Frame, Image, Mask, Propagator
-from .classical_propagate import FlowPropagator
+from .classical_propagate import FlowPropagator, resolve_overlaps
 from .nanotrack import NanoTracker, TrackedBox
 from .registry import BackendError, BackendOptions
 
@@ -146,7 +146,7 @@ class GuidedPropagator(Propagator):
             if new is not mask:
                 changed |= int((new ^ mask).sum()) > RESEED * max(1, int(mask.sum()))
                 masks[oid] = new
-        _resolve_overlaps(masks)
+        resolve_overlaps(masks)
         if changed:  # the flow goes on from the guided masks (its colour models are learned again)
             self._flow.seed(frame, masks)
         return masks
@@ -324,17 +324,6 @@ def _from_box(image: Image, box: Box, colour: np.ndarray) -> Mask:
     full = cv2.resize(keep[labels].astype(np.uint8), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
     out[y0:y1, x0:x1] = full > 0
     return out
-
-
-def _resolve_overlaps(masks: dict[int, Mask]) -> None:
-    """A pixel belongs to one object: the newer object (higher id) wins, as in the flow propagator."""
-    taken = None
-    for oid in sorted(masks, reverse=True):
-        if taken is None:
-            taken = masks[oid].copy()
-            continue
-        masks[oid] = masks[oid] & ~taken
-        taken |= masks[oid]
 
 
 def create(variant: str | None, options: BackendOptions) -> GuidedPropagator:
