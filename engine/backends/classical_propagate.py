@@ -404,7 +404,6 @@ class FlowPropagator(Propagator):
         return out
 
 
-
 def resolve_overlaps(masks: dict[int, Mask]) -> None:
     """A pixel belongs to one object: where masks overlap, the newer object (higher id) wins."""
     taken = None
