@@ -4,7 +4,8 @@ Protocol: for every clip whose masks are segmentation ground truth (dilated inpa
 skipped) and every object id in its first mask, two prompts on frame 0, each segmented on its own:
 one positive click at the object's most interior pixel (maximum of the distance transform), and a
 box, the object's ground-truth bounding box padded by 5% of its width and height on each side
-(clipped to the frame).  As in the product, the frame 2 later is given as a motion neighbour.
+(clipped to the frame).  As in the product (``unseen run``: a prompt waits for the frames after it), the
+frames 3, 6 and 12 later are given as motion neighbours (engine/pipeline.py NEIGHBOUR_OFFSETS).
 J is the IoU with the first mask; a prompt that selects nothing scores 0.  Overall: the mean over
 all objects; time: the mean wall and CPU (this process) time of one segmentation.
 """
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from unseen.engine.backends import registry
+from unseen.engine.pipeline import NEIGHBOUR_OFFSETS
 from unseen.engine.stages import Box, Click, Frame, SelectionError
 from unseen.engine.synthetic import interior_point
 
@@ -27,7 +29,6 @@ from .metrics import jaccard, mean
 log = logging.getLogger("unseen.benchmarks")
 
 BOX_PAD = 0.05  # of the object's box width and height, on each side
-NEIGHBOUR = 2  # frame index of the motion neighbour
 
 
 @dataclass(frozen=True)
@@ -62,10 +63,10 @@ def _score(segmenter, frame: Frame, neighbours: list[Frame], prompt: Prompt, gt:
 
 
 def _segment_clip(clip, segmenter) -> dict:
-    frames = clip.read_frames(NEIGHBOUR + 1)
+    frames = clip.read_frames(max(NEIGHBOUR_OFFSETS) + 1)
     labels = clip.read_labels(1)[0]
     f0 = Frame(0, frames[0])
-    neighbours = [Frame(NEIGHBOUR, frames[NEIGHBOUR])] if len(frames) > NEIGHBOUR else []
+    neighbours = [Frame(k, frames[k]) for k in NEIGHBOUR_OFFSETS if 0 < k < len(frames)]
     objects = []
     for oid in (int(i) for i in np.unique(labels) if i != 0):
         gt = labels == oid

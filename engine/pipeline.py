@@ -38,6 +38,7 @@ __all__ = ["EmitJob", "OutputFrame", "Pipeline", "PipelineConfig", "PromptError"
            "FramePrompt", "ObjectState", "check_box", "check_inside", "clip_box", "RECENT_STAGE_SAMPLES"]
 
 log = logging.getLogger("unseen.pipeline")
+NEIGHBOUR_OFFSETS = (12, -12, 6, -6, 3, -3)  # frames around a prompt's frame given to the segmenter (motion cues)
 
 MAX_CATCHUP_STRIDE = 2  # frames skipped at most when re-propagating through frames already sent
 MAX_PENDING_PROMPTS = 32  # prompts queued or being segmented per stream (drop policy: refuse new ones)
@@ -362,8 +363,7 @@ class Pipeline:
         oid = self._target(action.object_id)
         prompt = _merged(self.objects.get(oid), index, action.clicks, box, held.masks.get(oid))
         tracked = _to_correct(self.objects.get(oid), index, prompt, held.masks.get(oid))
-        neighbours = [self._held[i].frame for i in (index + 12, index - 12, index + 6, index - 6, index + 3, index - 3)
-                      if i in self._held]
+        neighbours = [self._held[index + k].frame for k in NEIGHBOUR_OFFSETS if index + k in self._held]
         earlier = [self._held[i].frame for i in sorted(self._held, reverse=True) if i < index][:self.config.history]
         if self._prompt_thread is not None and not final:  # live: segment off the frame path, apply when done
             action.on_frame, action.prompt = held.frame, prompt

@@ -9,6 +9,7 @@ import pytest
 from unseen.benchmarks.data import discover
 from unseen.benchmarks.segment import gt_box, prompts
 from unseen.engine.backends.classical_segment import ClassicalSegmenter
+from unseen.engine.pipeline import NEIGHBOUR_OFFSETS
 from unseen.engine.stages import Click, Frame, SelectionError
 from unseen.engine.synthetic import iou, make_clip
 
@@ -76,11 +77,13 @@ def test_box_wholly_off_the_object_is_refused():
 
 @pytest.mark.slow
 def test_first_frame_j_on_blackswan(shared_data):
+    """As the product prompts frame 0 of a file: the frames 3, 6 and 12 after it are its motion neighbours."""
     clip = next(c for c in discover(shared_data) if c.name == "blackswan")
-    frames, truth = clip.read_frames(3), clip.read_labels(1)[0] == 1
+    frames, truth = clip.read_frames(max(NEIGHBOUR_OFFSETS) + 1), clip.read_labels(1)[0] == 1
+    neighbours = [Frame(k, frames[k]) for k in NEIGHBOUR_OFFSETS if k > 0]
     given = prompts(truth)
     seg = ClassicalSegmenter()
-    by_box = seg.segment(Frame(0, frames[0]), [], neighbours=[Frame(2, frames[2])], box=given["box"].box)
-    by_click = seg.segment(Frame(0, frames[0]), list(given["click"].clicks), neighbours=[Frame(2, frames[2])])
-    assert iou(by_box, truth) >= 0.65  # measured 0.801 (2026-12-03)
-    assert iou(by_click, truth) >= 0.55  # measured 0.681
+    by_box = seg.segment(Frame(0, frames[0]), [], neighbours=neighbours, box=given["box"].box)
+    by_click = seg.segment(Frame(0, frames[0]), list(given["click"].clicks), neighbours=neighbours)
+    assert iou(by_box, truth) >= 0.62  # measured 0.681 (2026-12-03)
+    assert iou(by_click, truth) >= 0.52  # measured 0.589
