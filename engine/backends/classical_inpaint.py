@@ -305,7 +305,15 @@ class FlowGuidedInpainter(Inpainter):
                 colour[ok] = _sample(source, px[ok], py[ok])
                 done[ok] = True
 
-        counted = 0
+        # a still camera's background, where it was seen calm and free of every object: first, as the window's
+        # frames show what the masks missed of the object (its remains) where the model shows the background
+        if self.background.ready:
+            assert self.background.known is not None and self.background.image is not None
+            known = self.background.known[ys, xs]
+            colour[known] = self.background.image[ys[known], xs[known]]
+            done |= known
+        self.filled["background"] += int(done.sum())
+        counted = int(done.sum())
         s = self._scale
         # walk forward and backward along the completed consecutive flows, nearest frames first
         walkers = []
@@ -327,15 +335,6 @@ class FlowGuidedInpainter(Inpainter):
                 wk["alive"] &= (wk["x"] >= 0) & (wk["y"] >= 0) & (wk["x"] <= w - 1) & (wk["y"] <= h - 1)
                 take(entries[j].frame.image, wk["x"], wk["y"], wk["alive"], self._hole_of(entries[j]))
         self.filled["window"] += int(done.sum()) - counted
-        counted = int(done.sum())
-        # a still camera's background, where it was seen calm and free of every object (after the window:
-        # what moves behind the hole now, another object passing, is there and not in the model)
-        if self.background.ready and not done.all():
-            assert self.background.known is not None and self.background.image is not None
-            known = self.background.known[ys, xs] & ~done
-            colour[known] = self.background.image[ys[known], xs[known]]
-            done |= known
-        self.filled["background"] += int(done.sum()) - counted
         counted = int(done.sum())
         # past reference frames: a direct flow to each, newest first
         for ref in reversed(list(request.references)):
