@@ -97,9 +97,8 @@ def test_rtsp_pull_click_republish_and_reconnect(gst, tmp_path):
             # showed the background differs from it too, and is not the object
             gone = [int(object_like(f, background, frames, masks).sum()) for f in late]
             area = int(np.mean([m.sum() for m in masks]))
-            # the classical backends on a loaded 2-core machine leave some of the object (drops, cheap fills):
-            # require most of it gone on most frames
-            assert np.median(gone) < 0.5 * area, \
+            # at most 2% of the object left on every frame (degraded steps included)
+            assert max(gone) <= 0.02 * area, \
                 f"object pixels after removal {gone}, object area {area}; stream state {json.dumps(state(base))[:800]}"
             trail = np.logical_or.reduce([m for m in masks])
             trail = np.pad(trail, 12)[:H + 12, :W + 12][6:H + 6, 6:W + 6] | trail  # a margin around its path

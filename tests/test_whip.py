@@ -32,7 +32,7 @@ pytestmark = pytest.mark.timeout(180)
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 W, H, FPS = 320, 192, 15
-REMOVED = 0.5  # object pixels left after the click, as a fraction of its area (as tests/test_browser.py)
+REMOVED = 0.02  # object pixels left after the click on any watched frame, as a fraction of its area (as test_browser)
 HISTORY = 40  # frames through the stream before the click: held frames that saw the background behind it
 
 
@@ -218,7 +218,7 @@ def test_aiortc_publishes_over_whip_watches_over_whep_and_the_click_removes_the_
                 residual = [int(object_like(f, background, frames, masks).sum()) for f in
                             await watcher.next_frames(10)]
                 print(f"\nWHIP -> WHEP {W}x{H}: object px after the click {residual} (area {area})")
-                assert np.median(residual) < REMOVED * area, f"the object is still there: {residual} of {area}"
+                assert max(residual) <= REMOVED * area, f"the object is still there: {residual} of {area}"
 
                 await until_state(c, "cam", lambda st: st["viewers"] == 2, "the publisher and the viewer")
                 assert (await c.delete(whep, headers=AUTH)).status == 200
@@ -429,7 +429,7 @@ def test_chromium_publishes_over_whip_and_watches_over_whep_with_the_object_remo
             residual = [int(object_like(f, background, frames, masks).sum()) for f in page_frames(watcher, 10)]
             print(f"\nChromium WHIP -> WHEP {W}x{H}: object px before "
                   f"{int(object_like(seen, background, frames, masks).sum())}, after {residual} (area {area})")
-            assert np.median(residual) < REMOVED * area, f"the object is still there: {residual} of {area}"
+            assert max(residual) <= REMOVED * area, f"the object is still there: {residual} of {area}"
 
             assert watcher.evaluate("window.end()") == 200
             poll(base, "/api/streams/cam", lambda st: st["viewers"] == 1, "the page viewer's slot freed by DELETE")
