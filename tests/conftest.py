@@ -9,6 +9,7 @@ import av
 import numpy as np
 import pytest
 
+from support.browser import launch
 from unseen.engine.synthetic import make_clip
 
 SHARED = Path(os.environ.get("UNSEEN_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
@@ -68,3 +69,9 @@ def write_av(path: Path, frames: list[np.ndarray], rate: int = 24, *, audio: boo
 def clip_video(tmp_path_factory, clip) -> Path:
     """The synthetic clip as an H.264 mp4 with an AAC audio track."""
     return write_av(tmp_path_factory.mktemp("video") / "clip.mp4", clip.frames, audio=True)
+
+
+@pytest.fixture(scope="module")
+def playwright_browser(tmp_path_factory):
+    """A headless Chromium with a fake webcam of the still scene: ``(browser, (frames, background, masks))``."""
+    yield from launch(tmp_path_factory)

@@ -8,12 +8,12 @@ import asyncio
 import numpy as np
 import pytest
 from support.app_client import SYNTH, client, run, settings, wait_frames
+from support import browser as chromium
 
 from unseen.client.control import Control
 from unseen.engine.pipeline import Pipeline, PipelineConfig, PromptError
 from unseen.engine.stages import Click, Frame, Inpainter, Propagator, Segmenter
 from unseen.server.cli import BoxArg, ClickArg, build_parser, main, parse_box, plan_prompts
-from test_browser import playwright_browser  # noqa: F401 - the fixture (a headless Chromium with a fake webcam)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -313,19 +313,20 @@ def _page_point(page, x: float, y: float) -> tuple[float, float]:
 def test_dragging_a_box_in_the_page_prompts_with_it(playwright_browser, tmp_path):
     """A drag in the page sends a box (a new object that reports it); a press that barely moves stays a click."""
     from support.live import free_port, object_pixels, running, unseen_cmd
-    from test_browser import ENV, H, W, grab, wait_for
 
     _, (_, background, _) = playwright_browser
     browser = playwright_browser[0]
     port = free_port()
-    with running(unseen_cmd("serve", "--port", str(port)), tmp_path / "serve.log", env=ENV, port=port, timeout=60):
+    with running(unseen_cmd("serve", "--port", str(port)), tmp_path / "serve.log", env=chromium.ENV, port=port,
+                 timeout=60):
         page = browser.new_page(viewport={"width": 1100, "height": 700})
         try:
-            page.goto(f"http://127.0.0.1:{port}/?source=webcam&name=cam&width={W}&height={H}&autoplay=1",
-                      timeout=30000)
-            wait_for(page, "window.unseen.stats().offset !== null && document.getElementById('video').videoWidth > 0",
-                     40, "processed video with frame metadata")
-            ys, xs = np.nonzero(object_pixels(grab(page), background))
+            size = f"width={chromium.W}&height={chromium.H}"
+            page.goto(f"http://127.0.0.1:{port}/?source=webcam&name=cam&{size}&autoplay=1", timeout=30000)
+            chromium.wait_for(page, "window.unseen.stats().offset !== null && "
+                                    "document.getElementById('video').videoWidth > 0", 40,
+                              "processed video with frame metadata")
+            ys, xs = np.nonzero(object_pixels(chromium.grab(page), background))
             assert len(xs), "the object is not in the page's video"
             corners = (xs.min() - 6, ys.min() - 6, xs.max() + 6, ys.max() + 6)
             page.mouse.move(*_page_point(page, *corners[:2]))
@@ -333,9 +334,10 @@ def test_dragging_a_box_in_the_page_prompts_with_it(playwright_browser, tmp_path
             page.mouse.move(*_page_point(page, *corners[2:]), steps=8)
             assert page.evaluate("!document.getElementById('rubber').hidden")  # the band follows the drag
             page.mouse.up()
-            objects = wait_for(page, "(window.unseen.state.objects || []).filter((o) => o.box)", 60,
+            objects = chromium.wait_for(page, "(window.unseen.state.objects || []).filter((o) => o.box)", 60,
                                "the box to create an object")
-            expected = [max(0, corners[0]), max(0, corners[1]), min(W, corners[2]), min(H, corners[3])]
+            expected = [max(0, corners[0]), max(0, corners[1]), min(chromium.W, corners[2]),
+                        min(chromium.H, corners[3])]
             assert objects[0]["box"] == pytest.approx(expected, abs=1.5) and objects[0]["clicks"] == 0
             assert page.evaluate("document.getElementById('rubber').hidden")
             x, y = _page_point(page, xs.mean(), ys.mean())
@@ -343,7 +345,8 @@ def test_dragging_a_box_in_the_page_prompts_with_it(playwright_browser, tmp_path
             page.mouse.down()
             page.mouse.move(x + 2, y + 1, steps=2)  # under the drag threshold: a click, a second object
             page.mouse.up()
-            wait_for(page, "(window.unseen.state.objects || []).length == 2", 60, "the click to create an object")
+            chromium.wait_for(page, "(window.unseen.state.objects || []).length == 2", 60,
+                              "the click to create an object")
             assert page.evaluate("window.unseen.stats().error") == ""
         finally:
             page.close()

@@ -23,7 +23,7 @@ from av import VideoFrame
 
 from support.app_client import SYNTH, client, run, settings
 from support.live import free_port, object_like, object_pixels, running, static_scene, unseen_cmd
-from test_browser import ENV, playwright_browser  # noqa: F401 - the Chromium fixture (and its fake camera)
+from support.browser import ENV
 from unseen.client.control import ControlError, rest
 from unseen.engine.synthetic import interior_point
 
