@@ -79,11 +79,11 @@ class BackgroundModel:
         if moving is not None:
             calm &= ~moving
         if occupied is not None and occupied.any():
-            near = cv2.dilate(occupied.astype(np.uint8), cv2.getStructuringElement(
-                cv2.MORPH_ELLIPSE, (2 * CLEARANCE + 1,) * 2)) > 0
+            near = cv2.dilate(occupied.astype(np.uint8), np.ones((2 * CLEARANCE + 1,) * 2, np.uint8)) > 0
             calm &= ~near
         assert self._calm is not None and self.known is not None
-        self._calm = np.where(calm, np.minimum(self._calm, 254) + 1, 0).astype(np.uint8)
+        self._calm = cv2.add(self._calm, 1, mask=calm.view(np.uint8))  # (saturates at 255)
+        self._calm[~calm] = 0
         learn = self._calm >= self.stable
         if not learn.any():
             return

@@ -137,8 +137,7 @@ class FlowGuidedInpainter(Inpainter):
                 present.add(oid)
         self.background.update(image, occupied, self._moved(image, self.background.previous))
         for oid in present - self._objects:
-            grown = cv2.dilate(masks[oid].astype(np.uint8), cv2.getStructuringElement(
-                cv2.MORPH_ELLIPSE, (4 * CLEARANCE + 1,) * 2)) > 0
+            grown = cv2.dilate(masks[oid].astype(np.uint8), np.ones((4 * CLEARANCE + 1,) * 2, np.uint8)) > 0
             self.background.forget(grown, image)
         self._objects = present
         self._occupied = (entry.frame.index, occupied)
@@ -173,26 +172,33 @@ class FlowGuidedInpainter(Inpainter):
         i = entry.frame.index
         return self._entries.get(i - 1) or self._entries.get(i + 1)
 
-    def _with_object(self, entry: WindowEntry, hole: Mask) -> Mask | None:
-        """At flow size, the pixels of ``entry``'s frame that move as the hole's object does (its flow's
-        median; a still one's stay still) towards the frames before and after it in the window; None
+    def _with_object(self, entry: WindowEntry, hole: Mask, box: tuple[int, int, int, int]) -> Mask | None:
+        """In ``box`` (y0, y1, x0, x1) of ``entry``'s frame, the pixels that move as the hole's object does (its
+        flow's median; a still one's stay still) towards the frames before and after it in the window; None
         without a neighbour frame, or when the camera moves (its parallax: no evidence)."""
         i = entry.frame.index
+        y0, y1, x0, x1 = box
         along = None
         for near in (self._entries.get(i - 1), self._entries.get(i + 1)):
             if near is None:
                 continue
             flow = self._flows.flow(entry.frame.image, near.frame.image)
-            small = cv2.resize(hole.astype(np.uint8), (flow.shape[1], flow.shape[0]),
+            k = flow.shape[0] / hole.shape[0]
+            fy0, fy1 = int(y0 * k), max(int(y0 * k) + 1, int(np.ceil(y1 * k)))
+            fx0, fx1 = int(x0 * k), max(int(x0 * k) + 1, int(np.ceil(x1 * k)))
+            crop = flow[fy0:fy1, fx0:fx1]
+            small = cv2.resize(hole[y0:y1, x0:x1].astype(np.uint8), (crop.shape[1], crop.shape[0]),
                                interpolation=cv2.INTER_NEAREST) > 0
             camera = _camera(flow)
             if small.sum() < 8 or np.hypot(*camera) > MOVING:
                 return None
-            own = np.median(flow[small], axis=0)
+            own = np.median(crop[small], axis=0)
             limit = max(MOVING, 0.5 * float(np.hypot(*(own - camera))))
-            with_it = ((flow - own) ** 2).sum(axis=2) < limit ** 2
+            with_it = ((crop - own) ** 2).sum(axis=2) < limit ** 2
             along = with_it if along is None else along & with_it
-        return along
+        if along is None:
+            return None
+        return cv2.resize(along.astype(np.uint8), (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST) > 0
 
     def _remains(self, entry: WindowEntry, hole: Mask) -> Mask:
         """Pixels beside ``hole`` that touch it, differ from the known background and do not move otherwise
@@ -212,9 +218,9 @@ class FlowGuidedInpainter(Inpainter):
         near = cv2.dilate(box, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1,) * 2)) > 0
         sub = self.background.differs(np.ascontiguousarray(image[y0:y1, x0:x1]), REMAIN_DIFF,
                                       (slice(y0, y1), slice(x0, x1)))
-        along = self._with_object(entry, hole)
+        along = self._with_object(entry, hole, (y0, y1, x0, x1))
         if along is not None:  # what moves otherwise than the object beside it is something else
-            sub &= cv2.resize(along.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)[y0:y1, x0:x1] > 0
+            sub &= along
         if not sub.any():
             return out
         candidate = cv2.morphologyEx((sub & near & (box == 0)).astype(np.uint8), cv2.MORPH_OPEN,
