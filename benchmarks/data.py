@@ -77,6 +77,14 @@ class Clip:
         return out
 
 
+def segmentation_clips(clips: list[Clip]) -> tuple[list[Clip], list[dict]]:
+    """The clips whose masks are segmentation ground truth, and why each clip with dilated masks is skipped."""
+    tight = [c for c in clips if c.tight_masks]
+    skipped = [{"clip": c.name, "reason": "masks are dilated inpainting holes, not segmentation GT"}
+               for c in clips if c.has_masks and c.dilated]
+    return tight, skipped
+
+
 def _provenance_dilated(data: Path) -> set[str]:
     """Clip names whose PROVENANCE.md summary row says their masks are dilated."""
     path = data / "PROVENANCE.md"

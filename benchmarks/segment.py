@@ -24,6 +24,7 @@ from unseen.engine.synthetic import interior_point
 
 from . import report
 from .common import Context
+from .data import segmentation_clips
 from .metrics import jaccard, mean
 
 log = logging.getLogger("unseen.benchmarks")
@@ -98,13 +99,9 @@ def run(ctx: Context) -> dict:
     segmenter = registry.create("segmenter", ctx.backends.segmenter, ctx.options())
     result["backends"] = {"segmenter": segmenter.name}
     result["protocol"] = __doc__.split("\n\n", 1)[1].strip()
-    clips, skipped = [], []
-    for clip in ctx.clips:
-        if not clip.has_masks:
-            continue
-        if clip.dilated:
-            skipped.append({"clip": clip.name, "reason": "masks are dilated inpainting holes, not segmentation GT"})
-            continue
+    clips = []
+    tight, skipped = segmentation_clips(ctx.clips)
+    for clip in tight:
         r = _segment_clip(clip, segmenter)
         ctx.say(f"[segment] {clip.name}: {len(r['objects'])} object(s), click J {r['click_J']:.3f} "
                 f"({r['click_ms']:.0f} ms), box J {r['box_J']:.3f} ({r['box_ms']:.0f} ms)")

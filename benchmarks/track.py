@@ -38,6 +38,7 @@ from unseen.engine.synthetic import interior_point
 
 from . import report
 from .common import Context
+from .data import segmentation_clips
 from .metrics import f_measure, jaccard, mean
 
 log = logging.getLogger("unseen.benchmarks")
@@ -298,13 +299,9 @@ def _overall(clips: list[ClipResult]) -> dict:
 
 def _load(ctx: Context, limit: int | None) -> tuple[list, list[dict]]:
     """(name, frames, labels) of every clip with segmentation ground truth; the skipped clips."""
-    loaded, skipped = [], []
-    for clip in ctx.clips:
-        if not clip.has_masks:
-            continue
-        if clip.dilated:
-            skipped.append({"clip": clip.name, "reason": "masks are dilated inpainting holes, not segmentation GT"})
-            continue
+    loaded = []
+    tight, skipped = segmentation_clips(ctx.clips)
+    for clip in tight:
         frames = clip.read_frames(limit)
         labels = clip.read_labels(len(frames))
         n = min(len(frames), len(labels))
