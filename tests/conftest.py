@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from support.browser import launch
+from support.live import gst_missing
 from unseen.engine.synthetic import make_clip
 
 SHARED = Path(os.environ.get("UNSEEN_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
@@ -75,3 +76,11 @@ def clip_video(tmp_path_factory, clip) -> Path:
 def playwright_browser(tmp_path_factory):
     """A headless Chromium with a fake webcam of the still scene: ``(browser, (frames, background, masks))``."""
     yield from launch(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def gst():
+    """Skips unless Debian's GStreamer RTSP server runs here (tests/support/ci_services.sh installs it)."""
+    reason = gst_missing()
+    if reason:
+        pytest.skip(reason)

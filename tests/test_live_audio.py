@@ -29,7 +29,7 @@ from aiortc.mediastreams import MediaStreamError
 from unseen.engine.audio import AudioChunk, AudioFormat, AudioInput
 from unseen.engine.media import Source
 from unseen.engine.streams import AudioLine
-from support.live import SYSTEM_PYTHON, Proc, free_port, gst_missing, running, unseen_cmd, wait_port, wait_state
+from support.live import SYSTEM_PYTHON, Proc, free_port, running, unseen_cmd, wait_port, wait_state
 from unseen.server import config as cfg
 from unseen.server.live import LiveStream
 from unseen.server.metrics import Metrics
@@ -54,13 +54,6 @@ def _missing() -> str | None:
 @pytest.fixture(scope="module")
 def ffmpeg():
     reason = _missing()
-    if reason:
-        pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def gst(ffmpeg):
-    reason = gst_missing()
     if reason:
         pytest.skip(reason)
 
@@ -157,7 +150,7 @@ def serve_through_rtsp(tmp_path: Path, clip: Path, audio: str, record: str, seco
 @pytest.mark.rtsp
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_rtsp_g711_in_rtsp_and_mp4_out_keep_every_beep_on_its_flash_for_60_s(gst, tmp_path):
+def test_rtsp_g711_in_rtsp_and_mp4_out_keep_every_beep_on_its_flash_for_60_s(gst, ffmpeg, tmp_path):
     clip = make_clip(tmp_path / "clip.mkv", 64, 5, "pcmu")
     src_flashes, src_beeps = flashes_and_beeps(clip)
     assert len(src_flashes) == len(src_beeps) == 13
@@ -176,7 +169,8 @@ def test_rtsp_g711_in_rtsp_and_mp4_out_keep_every_beep_on_its_flash_for_60_s(gst
 @pytest.mark.parametrize("audio, record, recorded_codec", [("aac", "recorded.mkv", "aac"),
                                                            ("opus", "recorded.mp4", "opus"),
                                                            ("pcma", "recorded.mkv", "pcm_s16le")])
-def test_rtsp_aac_opus_and_alaw_in_are_copied_out_in_sync(gst, tmp_path, audio, record, recorded_codec):
+def test_rtsp_aac_opus_and_alaw_in_are_copied_out_in_sync(gst, ffmpeg, tmp_path, audio, record,
+                                                          recorded_codec):
     clip = make_clip(tmp_path / "clip.mkv", 12, 2, audio)
     received, recorded = serve_through_rtsp(tmp_path, clip, audio, record, 12)
     name = AUDIO_CODECS[audio][0].replace("libopus", "opus")

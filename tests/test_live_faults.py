@@ -17,7 +17,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 import test_rtsp as rtsp  # its server script, reader and availability probe
-from support.live import SYSTEM_PYTHON, Proc, free_port, gst_missing, running, static_scene, wait_port, write_pngs
+from support.live import SYSTEM_PYTHON, Proc, free_port, running, static_scene, wait_port, write_pngs
 from unseen.server import config as cfg
 from unseen.server.live import LiveStream, StreamError
 from unseen.server.metrics import Metrics
@@ -200,13 +200,6 @@ def test_a_viewer_that_vanishes_frees_its_slot_and_the_others_go_on():
 
 
 # ------------------------------------------------------------------------------ RTSP faults
-@pytest.fixture(scope="module")
-def gst():
-    reason = gst_missing()
-    if reason:
-        pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def clip_pattern(tmp_path_factory) -> str:
     frames, _, _ = static_scene(W, H, FPS, frames=30)

@@ -17,7 +17,7 @@ import av
 import numpy as np
 import pytest
 
-from support.live import (SYSTEM_PYTHON, Proc, free_port, gst_missing, object_like, object_pixels, running, static_scene,
+from support.live import (SYSTEM_PYTHON, Proc, free_port, object_like, object_pixels, running, static_scene,
                           unseen_cmd, wait_port, wait_state, write_pngs)
 from unseen.client.control import Control, rest
 from unseen.server.live import LIVE_QUEUE_ITEMS
@@ -28,13 +28,6 @@ pytestmark = [pytest.mark.rtsp, pytest.mark.slow, pytest.mark.timeout(240)]
 W, H, FPS = 320, 192, 15
 SERVER = Path(__file__).parent / "support" / "rtsp_server.py"
 PYAV_RTSP = {"rtsp_transport": "tcp", "probesize": "32768", "analyzeduration": "0", "fflags": "nobuffer"}
-
-
-@pytest.fixture(scope="module")
-def gst():
-    reason = gst_missing()
-    if reason:
-        pytest.skip(reason)
 
 
 def read_frames(url: str, n: int, timeout: float = 20.0) -> tuple[list[np.ndarray], list[float]]:
