@@ -1,6 +1,7 @@
 """Suite *live*: a real clip served live through a real RTSP relay, one object removed.
 
-Protocol (the real-time issue's live check).  ``dog-walk-720p`` scaled to 854x480 at 25 fps (H.264
+Protocol (the real-time issue's live check).  ``dog-walk-720p`` scaled to 854x480 (or the first of
+``--resolutions``; the click scaled with it) at 25 fps (H.264
 without B-frames, a keyframe every 2 s; made once with Debian's ffmpeg into ``<results>/_cache``) is
 published in real time and looped by ffmpeg (``-re -stream_loop -1 -c copy``) into GStreamer's RTSP
 relay (``tests/support/rtsp_server.py --relay``, run with Debian's python3, which has gi).
@@ -41,8 +42,13 @@ from .reliability import ServeProcess, free_port, scan_log
 
 log = logging.getLogger("unseen.benchmarks")
 
-SIZE, FPS, GOP = (854, 480), 25, 50
-CLICK = {"x": 230, "y": 264, "frame": 2}
+SIZE, FPS, GOP = (854, 480), 25, 50  # the size: the first of --resolutions when given
+CLICK = {"x": 230, "y": 264, "frame": 2}  # at SIZE; scaled with it
+
+
+def click_at(size: tuple[int, int]) -> dict:
+    """The click on the woman at ``size`` = (w, h)."""
+    return dict(CLICK, x=round(CLICK["x"] * size[0] / SIZE[0]), y=round(CLICK["y"] * size[1] / SIZE[1]))
 SECONDS = (20, 120)  # quick, full
 RELAY_SCRIPT = Path(__file__).resolve().parents[1] / "tests" / "support" / "rtsp_server.py"
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -87,16 +93,16 @@ class LiveResult:
     samples: list[Sample] = field(default_factory=list)
 
 
-def _prepare(ctx: Context) -> tuple[Path, Path]:
+def _prepare(ctx: Context, size: tuple[int, int]) -> tuple[Path, Path]:
     clip = next((c for c in ctx.clips if c.name == "dog-walk-720p"), None)
     if clip is None or not clip.source.is_file():
         raise FileNotFoundError(f"dog-walk-720p (a video) not found in {ctx.data}; give --data with it")
     cache = ctx.results / "_cache"
     cache.mkdir(parents=True, exist_ok=True)
-    out = cache / f"dog-walk-{SIZE[0]}x{SIZE[1]}-{FPS}fps-g{GOP}.mp4"
+    out = cache / f"dog-walk-{size[0]}x{size[1]}-{FPS}fps-g{GOP}.mp4"
     if not out.exists():
         subprocess.run([FFMPEG, "-v", "error", "-y", "-i", str(clip.source), "-vf",
-                        f"scale={SIZE[0]}:{SIZE[1]},fps={FPS}", "-c:v", "libx264", "-preset", "veryfast", "-crf", "18",
+                        f"scale={size[0]}:{size[1]},fps={FPS}", "-c:v", "libx264", "-preset", "veryfast", "-crf", "18",
                         "-bf", "0", "-g", str(GOP), "-keyint_min", str(GOP), "-sc_threshold", "0", "-an",
                         str(out)], check=True)
     return clip.source, out
@@ -120,7 +126,7 @@ async def _state(session: aiohttp.ClientSession, url: str) -> dict:
         return await r.json()
 
 
-async def _drive(serve: ServeProcess, seconds: float) -> tuple[list[Sample], int | None]:
+async def _drive(serve: ServeProcess, seconds: float, click: dict) -> tuple[list[Sample], int | None]:
     """Click on frame 2 as soon as it arrived, then sample the stream every second."""
     samples: list[Sample] = []
     click_frame = None
@@ -130,11 +136,11 @@ async def _drive(serve: ServeProcess, seconds: float) -> tuple[list[Sample], int
             if time.monotonic() > deadline:
                 raise RuntimeError(f"no frames from the relay in 60 s; serve log:\n{serve.tail()}")
             await asyncio.sleep(0.05)
-        async with s.post(serve.url + "/api/streams/cam/objects", json=CLICK) as r:
+        async with s.post(serve.url + "/api/streams/cam/objects", json=click) as r:
             body = await r.json()
             if r.status != 200:
                 raise RuntimeError(f"the click failed: {body}")
-        click_frame = CLICK["frame"]
+        click_frame = click["frame"]
         t0 = time.monotonic()
         while time.monotonic() - t0 < seconds:
             await asyncio.sleep(1.0)
@@ -147,7 +153,8 @@ async def _drive(serve: ServeProcess, seconds: float) -> tuple[list[Sample], int
 
 
 def _small(image: np.ndarray) -> np.ndarray:
-    return cv2.resize(image, (SIZE[0] // 4, SIZE[1] // 4), interpolation=cv2.INTER_AREA).astype(np.int16)
+    h, w = image.shape[:2]
+    return cv2.resize(image, (w // 4, h // 4), interpolation=cv2.INTER_AREA).astype(np.int16)
 
 
 def _robust_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -217,7 +224,9 @@ def run(ctx: Context, seconds: float | None = None) -> dict:
         if not Path(tool).exists():
             raise FileNotFoundError(f"{tool} not found; the live suite needs Debian's ffmpeg and GStreamer RTSP "
                                     f"server (tests/support/ci_services.sh) and a checkout with tests/")
-    source_clip, clip = _prepare(ctx)
+    size = ctx.resolutions[0] if ctx.resolutions else SIZE
+    click = click_at(size)
+    source_clip, clip = _prepare(ctx, size)
     folder = Path(tempfile.mkdtemp(prefix="unseen-live-"))
     port = free_port()
     relay = subprocess.Popen([SYSTEM_PYTHON, str(RELAY_SCRIPT), "--relay", "--port", str(port)],
@@ -233,7 +242,7 @@ def run(ctx: Context, seconds: float | None = None) -> dict:
                                       "outputs": {"cam": {"record": str(recording)}}})
         asyncio.run(serve.start())
         try:
-            samples, click_frame = asyncio.run(_drive(serve, seconds))
+            samples, click_frame = asyncio.run(_drive(serve, seconds, click))
             final = asyncio.run(_final(serve))
         finally:
             stop = serve.stop()
@@ -246,10 +255,10 @@ def run(ctx: Context, seconds: float | None = None) -> dict:
     mads = _compare(recording, clip, skip=final["delay_frames"] + 5) if recording.exists() else []
     result = _summarise(samples, final, mads, click_frame, errors, len(mads), seconds)
     out = ctx.header("live")
-    out.update({"protocol": {"clip": str(source_clip), "size": SIZE, "fps": FPS, "gop": GOP, "click": CLICK,
+    out.update({"protocol": {"clip": str(source_clip), "size": size, "fps": FPS, "gop": GOP, "click": click,
                              "seconds": seconds, "backends": "classical", "targets": TARGETS},
                 "result": asdict(result), "stop": stop})
-    ctx.say(_table(result))
+    ctx.say(_table(result, size))
     ctx.finish("live", out, started)
     return out
 
@@ -259,7 +268,7 @@ async def _final(serve: ServeProcess) -> dict:
         return await _state(s, serve.url)
 
 
-def _table(r: LiveResult) -> str:
+def _table(r: LiveResult, size: tuple[int, int]) -> str:
     rows = [
         ["frames in / out / dropped", f"{r.frames_in} / {r.frames_out} / {r.dropped}"],
         ["degraded (fill / tracking / stale)", f"{r.degraded} ({json.dumps(r.degradation)})"],
@@ -271,4 +280,4 @@ def _table(r: LiveResult) -> str:
         ["output fps (median)", report.fmt(r.fps_median)],
         ["unhandled errors in the log", str(r.unhandled_errors)],
     ]
-    return report.table(["live (854x480, 25 fps, RTSP relay)", "result"], rows)
+    return report.table([f"live ({size[0]}x{size[1]}, {FPS} fps, RTSP relay)", "result"], rows)
