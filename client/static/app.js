@@ -205,6 +205,7 @@ async function prompt(fields, busy) {
   setStatus(busy);
   try {
     const r = await control("click", fields);
+    showError("");  // an earlier refusal no longer stands
     state.selected = r.object;
     renderObjects(r.objects);
     setStatus(`${state.stream}: object ${r.object}`);

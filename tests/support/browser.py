@@ -69,7 +69,8 @@ def wait_for(page, expression: str, timeout: float, what: str):
         if value:
             return value
         time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; page stats: "
+    error = page.evaluate("(document.getElementById('error') || {}).textContent || ''")
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; page error: {error!r}; page stats: "
                          f"{json.dumps(page.evaluate('window.unseen.stats()'), default=str)[:800]}")
 
 
