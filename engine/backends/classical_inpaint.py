@@ -143,11 +143,17 @@ class FlowGuidedInpainter(Inpainter):
         self._occupied = (entry.frame.index, occupied)
 
     def _moved(self, image: Image, before: Image | None) -> Mask | None:
-        """Pixels that moved against the camera since ``before`` (the flow is the propagator's, cached,
-        while it tracks something), dilated; None without a previous frame of this size."""
+        """Pixels that moved against the camera since ``before``, dilated; None without a previous frame of
+        this size.  While objects are tracked the flow is the propagator's; where it did not compute it (a
+        degraded live step) None: computing it here would cost what the step saved, and the tracked objects
+        are kept out of the model anyway (its calm test still holds for the rest)."""
         if before is None or before.shape != image.shape:
             return None
-        flow = self._flows.flow(image, before)
+        flow = self._flows.cached(image, before)
+        if flow is None and self._objects:
+            return None
+        if flow is None:
+            flow = self._flows.flow(image, before)
         camera = _camera(flow)
         moving = (((flow - camera) ** 2).sum(axis=2) > MOVING ** 2).astype(np.uint8)
         moving = cv2.dilate(moving, np.ones((5, 5), np.uint8))
@@ -215,7 +221,7 @@ class FlowGuidedInpainter(Inpainter):
         y0, y1 = max(0, ys.min() - reach), min(h, ys.max() + reach + 1)
         x0, x1 = max(0, xs.min() - reach), min(w, xs.max() + reach + 1)
         box = hole[y0:y1, x0:x1].astype(np.uint8)
-        near = cv2.dilate(box, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1,) * 2)) > 0
+        near = cv2.distanceTransform((box == 0).astype(np.uint8), cv2.DIST_L2, 3) <= reach  # a disc, in O(n)
         sub = self.background.differs(np.ascontiguousarray(image[y0:y1, x0:x1]), REMAIN_DIFF,
                                       (slice(y0, y1), slice(x0, x1)))
         along = self._with_object(entry, hole, (y0, y1, x0, x1))
@@ -408,8 +414,9 @@ class FlowGuidedInpainter(Inpainter):
         """Degraded fill: the previous completed frame's pixels (still camera) or the texture fill; the
         still camera's background where known."""
         target = request.entries[request.target]
-        self._entries = {}  # (no flows for the remains: they cost what the degraded step saves)
-        hole = self._hole_of(target)
+        made = self._holes.get((target.frame.index, target.revision))  # with the remains, when a full step made it
+        hole = made[0] if made is not None else dilate_hole(target.hole, self.dilation)  # (the remains cost what
+        # the degraded step saves)
         prev = request.completed.get(request.target - 1)
         if prev is not None:
             out = target.frame.image.copy()
