@@ -6,7 +6,8 @@ so that the parts of an object that moves as one go together) and marker watersh
 of several sizes and shapes, plus GrabCut seeded with the region beside the click that moves against
 the camera (from the neighbour frames).  A candidate is scored by the contrast along its outline, the
 colour difference between it and a ring around it, its agreement with the other candidates and, when
-something moves there, with the moving region; the best one seeds a last GrabCut.  Negative clicks
+something moves there, with the moving region; the best one (or the moving region's segment, when
+the best is a part of it) seeds a last GrabCut.  Negative clicks
 then subtract through a GrabCut with sure background at them, and cut off at its narrowest neck the
 part they still lie in.
 
@@ -36,6 +37,8 @@ MOTION_MIN_AREA = 1500  # px at work size: the flow is smoothed over 8-px patche
 MOTION_REACH = 0.03  # a moving region this far from the click (x the long side) is still under it
 MOTION_POWER = 2.0  # weight of a candidate's agreement with the moving region in the score ...
 MOTION_FLOOR = 0.5  # ... which can change a score at most ((1 + floor) / floor) ** power times (a cue, not a veto)
+WHOLE_COVER, WHOLE_GROWTH, WHOLE_SCORE = 0.9, 2.0, 0.5  # a winner inside the moving object's segment (see
+# _whole_moving): the share of it that segment holds, its area at most, its score at least (x the winner's)
 MAX_FRACTION = 0.25  # a click selects an object, not most of the frame
 MIN_CONTRAST = 4.0  # mean gradient along an outline below which there is no object to select
 CROP_MARGIN = 0.5  # GrabCut's background model: a margin this fraction of the rectangle around it
@@ -267,6 +270,7 @@ class ClassicalSegmenter(Segmenter):
         candidates = [(c, r) for c, r in candidates
                       if c is not None and c.any() and c.mean() <= MAX_FRACTION]  # a click selects an object
         best, best_rect, best_score = None, None, 0.0
+        scores = []
         if candidates:
             lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB)
             agreement = _agreement([c for c, _ in candidates])
@@ -276,8 +280,12 @@ class ClassicalSegmenter(Segmenter):
                          * candidate.mean() ** AREA_PRIOR)
                 if core is not None:  # an object moves as one: a part of it leaves some of the core out
                     score *= (MOTION_FLOOR + float(candidate[core].mean())) ** MOTION_POWER
+                scores.append(score if contrast >= MIN_CONTRAST else 0.0)
                 if contrast >= MIN_CONTRAST and score > best_score:
                     best, best_rect, best_score = candidate, rect, score
+            whole = self._whole_moving(best, best_score, candidates[-1][0], scores[-1], motion_mask)
+            if whole is not None:
+                best = whole
         if best is not None and best_rect is not None:  # re-solve with the winner as the object's seed
             refined = self._grabcut_seeded(feature, best, positives, (), s, seed)
             if refined is not None and refined.any() and refined.mean() <= MAX_FRACTION:
@@ -287,6 +295,20 @@ class ClassicalSegmenter(Segmenter):
             corrected = self._grabcut(feature, best_rect, positives, negatives, s, seed)
             result = None if corrected is None else _cut(corrected & best, positives, negatives, s)
         return result
+
+    @staticmethod
+    def _whole_moving(best: np.ndarray | None, best_score: float, last: np.ndarray | None, last_score: float,
+                      motion_mask: np.ndarray | None) -> np.ndarray | None:
+        """The moving region's segment in place of a winner that is a part of it (a girl's bright
+        backpack rather than the girl): it holds nearly all of the winner, is not much larger, and
+        scores not far below it."""
+        if best is None or motion_mask is None or last is not motion_mask or best is motion_mask:
+            return None
+        area = float(best.sum())
+        if (last_score < WHOLE_SCORE * best_score or motion_mask[best].sum() < WHOLE_COVER * area
+                or motion_mask.sum() > WHOLE_GROWTH * area):
+            return None
+        return motion_mask
 
     def _from_box(self, img: np.ndarray, box: Box, positives: Sequence[Click], negatives: Sequence[Click],
                   residuals: Sequence[np.ndarray], s: float, seed: int) -> np.ndarray | None:
