@@ -75,25 +75,26 @@ class BackgroundModel:
             self.image = np.zeros_like(image)
             self.known = np.zeros((h, w), bool)
             self._calm = np.zeros((h, w), np.uint8)
-        calm = _colour_distance(image, prev) < CALM
+        # 0/1 uint8 masks and OpenCV's operations throughout: numpy's boolean indexing and masked copies
+        # over whole frames cost several times more, on the emitting worker's every frame
+        calm = (_colour_distance(image, prev) < CALM).view(np.uint8)
         if moving is not None:
-            calm &= ~moving
+            calm = cv2.bitwise_and(calm, (~moving).view(np.uint8))
         if occupied is not None and occupied.any():
-            near = cv2.dilate(occupied.astype(np.uint8), np.ones((2 * CLEARANCE + 1,) * 2, np.uint8)) > 0
-            calm &= ~near
-        assert self._calm is not None and self.known is not None
-        self._calm = cv2.add(self._calm, 1, mask=calm.view(np.uint8))  # (saturates at 255)
-        self._calm[~calm] = 0
-        learn = self._calm >= self.stable
-        if not learn.any():
+            near = cv2.dilate(occupied.view(np.uint8), np.ones((2 * CLEARANCE + 1,) * 2, np.uint8))
+            calm = cv2.bitwise_and(calm, cv2.bitwise_xor(near, 1))
+        assert self._calm is not None and self.known is not None and self.image is not None
+        self._calm = cv2.multiply(cv2.add(self._calm, 1, mask=calm), calm)  # (saturates at 255); 0 where not calm
+        learn = (self._calm >= self.stable).view(np.uint8)
+        if not cv2.countNonZero(learn):
             return
-        new = learn & ~self.known
-        follow = learn & self.known
-        np.copyto(self.image, image, where=new[..., None])
-        if follow.any():
+        known = self.known.view(np.uint8)
+        follow = cv2.bitwise_and(learn, known)
+        if cv2.countNonZero(follow):
             mixed = cv2.addWeighted(self.image, 1 - LEARN_RATE, image, LEARN_RATE, 0)
-            np.copyto(self.image, mixed, where=follow[..., None])
-        self.known |= learn
+            cv2.copyTo(mixed, follow, self.image)
+        cv2.copyTo(image, cv2.bitwise_and(learn, cv2.bitwise_xor(known, 1)), self.image)  # newly learned
+        np.bitwise_or(known, learn, out=known)
 
     def forget(self, region: np.ndarray, image: np.ndarray, tolerance: int = 2 * CALM) -> None:
         """Forget what was learned in ``region`` that looks like ``image`` there: an object that stood still

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-Mask = np.ndarray  # HxW bool
+from .stages import Mask, mask_box
 
 
 class Level(enum.IntEnum):
@@ -149,11 +149,13 @@ class Geometry:
 
 def geometry(mask: Mask) -> Geometry | None:
     """Area, centroid and bounding box of a mask; None when it is empty."""
-    ys, xs = np.nonzero(mask)
-    if xs.size == 0:
+    box = mask_box(mask)
+    if box is None:
         return None
-    return Geometry(int(xs.size), np.array([xs.mean(), ys.mean()]),
-                    np.array([xs.min(), ys.min(), xs.max(), ys.max()], float))
+    x0, y0, x1, y1 = box
+    m = cv2.moments(np.ascontiguousarray(mask[y0:y1, x0:x1]).view(np.uint8), binaryImage=True)
+    return Geometry(int(round(m["m00"])), np.array([x0 + m["m10"] / m["m00"], y0 + m["m01"] / m["m00"]]),
+                    np.array([x0, y0, x1 - 1, y1 - 1], float))
 
 
 @dataclass
@@ -224,12 +226,20 @@ def grown(mask: Mask, radius: float, cap: int) -> Mask:
     exceed ``cap`` pixels in all."""
     if not mask.any() or radius <= 0:
         return mask
-    dist = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    ring = (dist > 0) & (dist <= radius)
     budget = cap - int(mask.sum())
     if budget <= 0:
         return mask
+    # the work is confined to the mask's box grown by the radius (the distance transform is the cost)
+    h, w = mask.shape
+    bx0, by0, bx1, by1 = mask_box(mask)  # (not None: the mask has pixels)
+    r = int(np.ceil(radius)) + 1
+    y0, y1, x0, x1 = max(0, by0 - r), min(h, by1 + r), max(0, bx0 - r), min(w, bx1 + r)
+    crop = mask[y0:y1, x0:x1]
+    dist = cv2.distanceTransform((~crop).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    ring = (dist > 0) & (dist <= radius)
     if int(ring.sum()) > budget:
         values = np.sort(dist[ring])
         ring &= dist < values[budget]  # the nearest ``budget`` pixels at most (ties at the edge left out)
-    return mask | ring
+    out = mask.copy()
+    out[y0:y1, x0:x1] |= ring
+    return out

@@ -39,12 +39,11 @@ def palette_color(object_id: int) -> tuple[int, int, int]:
 
 
 def _bbox(mask: np.ndarray, margin: int, shape) -> tuple[slice, slice] | None:
-    ys, xs = np.nonzero(mask)
-    if ys.size == 0:
+    x, y, bw, bh = cv2.boundingRect(np.ascontiguousarray(mask, dtype=bool).view(np.uint8))
+    if bw == 0:
         return None
     h, w = shape[:2]
-    return (slice(max(0, ys.min() - margin), min(h, ys.max() + margin + 1)),
-            slice(max(0, xs.min() - margin), min(w, xs.max() + margin + 1)))
+    return (slice(max(0, y - margin), min(h, y + bh + margin)), slice(max(0, x - margin), min(w, x + bw + margin)))
 
 
 def apply_effect(image: np.ndarray, mask: np.ndarray, effect: Effect, *, object_id: int = 1,

@@ -26,7 +26,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .stages import Image, Mask
+from .stages import Image, Mask, mask_area, mask_box
 
 BELOW_REACH = 0.3  # how far under the object the band reaches (x the object's height)
 FOOT_ROWS = 0.15  # the object's lowest rows (x its height) whose columns the band spans ...
@@ -53,11 +53,12 @@ def below_object(image: Image, mask: Mask, reach: float = BELOW_REACH) -> Mask:
     """Pixels under ``mask`` that hang from it and differ from the ground beside them (not in ``mask``)."""
     h, w = mask.shape
     empty = np.zeros((h, w), bool)
-    ys, xs = np.nonzero(mask)
-    if reach <= 0 or ys.size < 16:
+    area = mask_area(mask)
+    if reach <= 0 or area < 16:
         return empty
-    height = int(np.ptp(ys)) + 1
-    bottom = int(ys.max())
+    _, y_top, _, y_end = mask_box(mask)  # (not None: the mask has pixels)
+    height = y_end - y_top
+    bottom = y_end - 1
     top = max(0, bottom - max(2, int(FOOT_ROWS * height)))
     upper = max(0, bottom - max(2, int(LOWER * height)))
     cols = np.nonzero(mask[upper:bottom + 1].any(axis=0))[0]
@@ -123,7 +124,7 @@ def below_object(image: Image, mask: Mask, reach: float = BELOW_REACH) -> Mask:
         if py.min() > lowest:
             added[lowest + 1:py.min(), px.min():px.max() + 1] = True
             added |= part
-    if not added.any() or added.sum() > MAX_ADDED * ys.size * k * k:
+    if not added.any() or added.sum() > MAX_ADDED * area * k * k:
         return empty
     out = empty
     out[ry0:ry1, rx0:rx1] = cv2.resize(added.astype(np.uint8), (rx1 - rx0, ry1 - ry0),
@@ -136,12 +137,13 @@ def missed_edge(image: Image, mask: Mask, band: float = EDGE_BAND) -> Mask:
     beyond the band, and touch the mask: a rim of the object the mask missed (not in ``mask``)."""
     h, w = mask.shape
     empty = np.zeros((h, w), bool)
-    ys, xs = np.nonzero(mask)
-    if band <= 0 or ys.size < 16:
+    area = mask_area(mask)
+    if band <= 0 or area < 16:
         return empty
-    width = max(EDGE_MIN, round(band * np.sqrt(ys.size)))
-    y0, y1 = max(0, int(ys.min()) - 3 * width), min(h, int(ys.max()) + 3 * width + 1)
-    x0, x1 = max(0, int(xs.min()) - 3 * width), min(w, int(xs.max()) + 3 * width + 1)
+    width = max(EDGE_MIN, round(band * np.sqrt(area)))
+    bx0, by0, bx1, by1 = mask_box(mask)  # (not None: the mask has pixels)
+    y0, y1 = max(0, by0 - 3 * width), min(h, by1 + 3 * width)
+    x0, x1 = max(0, bx0 - 3 * width), min(w, bx1 + 3 * width)
     k = min(1.0, EDGE_SIZE / max(y1 - y0, x1 - x0))
     size = (max(1, round((x1 - x0) * k)), max(1, round((y1 - y0) * k)))
     lab = cv2.cvtColor(cv2.resize(np.ascontiguousarray(image[y0:y1, x0:x1]), size, interpolation=cv2.INTER_AREA),

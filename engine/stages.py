@@ -182,6 +182,24 @@ class Inpainter(abc.ABC):
 _CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.uint8)
 
 
+def mask_box(mask: Mask) -> tuple[int, int, int, int] | None:
+    """The bounding box (x0, y0, x1, y1; ends exclusive) of a mask's pixels; None when it has none.
+    OpenCV's: numpy's ``nonzero`` over a whole frame costs about 30 times more."""
+    import cv2
+
+    m = mask if mask.dtype in (np.bool_, np.uint8) else mask != 0
+    x, y, w, h = cv2.boundingRect(np.ascontiguousarray(m).view(np.uint8))
+    return None if w == 0 else (x, y, x + w, y + h)
+
+
+def mask_area(mask: Mask) -> int:
+    """The number of a mask's pixels."""
+    import cv2
+
+    m = mask if mask.dtype in (np.bool_, np.uint8) else mask != 0
+    return int(cv2.countNonZero(np.ascontiguousarray(m).view(np.uint8)))
+
+
 def dilate_hole(hole: Mask, iterations: int) -> Mask:
     """Dilate a hole as the reference video inpainters do (3x3 cross, ``iterations`` times)."""
     import cv2

@@ -34,7 +34,7 @@ from typing import Mapping
 from ..background import CLEARANCE, BackgroundModel
 from ..fill import fill_invalid, texture_fill
 from ..flow import FlowCache, shared
-from ..stages import Image, InpaintRequest, Inpainter, Mask, WindowEntry, dilate_hole
+from ..stages import Image, InpaintRequest, Inpainter, Mask, WindowEntry, dilate_hole, mask_area, mask_box
 from .registry import BackendOptions
 
 HOLE_GROW = 6  # extra dilation (px at flow size) of holes where flow is untrusted
@@ -216,10 +216,11 @@ class FlowGuidedInpainter(Inpainter):
         out = np.zeros_like(hole)
         if not self.background.ready:
             return out
-        ys, xs = np.nonzero(hole)
-        reach = max(4, round(REMAIN_REACH * np.sqrt(ys.size)))
-        y0, y1 = max(0, ys.min() - reach), min(h, ys.max() + reach + 1)
-        x0, x1 = max(0, xs.min() - reach), min(w, xs.max() + reach + 1)
+        area = mask_area(hole)
+        reach = max(4, round(REMAIN_REACH * np.sqrt(area)))
+        bx0, by0, bx1, by1 = mask_box(hole)  # (not None: the caller has a hole)
+        y0, y1 = max(0, by0 - reach), min(h, by1 + reach)
+        x0, x1 = max(0, bx0 - reach), min(w, bx1 + reach)
         box = hole[y0:y1, x0:x1].astype(np.uint8)
         near = cv2.distanceTransform((box == 0).astype(np.uint8), cv2.DIST_L2, 3) <= reach  # a disc, in O(n)
         sub = self.background.differs(np.ascontiguousarray(image[y0:y1, x0:x1]), REMAIN_DIFF,
@@ -237,7 +238,7 @@ class FlowGuidedInpainter(Inpainter):
         keep[touching] = True
         keep[0] = False
         added = keep[labels] & (box == 0)
-        if added.sum() > REMAIN_MAX * ys.size:
+        if added.sum() > REMAIN_MAX * area:
             return out
         out[y0:y1, x0:x1] = added
         return out
@@ -398,9 +399,9 @@ class FlowGuidedInpainter(Inpainter):
 
     def _feather(self, original: Image, filled: Image, hole: Mask) -> Image:
         """Blend the outermost ``feather`` pixels of the (dilated) hole; nothing outside it changes."""
-        ys, xs = np.nonzero(hole)  # work on the hole's box (plus the ring of background around it)
+        bx0, by0, bx1, by1 = mask_box(hole)  # work on the hole's box (plus the ring of background around it)
         h, w = hole.shape
-        y0, y1, x0, x1 = max(0, ys.min() - 1), min(h, ys.max() + 2), max(0, xs.min() - 1), min(w, xs.max() + 2)
+        y0, y1, x0, x1 = max(0, by0 - 1), min(h, by1 + 1), max(0, bx0 - 1), min(w, bx1 + 1)
         box = hole[y0:y1, x0:x1]
         dist = cv2.distanceTransform(box.astype(np.uint8), cv2.DIST_L2, 3)
         alpha = np.clip(dist / (self.feather + 1), 0, 1)[..., None]
@@ -418,15 +419,15 @@ class FlowGuidedInpainter(Inpainter):
         hole = made[0] if made is not None else dilate_hole(target.hole, self.dilation)  # (the remains cost what
         # the degraded step saves)
         prev = request.completed.get(request.target - 1)
+        hole_u8 = np.ascontiguousarray(hole).view(np.uint8)  # masked copies by OpenCV: whole-frame boolean
+        # indexing costs several times more on this degraded (hurried) path
         if prev is not None:
-            out = target.frame.image.copy()
-            out[hole] = prev[hole]
+            out = cv2.copyTo(prev, hole_u8, target.frame.image.copy())
         else:
             out = texture_fill(target.frame.image, hole)
         if self.background.ready:
             assert self.background.known is not None and self.background.image is not None
-            known = hole & self.background.known
-            out[known] = self.background.image[known]
+            cv2.copyTo(self.background.image, cv2.bitwise_and(hole_u8, self.background.known.view(np.uint8)), out)
         return out
 
 
