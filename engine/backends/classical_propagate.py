@@ -30,10 +30,11 @@ import cv2
 import numpy as np
 
 from ..flow import FlowCache, shared, to_working
-from ..stages import Frame, Mask, Propagator
+from ..stages import Frame, Mask, Propagator, mask_box
 from .registry import BackendOptions
 
 REFINE_SIZE = 256  # long side of the region the refinement runs at
+REFINE_ITERATIONS = 1  # GrabCut's: a second one changed 0.01% of the pixels and track J&F by 0.002, for 45% more
 MIN_AGREEMENT = 0.8  # IoU the refined mask must keep with the warped one to be used ...
 MAX_GROWTH = 1.1  # ... and the area ratio it may change by in one frame ...
 MAX_DRIFT = 1.3  # ... and by against the object's slowly adapting area (seeded on the reference frame)
@@ -365,12 +366,12 @@ class FlowPropagator(Propagator):
     def _refine(self, image: np.ndarray, mask: Mask) -> Mask:
         """Narrow-band GrabCut around the warped outline: sure inside, sure outside, unsure in the band."""
         h, w = mask.shape
-        ys, xs = np.nonzero(mask)
-        size = max(np.ptp(ys) + 1, np.ptp(xs) + 1)
+        bx0, by0, bx1, by1 = mask_box(mask)  # (not None: the caller refines a mask with pixels)
+        size = max(by1 - by0, bx1 - bx0)
         band = self.band or int(np.clip(size * 0.08, 3, 24))
         pad = 3 * band
-        y0, y1 = max(0, ys.min() - pad), min(h, ys.max() + pad + 1)
-        x0, x1 = max(0, xs.min() - pad), min(w, xs.max() + pad + 1)
+        y0, y1 = max(0, by0 - pad), min(h, by1 + pad)
+        x0, x1 = max(0, bx0 - pad), min(w, bx1 + pad)
         # GrabCut runs on the region scaled to at most REFINE_SIZE px: cost stays flat with object size
         k = min(1.0, REFINE_SIZE / max(y1 - y0, x1 - x0))
         sw, sh = max(8, round((x1 - x0) * k)), max(8, round((y1 - y0) * k))
@@ -389,7 +390,7 @@ class FlowPropagator(Propagator):
         bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
         cv2.setRNGSeed(0)  # GrabCut's k-means start: same input, same mask
         try:
-            cv2.grabCut(roi, trimap, None, bgd, fgd, 2, cv2.GC_INIT_WITH_MASK)
+            cv2.grabCut(roi, trimap, None, bgd, fgd, REFINE_ITERATIONS, cv2.GC_INIT_WITH_MASK)
         except cv2.error:
             return mask
         refined_small = ((trimap == cv2.GC_FGD) | (trimap == cv2.GC_PR_FGD)) & outer
