@@ -29,15 +29,25 @@ def fill_invalid(field: np.ndarray, valid: np.ndarray) -> np.ndarray:
     # pull: from the coarsest level up, fill where the weight is low
     f, w = levels[-1]
     est = f / np.maximum(w, 1e-6)[..., None]
-    for f, w in reversed(levels[:-1]):
-        up = cv2.resize(est, (w.shape[1], w.shape[0]), interpolation=cv2.INTER_LINEAR)
-        if up.ndim == 2:
-            up = up[..., None]
-        alpha = np.clip(w, 0, 1)[..., None]
-        est = np.where(alpha > 0, f / np.maximum(w, 1e-6)[..., None], 0) * alpha + up * (1 - alpha)
+    for f, w in reversed(levels[1:-1]):
+        est = _pull(est, f, w)
+    # at full size only the invalid pixels are needed, and there the weight is 0: the coarser estimate
+    hole = ~valid
     out = field.copy()
-    out[~valid] = est[~valid]
+    out[hole] = _upsampled(est, valid.shape)[hole]
     return out
+
+
+def _upsampled(est: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    up = cv2.resize(est, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+    return up[..., None] if up.ndim == 2 else up
+
+
+def _pull(est: np.ndarray, f: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """One level up: the level's own average where it has weight, blended with the coarser estimate."""
+    up = _upsampled(est, w.shape)
+    alpha = np.clip(w, 0, 1)[..., None]
+    return np.where(alpha > 0, f / np.maximum(w, 1e-6)[..., None], 0) * alpha + up * (1 - alpha)
 
 
 def spatial_fill(image: np.ndarray, hole: np.ndarray, radius: int = 5) -> np.ndarray:
