@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from support.app_client import SYNTH, client, run, settings, wait_frames
 
-from unseen.engine.degrade import AREA_CAP, Ladder, LadderConfig, Level, StaleMasks, Threshold
+from unseen.engine.degrade import AREA_CAP, Ladder, LadderConfig, Level, StaleMasks, Threshold, geometry, grown
 from unseen.engine.effects import Effect
 from unseen.engine.pipeline import Pipeline, PipelineConfig
 from unseen.engine.stages import Frame, Inpainter, Propagator, Segmenter
@@ -186,3 +186,48 @@ def test_degradation_counts_reach_describe_and_metrics():
             for level, n in state["degradation"].items():
                 assert n > 0 and _metric(text, level) > 0, level
     run(body())
+
+
+def _masks_table():
+    """Masks of every shape the stale path meets: one pixel, at each border, thin, large, scattered."""
+    rng = np.random.default_rng(7)
+    one = np.zeros((40, 60), bool)
+    one[20, 30] = True
+    corner = np.zeros((40, 60), bool)
+    corner[:3, :5] = corner[-2:, -4:] = True
+    thin = np.zeros((40, 60), bool)
+    thin[5:35, 29] = True
+    large = np.zeros((40, 60), bool)
+    large[4:36, 6:54] = True
+    return [one, corner, thin, large, rng.random((40, 60)) > 0.97]
+
+
+@pytest.mark.parametrize("radius,cap", [(1.0, 10**6), (3.5, 10**6), (6.0, 400), (30.0, 10**6), (2.0, 1)])
+@pytest.mark.parametrize("case", range(5))
+def test_grown_is_the_euclidean_dilation_within_the_cap(case, radius, cap):
+    """grown() works on the mask's box only: it must equal the rule over the whole frame: every pixel
+    within ``radius`` (Euclidean) of the mask, the nearest first when that would pass ``cap``."""
+    mask = _masks_table()[case]
+    out = grown(mask, radius, cap)
+    dist = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    ring = (dist > 0) & (dist <= radius)
+    budget = cap - int(mask.sum())
+    if budget <= 0:
+        expected = mask
+    else:
+        if ring.sum() > budget:
+            ring &= dist < np.sort(dist[ring])[budget]
+        expected = mask | ring
+    assert np.array_equal(out, expected)
+    assert not (mask & ~out).any()
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_geometry_is_area_centroid_and_box(case):
+    mask = _masks_table()[case]
+    ys, xs = np.nonzero(mask)
+    g = geometry(mask)
+    assert g is not None and g.area == xs.size
+    assert np.allclose(g.centre, [xs.mean(), ys.mean()], atol=1e-9)
+    assert g.box.tolist() == [xs.min(), ys.min(), xs.max(), ys.max()]
+    assert geometry(np.zeros_like(mask)) is None

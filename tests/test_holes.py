@@ -8,7 +8,7 @@ import pytest
 from unseen.engine.holes import EDGE_BAND, EDGE_MIN, EDGE_SIZE, below_object, missed_edge, removal_hole
 from unseen.engine.backends.classical_inpaint import FlowGuidedInpainter
 from unseen.engine.pipeline import Pipeline, PipelineConfig
-from unseen.engine.stages import Frame, Propagator, Segmenter, dilate_hole
+from unseen.engine.stages import Frame, Propagator, Segmenter, dilate_hole, mask_area, mask_box
 
 H, W = 240, 320
 BODY = (slice(60, 150), slice(140, 190))  # the mask: a standing figure's body, without its legs
@@ -270,3 +270,15 @@ def test_the_pipeline_hole_takes_the_rim_a_mask_missed(how, taken):
     top[63:] = False  # (the rim's lowest rows stand beside the body's feet: what is below may take them)
     for hole in recording.holes.values():
         assert ((hole & rim).sum() >= 0.9 * rim.sum()) if taken else not (hole & top).any()
+
+
+@pytest.mark.parametrize("dtype", [bool, np.uint8, np.int32])
+@pytest.mark.parametrize("where", [(), ((0, 0),), ((39, 59),), ((3, 7), (20, 41)), ((slice(5, 30), slice(2, 58)),)])
+def test_mask_box_and_area_agree_with_numpy(where, dtype):
+    mask = np.zeros((40, 60), dtype)
+    for at in where:
+        mask[at] = 1
+    ys, xs = np.nonzero(mask)
+    assert mask_area(mask) == xs.size
+    assert mask_box(mask) == (None if not xs.size else (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
+    assert mask_box(mask[:, ::2]) == (None if not xs.size else mask_box(np.ascontiguousarray(mask[:, ::2])))
