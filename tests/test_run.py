@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -153,3 +155,16 @@ def test_sequential_and_pipelined_runs_write_the_same_video_and_masks(tmp_path, 
     assert len(frames_p) == len(frames_s) == len(masks_p) == len(masks_s) == 15
     assert all(np.array_equal(a, b) for a, b in zip(frames_p, frames_s))
     assert all(np.array_equal(a, b) for a, b in zip(masks_p, masks_s))
+
+
+def test_the_classical_path_never_imports_torch(tmp_path, clip, clip_video):
+    """`unseen run` with the embedded default (no weights installed) starts without torch (2 s of import)."""
+    out = tmp_path / "out.mp4"
+    x, y = clip.click(0)
+    code = ("import sys; from unseen.server.cli import main; "
+            f"rc = main(['-q', 'run', {str(clip_video)!r}, {str(out)!r}, '--click', '{x},{y}']); "
+            "print(rc, 'torch' in sys.modules)")
+    env = dict(os.environ, UNSEEN_WEIGHTS=str(tmp_path / "no-weights"))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.stdout.split()[-2:] == ["0", "False"], (done.stdout[-500:], done.stderr[-2000:])
+    assert probe(out)["frames"] == len(clip.frames)

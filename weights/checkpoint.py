@@ -17,14 +17,15 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, Union
 
 from .registry import CheckpointError, MissingWeightsError, WeightsEntry, get
 
-StateDict = dict[str, torch.Tensor]
+if TYPE_CHECKING:  # torch is imported where a checkpoint is read: the classical path never loads it (2 s)
+    import torch
+    from torch import nn
+
+StateDict = dict[str, "torch.Tensor"]
 PathOrStateDict = Union[str, "os.PathLike[str]", Mapping[str, Any]]
 
 _PREFIX = "module."
@@ -67,6 +68,8 @@ def read_checkpoint(path: str | os.PathLike[str], name: str) -> Any:
     Raises :class:`MissingWeightsError` if it does not exist, :class:`CheckpointError`
     (one line, naming the fix) if it is not a readable tensor-only checkpoint.
     """
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise MissingWeightsError(f"{path} does not exist; {_fix_hint(name)}")
@@ -93,6 +96,8 @@ def unwrap(obj: Any, name: str = "checkpoint") -> tuple[StateDict, str, bool]:
     ``container`` is ``"state_dict"``, ``"model"`` or ``"bare"``; every other entry
     of a container (optimizer, scaler, ...) is ignored.
     """
+    import torch
+
     if not isinstance(obj, Mapping):
         raise CheckpointError(
             f"{name}: the file holds a {type(obj).__name__}, not a state dict; {_fix_hint(name)}")

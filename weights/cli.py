@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import loading, store
+from . import checkpoint, store
 from .registry import REGISTRY, WeightsError, get
 
 
@@ -64,7 +64,7 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    report = loading.check(Path(args.file), args.model)
+    report = checkpoint.check(Path(args.file), args.model)
     print(report.verdict)
     return 0 if report.ok else 1
 
