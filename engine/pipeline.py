@@ -40,6 +40,7 @@ __all__ = ["EmitJob", "OutputFrame", "Pipeline", "PipelineConfig", "PromptError"
 log = logging.getLogger("unseen.pipeline")
 NEIGHBOUR_OFFSETS = (12, -12, 6, -6, 3, -3)  # frames around a prompt's frame given to the segmenter (motion cues)
 
+TOUCH = 0.02  # x the frame's long side: a positive correction's selection this near the tracked mask adds to it
 MAX_CATCHUP_STRIDE = 2  # frames skipped at most when re-propagating through frames already sent
 MAX_PENDING_PROMPTS = 32  # prompts queued or being segmented per stream (drop policy: refuse new ones)
 
@@ -380,23 +381,33 @@ class Pipeline:
         assert self.segmenter is not None
         t0 = time.perf_counter()
         if tracked is not None:
-            mask = self._cut(frame, prompt.clicks, tracked, neighbours)
+            mask = self._correct(frame, prompt.clicks, tracked, neighbours)
         else:
             mask = self.segmenter.segment(frame, list(prompt.clicks), neighbours=neighbours, box=prompt.box)
         self.times.add("segment", time.perf_counter() - t0)
         return mask, self._propagate_back(frame, mask, earlier)
 
-    def _cut(self, frame: Frame, clicks: Sequence[Click], tracked: Mask, neighbours: list[Frame]) -> Mask:
-        """``tracked`` less what the segmenter selects at each (negative) click; where it selects nothing,
-        less the part of ``tracked`` connected to the click."""
+    def _correct(self, frame: Frame, clicks: Sequence[Click], tracked: Mask, neighbours: list[Frame]) -> Mask:
+        """``tracked`` corrected by clicks on a frame where the object is tracked but was not prompted: what the
+        segmenter selects at a positive click is added where it touches the mask (a part the tracker missed) and
+        replaces it where it does not (the tracker lost the object); what it selects at a negative click is cut
+        off (where it selects nothing: the part of the mask connected to the click).  Additions come first."""
         assert self.segmenter is not None
         mask = tracked.copy()
-        for c in clicks:
+        reach = max(2, round(TOUCH * max(mask.shape)))
+        for c in sorted(clicks, key=lambda c: not c.positive):
             try:
                 part = self.segmenter.segment(frame, [Click(c.x, c.y, True)], neighbours=neighbours)
             except SelectionError:
+                if c.positive:
+                    continue  # nothing to add there
                 part = _component_at(mask, c.x, c.y)
-            mask &= ~part
+            if not c.positive:
+                mask &= ~part
+            elif (part & grown_by(mask, reach)).any():
+                mask |= part
+            else:
+                mask = part
         return mask
 
     def _propagate_back(self, frame: Frame, mask: Mask, earlier: list[Frame]) -> dict[int, Mask]:
@@ -557,11 +568,17 @@ def _box_around(mask: Mask | None, clicks: Sequence[Click]) -> Box | None:
 
 
 def _to_correct(obj: ObjectState | None, index: int, prompt: FramePrompt, tracked: Mask | None) -> Mask | None:
-    """The tracked mask a prompt corrects: negative clicks alone, on a frame where the object is tracked but
-    was not prompted (they select nothing to segment afresh; they cut from what the user sees); else None."""
+    """The tracked mask a prompt corrects: clicks alone, on a frame where the object is tracked but was not
+    prompted (they add to and cut from what the user sees, see Pipeline._correct); else None (segment afresh:
+    an object with a box is segmented in the box around its tracked mask)."""
     if obj is None or obj.prompt_frame == index or prompt.box is not None or tracked is None or not tracked.any():
         return None
-    return None if any(c.positive for c in prompt.clicks) else tracked
+    return tracked
+
+
+def grown_by(mask: Mask, px: int) -> Mask:
+    """``mask`` dilated by ``px`` pixels (a square)."""
+    return cv2.dilate(mask.astype(np.uint8), np.ones((2 * px + 1, 2 * px + 1), np.uint8)) > 0
 
 
 def _component_at(mask: Mask, x: float, y: float) -> Mask:
