@@ -361,3 +361,23 @@ def test_dragging_a_box_in_the_page_prompts_with_it(playwright_browser, tmp_path
             assert page.evaluate("window.unseen.stats().error") == ""
         finally:
             page.close()
+
+
+@pytest.mark.parametrize("at,added", [((19.0, 12.0), True), ((50.0, 38.0), False)], ids=["touching", "apart"])
+def test_a_positive_click_on_a_later_frame_corrects_the_tracked_mask(at, added):
+    """A click-prompted object clicked again on another frame: what the click selects joins the tracked mask
+    where it touches it (a part the tracker missed), else replaces it (the tracker lost the object)."""
+    p, seg = pipeline(speed=0)
+    futures = [p.prompt([C], frame_index=0), p.prompt([Click(*at)], object_id=1, frame_index=3)]
+    outs = []
+    for i in range(8):
+        outs += p.step(frame(i))
+    outs += p.flush()
+    assert [f.result() for f in futures] == [1, 1]
+    assert seg.calls[-1] == (3, (Click(*at),), None)
+    before, new = np.zeros((H, W), bool), np.zeros((H, W), bool)
+    before[10:15, 13:18] = True  # the square the first click selected
+    new[int(at[1]) - 2:int(at[1]) + 3, int(at[0]) - 2:int(at[0]) + 3] = True
+    assert np.array_equal(outs[2].masks[1], before)
+    assert np.array_equal(outs[-1].masks[1], before | new if added else new)
+    p.close()
