@@ -230,10 +230,7 @@ def grown(mask: Mask, radius: float, cap: int) -> Mask:
     if budget <= 0:
         return mask
     # the work is confined to the mask's box grown by the radius (the distance transform is the cost)
-    h, w = mask.shape
-    bx0, by0, bx1, by1 = mask_box(mask)  # (not None: the mask has pixels)
-    r = int(np.ceil(radius)) + 1
-    y0, y1, x0, x1 = max(0, by0 - r), min(h, by1 + r), max(0, bx0 - r), min(w, bx1 + r)
+    x0, y0, x1, y1 = mask_box(mask, int(np.ceil(radius)) + 1)  # (not None: the mask has pixels)
     crop = mask[y0:y1, x0:x1]
     dist = cv2.distanceTransform((~crop).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
     ring = (dist > 0) & (dist <= radius)

@@ -10,6 +10,8 @@ import enum
 import cv2
 import numpy as np
 
+from .stages import mask_box
+
 
 class Effect(str, enum.Enum):
     REMOVE = "remove"
@@ -38,12 +40,9 @@ def palette_color(object_id: int) -> tuple[int, int, int]:
     return r, g, b
 
 
-def _bbox(mask: np.ndarray, margin: int, shape) -> tuple[slice, slice] | None:
-    x, y, bw, bh = cv2.boundingRect(np.ascontiguousarray(mask, dtype=bool).view(np.uint8))
-    if bw == 0:
-        return None
-    h, w = shape[:2]
-    return (slice(max(0, y - margin), min(h, y + bh + margin)), slice(max(0, x - margin), min(w, x + bw + margin)))
+def _bbox(mask: np.ndarray, margin: int) -> tuple[slice, slice] | None:
+    box = mask_box(mask, margin)
+    return None if box is None else (slice(box[1], box[3]), slice(box[0], box[2]))
 
 
 def apply_effect(image: np.ndarray, mask: np.ndarray, effect: Effect, *, object_id: int = 1,
@@ -64,7 +63,7 @@ def apply_effect(image: np.ndarray, mask: np.ndarray, effect: Effect, *, object_
     h, w = image.shape[:2]
     scale = max(h, w)
     margin = strength or max(8, scale // 40)
-    box = _bbox(mask, margin, image.shape)
+    box = _bbox(mask, margin)  # (the mask is the image's size)
     assert box is not None
     roi = image[box]
     if effect is Effect.BLUR:

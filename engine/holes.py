@@ -141,9 +141,7 @@ def missed_edge(image: Image, mask: Mask, band: float = EDGE_BAND) -> Mask:
     if band <= 0 or area < 16:
         return empty
     width = max(EDGE_MIN, round(band * np.sqrt(area)))
-    bx0, by0, bx1, by1 = mask_box(mask)  # (not None: the mask has pixels)
-    y0, y1 = max(0, by0 - 3 * width), min(h, by1 + 3 * width)
-    x0, x1 = max(0, bx0 - 3 * width), min(w, bx1 + 3 * width)
+    x0, y0, x1, y1 = mask_box(mask, 3 * width)  # (not None: the mask has pixels)
     k = min(1.0, EDGE_SIZE / max(y1 - y0, x1 - x0))
     size = (max(1, round((x1 - x0) * k)), max(1, round((y1 - y0) * k)))
     lab = cv2.cvtColor(cv2.resize(np.ascontiguousarray(image[y0:y1, x0:x1]), size, interpolation=cv2.INTER_AREA),

@@ -404,7 +404,7 @@ class Pipeline:
                 part = _component_at(mask, c.x, c.y)
             if not c.positive:
                 mask &= ~part
-            elif (part & grown_by(mask, reach)).any():
+            elif (part & _grown_by(mask, reach)).any():
                 mask |= part
             else:
                 mask = part
@@ -576,7 +576,7 @@ def _to_correct(obj: ObjectState | None, index: int, prompt: FramePrompt, tracke
     return tracked
 
 
-def grown_by(mask: Mask, px: int) -> Mask:
+def _grown_by(mask: Mask, px: int) -> Mask:
     """``mask`` dilated by ``px`` pixels (a square)."""
     return cv2.dilate(mask.astype(np.uint8), np.ones((2 * px + 1, 2 * px + 1), np.uint8)) > 0
 

@@ -282,3 +282,6 @@ def test_mask_box_and_area_agree_with_numpy(where, dtype):
     assert mask_area(mask) == xs.size
     assert mask_box(mask) == (None if not xs.size else (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
     assert mask_box(mask[:, ::2]) == (None if not xs.size else mask_box(np.ascontiguousarray(mask[:, ::2])))
+    # grown by a margin, within the frame
+    assert mask_box(mask, 5) == (None if not xs.size else (max(0, xs.min() - 5), max(0, ys.min() - 5),
+                                                           min(60, xs.max() + 6), min(40, ys.max() + 6)))

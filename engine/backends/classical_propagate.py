@@ -365,13 +365,10 @@ class FlowPropagator(Propagator):
 
     def _refine(self, image: np.ndarray, mask: Mask) -> Mask:
         """Narrow-band GrabCut around the warped outline: sure inside, sure outside, unsure in the band."""
-        h, w = mask.shape
         bx0, by0, bx1, by1 = mask_box(mask)  # (not None: the caller refines a mask with pixels)
         size = max(by1 - by0, bx1 - bx0)
         band = self.band or int(np.clip(size * 0.08, 3, 24))
-        pad = 3 * band
-        y0, y1 = max(0, by0 - pad), min(h, by1 + pad)
-        x0, x1 = max(0, bx0 - pad), min(w, bx1 + pad)
+        x0, y0, x1, y1 = mask_box(mask, 3 * band)
         # GrabCut runs on the region scaled to at most REFINE_SIZE px: cost stays flat with object size
         k = min(1.0, REFINE_SIZE / max(y1 - y0, x1 - x0))
         sw, sh = max(8, round((x1 - x0) * k)), max(8, round((y1 - y0) * k))

@@ -270,7 +270,7 @@ class ClassicalSegmenter(Segmenter):
         candidates = [(c, r) for c, r in candidates
                       if c is not None and c.any() and c.mean() <= MAX_FRACTION]  # a click selects an object
         best, best_rect, best_score, whole = None, None, 0.0, None
-        scores = []
+        motion_score = 0.0  # the moving region's segment's, when it is a candidate
         if candidates:
             lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB)
             agreement = _agreement([c for c, _ in candidates])
@@ -280,10 +280,11 @@ class ClassicalSegmenter(Segmenter):
                          * candidate.mean() ** AREA_PRIOR)
                 if core is not None:  # an object moves as one: a part of it leaves some of the core out
                     score *= (MOTION_FLOOR + float(candidate[core].mean())) ** MOTION_POWER
-                scores.append(score if contrast >= MIN_CONTRAST else 0.0)
+                if candidate is motion_mask and contrast >= MIN_CONTRAST:
+                    motion_score = score
                 if contrast >= MIN_CONTRAST and score > best_score:
                     best, best_rect, best_score = candidate, rect, score
-            whole = self._whole_moving(best, best_score, candidates[-1][0], scores[-1], motion_mask)
+            whole = self._whole_moving(best, best_score, motion_mask, motion_score)
             if whole is not None:
                 best = whole
         # re-solve with the winner as the object's seed; on RGB with motion when the winner is the moving
@@ -300,15 +301,15 @@ class ClassicalSegmenter(Segmenter):
         return result
 
     @staticmethod
-    def _whole_moving(best: np.ndarray | None, best_score: float, last: np.ndarray | None, last_score: float,
-                      motion_mask: np.ndarray | None) -> np.ndarray | None:
+    def _whole_moving(best: np.ndarray | None, best_score: float, motion_mask: np.ndarray | None,
+                      motion_score: float) -> np.ndarray | None:
         """The moving region's segment in place of a winner that is a part of it (a girl's bright
         backpack rather than the girl): it holds nearly all of the winner, is not much larger, and
-        scores not far below it."""
-        if best is None or motion_mask is None or last is not motion_mask or best is motion_mask:
+        scores not far below it (0 when it was no candidate)."""
+        if best is None or motion_mask is None or best is motion_mask:
             return None
         area = float(best.sum())
-        if (last_score < WHOLE_SCORE * best_score or motion_mask[best].sum() < WHOLE_COVER * area
+        if (motion_score < WHOLE_SCORE * best_score or motion_mask[best].sum() < WHOLE_COVER * area
                 or motion_mask.sum() > WHOLE_GROWTH * area):
             return None
         return motion_mask

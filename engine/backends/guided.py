@@ -30,7 +30,7 @@ from unseen.weights.registry import WeightsError
 from unseen.weights.store import installed
 
 from ..flow import FlowCache, shared
-from ..stages import Box, Frame, Image, Mask, Propagator
+from ..stages import Box, Frame, Image, Mask, Propagator, mask_box
 from .classical_propagate import FlowPropagator, resolve_overlaps
 from .nanotrack import NanoTracker, TrackedBox
 from .registry import BackendError, BackendOptions
@@ -225,12 +225,6 @@ def _motion_gate(mask: Mask, flow: np.ndarray, scale: float, before: Box, now: B
     drop[full_y0:full_y1, full_x0:full_x1] = cv2.resize(
         background, (full_x1 - full_x0, full_y1 - full_y0), interpolation=cv2.INTER_NEAREST) > 0
     return mask & ~drop
-
-
-def mask_box(mask: Mask) -> Box | None:
-    """The mask's bounding box (pixel edges), None for an empty mask."""
-    x, y, bw, bh = cv2.boundingRect(mask.astype(np.uint8))
-    return None if bw == 0 else (float(x), float(y), float(x + bw), float(y + bh))
 
 
 def _shift(box: Box, by: tuple[float, float]) -> Box:
