@@ -160,12 +160,12 @@ class Watcher:
         return got
 
 
-def prompt(obj: np.ndarray, pad: int = 4) -> dict:
-    """A click inside the object where a viewer sees it (it moves slowly) and a box around it."""
+def prompt(obj: np.ndarray) -> dict:
+    """A click inside the object where a viewer sees it.  The prompt names no frame (WHEP carries no frame
+    ids), so it lands on the server's newest frame, D frames and a network hop later, where the object has
+    moved a few pixels: a click inside it still selects it, a box drawn tight around it no longer fits."""
     x, y = interior_point(obj)
-    ys, xs = np.nonzero(obj)
-    return {"x": x, "y": y, "box": [max(0, int(xs.min()) - pad), max(0, int(ys.min()) - pad),
-                                    min(W - 1, int(xs.max()) + pad), min(H - 1, int(ys.max()) + pad)]}
+    return {"x": x, "y": y}
 
 
 async def connect(c, path: str, pc: RTCPeerConnection) -> str:
