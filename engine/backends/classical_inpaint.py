@@ -346,12 +346,17 @@ class FlowGuidedInpainter(Inpainter):
                 take(entries[j].frame.image, wk["x"], wk["y"], wk["alive"], self._hole_of(entries[j]))
         self.filled["window"] += int(done.sum()) - counted
         counted = int(done.sum())
-        # past reference frames: a direct flow to each, newest first
+        # past reference frames, newest first: a direct flow to each; a still camera's (its background model
+        # is kept while the camera stays still) shows the background where it is in the target
         for ref in reversed(list(request.references)):
             if done.all():
                 break
-            fx, fy = _displacement(self._flow(target, ref), xs, ys, s)
-            take(ref.frame.image, xs + fx, ys + fy, np.ones(n, bool), dilate_hole(ref.hole, self.dilation))
+            if self.background.ready:
+                px, py = xs.astype(np.float32), ys.astype(np.float32)
+            else:
+                fx, fy = _displacement(self._flow(target, ref), xs, ys, s)
+                px, py = xs + fx, ys + fy
+            take(ref.frame.image, px, py, np.ones(n, bool), dilate_hole(ref.hole, self.dilation))
         self.filled["reference"] += int(done.sum()) - counted
         counted = int(done.sum())
         # the previous output's fill: keeps what was made up before stable.  Only its hole is
