@@ -30,7 +30,7 @@ from .effects import Effect
 from .emitter import EmitJob, Emitter, OutputFrame
 from .holes import BELOW_REACH, EDGE_BAND
 from .prompts import Action, FramePrompt, ObjectState, PromptError, PromptQueue, check_box, check_inside, clip_box
-from .stages import Box, Click, Frame, Inpainter, Mask, Propagator, Segmenter, SelectionError
+from .stages import Box, Click, Frame, Inpainter, Mask, Propagator, Segmenter, SelectionError, mask_area, neck_cut
 from .timing import RECENT_STAGE_SAMPLES, StageSample, StageTimes
 from .window import FrameStore, HoleBuilder
 
@@ -41,6 +41,8 @@ log = logging.getLogger("unseen.pipeline")
 NEIGHBOUR_OFFSETS = (12, -12, 6, -6, 3, -3)  # frames around a prompt's frame given to the segmenter (motion cues)
 
 TOUCH = 0.02  # x the frame's long side: a positive correction's selection this near the tracked mask adds to it
+CUT_MAX = 0.5  # x the tracked mask: a negative correction's selection holding more of it took the object along
+# with the clicked region; the mask is cut at its narrowest neck to the click instead
 MAX_CATCHUP_STRIDE = 2  # frames skipped at most when re-propagating through frames already sent
 MAX_PENDING_PROMPTS = 32  # prompts queued or being segmented per stream (drop policy: refuse new ones)
 
@@ -391,7 +393,8 @@ class Pipeline:
         """``tracked`` corrected by clicks on a frame where the object is tracked but was not prompted: what the
         segmenter selects at a positive click is added where it touches the mask (a part the tracker missed) and
         replaces it where it does not (the tracker lost the object); what it selects at a negative click is cut
-        off (where it selects nothing: the part of the mask connected to the click).  Additions come first."""
+        off (where it selects nothing: the part of the mask connected to the click; where it selects most of
+        the mask: the part its narrowest neck parts from the rest, if any).  Additions come first."""
         assert self.segmenter is not None
         mask = tracked.copy()
         reach = max(2, round(TOUCH * max(mask.shape)))
@@ -403,7 +406,7 @@ class Pipeline:
                     continue  # nothing to add there
                 part = _component_at(mask, c.x, c.y)
             if not c.positive:
-                mask &= ~part
+                mask = _cut_off(mask, part, c)
             elif (part & _grown_by(mask, reach)).any():
                 mask |= part
             else:
@@ -579,6 +582,14 @@ def _to_correct(obj: ObjectState | None, index: int, prompt: FramePrompt, tracke
 def _grown_by(mask: Mask, px: int) -> Mask:
     """``mask`` dilated by ``px`` pixels (a square)."""
     return cv2.dilate(mask.astype(np.uint8), np.ones((2 * px + 1, 2 * px + 1), np.uint8)) > 0
+
+
+def _cut_off(mask: Mask, part: Mask, click: Click) -> Mask:
+    """``mask`` without what a negative ``click`` selected (``part``), unless that is most of it (see CUT_MAX)."""
+    if mask_area(part & mask) <= CUT_MAX * mask_area(mask):
+        return mask & ~part
+    kept = neck_cut(mask, click.x, click.y)
+    return mask if kept is None else mask & kept
 
 
 def _component_at(mask: Mask, x: float, y: float) -> Mask:

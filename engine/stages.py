@@ -204,6 +204,32 @@ def mask_area(mask: Mask) -> int:
     return int(cv2.countNonZero(np.ascontiguousarray(m).view(np.uint8)))
 
 
+def neck_cut(mask: Mask, x: float, y: float, keep: Sequence[tuple[float, float]] = (),
+             levels: int = 24) -> Mask | None:
+    """Where ``mask`` is kept when the part holding (x, y) is cut off at its narrowest neck to the rest (the
+    highest level of the distance to the mask's edge that parts them): the pixels nearer the rest than that
+    part.  None when nothing parts them, (x, y) lies outside the mask, or the part holds a ``keep`` point."""
+    import cv2
+
+    h, w = mask.shape
+    px, py = min(w - 1, int(x)), min(h - 1, int(y))
+    dist = cv2.distanceTransform(np.pad(mask.astype(np.uint8), 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    if dist[py, px] <= 0:
+        return None
+    for level in np.linspace(float(dist.max()), 0, levels, endpoint=False)[1:]:
+        _, labels = cv2.connectedComponents((dist > level).astype(np.uint8))
+        own = labels[py, px]
+        rest = (labels > 0) & (labels != own)
+        if not own or not rest.any():
+            continue
+        if any(labels[min(h - 1, int(ky)), min(w - 1, int(kx))] == own for kx, ky in keep):
+            return None
+        to_own = cv2.distanceTransform((labels != own).astype(np.uint8), cv2.DIST_L2, 3)
+        to_rest = cv2.distanceTransform((~rest).astype(np.uint8), cv2.DIST_L2, 3)
+        return to_rest <= to_own
+    return None
+
+
 def dilate_hole(hole: Mask, iterations: int) -> Mask:
     """Dilate a hole as the reference video inpainters do (3x3 cross, ``iterations`` times)."""
     import cv2

@@ -381,3 +381,49 @@ def test_a_positive_click_on_a_later_frame_corrects_the_tracked_mask(at, added):
     assert np.array_equal(outs[2].masks[1], before)
     assert np.array_equal(outs[-1].masks[1], before | new if added else new)
     p.close()
+
+
+LEFT = (slice(10, 20), slice(8, 18))  # the object
+RIGHT = (slice(10, 20), slice(24, 34))  # a region the tracker took along, through a thin bridge
+BRIDGE = (slice(14, 16), slice(18, 24))
+
+
+class Dumbbell(Recorder):
+    """A positive click selects the object with the region beside it; a click in that region selects
+    ``selected`` (what a segmenter may select there: the region alone, or everything)."""
+
+    def __init__(self, selected: str) -> None:
+        super().__init__()
+        self.selected = selected
+
+    def segment(self, frame, clicks, *, neighbours=(), box=None):
+        self.calls.append((frame.index, tuple(clicks), box))
+        mask = np.zeros((frame.height, frame.width), bool)
+        if clicks[0].x < 20:  # the first click, on the object
+            for part in (LEFT, RIGHT, BRIDGE):
+                mask[part] = True
+        elif self.selected == "region":
+            mask[RIGHT] = True
+        else:
+            mask[5:30, 4:40] = True
+        return mask
+
+
+@pytest.mark.parametrize("selected", ["region", "everything"])
+def test_a_negative_click_on_a_later_frame_cuts_off_the_region_not_the_object(selected):
+    """A negative correction removes what the segmenter selects at it, unless that is most of the mask
+    (the object came along): then the mask is cut at its narrowest neck to the click."""
+    seg = Dumbbell(selected)
+    p = Pipeline(seg, Drift(0), Copy(), PipelineConfig(delay=4))
+    futures = [p.prompt([Click(12.0, 14.0)], frame_index=0),
+               p.prompt([Click(29.0, 14.0, positive=False)], object_id=1, frame_index=3)]
+    outs = []
+    for i in range(8):
+        outs += p.step(frame(i))
+    outs += p.flush()
+    assert [f.result() for f in futures] == [1, 1]
+    last = outs[-1].masks[1]
+    assert last[LEFT].all(), "the object was cut"
+    assert not last[RIGHT].any(), "the region clicked off stayed"
+    assert outs[2].masks[1][RIGHT].all()  # before the correction
+    p.close()

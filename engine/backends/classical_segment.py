@@ -24,7 +24,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from ..stages import Box, Click, Frame, Mask, Segmenter, SelectionError
+from ..stages import Box, Click, Frame, Mask, Segmenter, SelectionError, neck_cut
 from .registry import BackendOptions
 
 WORK_SIZE = 480  # long side the segmentation runs at ...
@@ -182,31 +182,18 @@ def _with_motion(img: np.ndarray, motion: np.ndarray) -> np.ndarray:
 
 def _cut(mask: np.ndarray, positives: Sequence[Click], negatives: Sequence[Click], s: float) -> np.ndarray:
     """Cut off the part of the mask a negative click still lies in, at the narrowest neck between it
-    and the rest (the highest level of the distance to the mask's edge that parts them): for what
-    colour does not separate."""
+    and the rest (stages.neck_cut): for what colour does not separate."""
     h, w = mask.shape
-    whole = mask.astype(np.uint8)
+    shape = mask.astype(np.uint8)
     for c in negatives:  # the clicked pixels were cleared: close those small holes first
-        if cv2.dilate(whole, np.ones((9, 9), np.uint8))[min(h - 1, int(c.y * s)), min(w - 1, int(c.x * s))]:
-            cv2.circle(whole, (int(c.x * s), int(c.y * s)), 3, 1, -1)
-    dist = cv2.distanceTransform(np.pad(whole, 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
+        if cv2.dilate(shape, np.ones((9, 9), np.uint8))[min(h - 1, int(c.y * s)), min(w - 1, int(c.x * s))]:
+            cv2.circle(shape, (int(c.x * s), int(c.y * s)), 3, 1, -1)
+    keep = [(p.x * s, p.y * s) for p in positives]
     for c in negatives:
-        y, x = min(h - 1, int(c.y * s)), min(w - 1, int(c.x * s))
-        if dist[y, x] <= 0:
-            continue
-        for level in np.linspace(float(dist.max()), 0, CUT_LEVELS, endpoint=False)[1:]:
-            _, labels = cv2.connectedComponents((dist > level).astype(np.uint8))
-            own = labels[y, x]
-            rest = (labels > 0) & (labels != own)
-            if not own or not rest.any():
-                continue
-            if any(labels[min(h - 1, int(p.y * s)), min(w - 1, int(p.x * s))] == own for p in positives):
-                break  # the click's part holds a positive click too: nothing to cut
-            to_own = cv2.distanceTransform((labels != own).astype(np.uint8), cv2.DIST_L2, 3)
-            to_rest = cv2.distanceTransform((~rest).astype(np.uint8), cv2.DIST_L2, 3)
-            mask = mask & (to_rest <= to_own)
-            dist = cv2.distanceTransform(np.pad(mask.astype(np.uint8), 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
-            break
+        kept = neck_cut(shape, c.x * s, c.y * s, keep, CUT_LEVELS)
+        if kept is not None:
+            mask = mask & kept
+            shape = mask
     return mask
 
 
