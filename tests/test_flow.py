@@ -7,7 +7,7 @@ import pytest
 
 from unseen.engine.backends.classical_inpaint import FlowGuidedInpainter
 from unseen.engine.backends.classical_propagate import FlowPropagator
-from unseen.engine.flow import FlowCache, working_scale
+from unseen.engine.flow import FlowCache, squared_speed, working_scale
 from unseen.engine.stages import Frame, InpaintRequest, WindowEntry
 
 
@@ -107,3 +107,16 @@ def test_the_warp_on_the_objects_box_equals_the_whole_frames(scale):
                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     assert np.abs(boxed - whole).max() < 0.05
     assert ((boxed > 0.5) != (whole > 0.5)).sum() <= 4
+
+
+@pytest.mark.parametrize("shape,against", [
+    ((27, 48, 2), None),
+    ((27, 48, 2), np.array([0.25, -1.5], np.float32)),  # a camera's motion: a float32 median
+    ((5, 3, 2), np.array([3.0, 0.0], np.float64)),  # a float64 vector promotes, as numpy's would
+    ((1, 1, 2), np.array([-7.5, 2.25], np.float32)),
+])
+def test_squared_speed_equals_numpys_sum_of_squares(shape, against):
+    flow = np.random.default_rng(3).normal(0, 4, shape).astype(np.float32)
+    expected = (flow ** 2).sum(axis=2) if against is None else ((flow - against) ** 2).sum(axis=2)
+    got = squared_speed(flow, against)
+    assert got.dtype == expected.dtype and np.array_equal(got, expected)

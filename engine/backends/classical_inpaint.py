@@ -33,7 +33,7 @@ from typing import Mapping
 
 from ..background import CLEARANCE, BackgroundModel
 from ..fill import fill_invalid, texture_fill
-from ..flow import FlowCache, shared
+from ..flow import FlowCache, shared, squared_speed
 from ..stages import Image, InpaintRequest, Inpainter, Mask, WindowEntry, dilate_hole, mask_area, mask_box
 from .registry import BackendOptions
 
@@ -155,7 +155,7 @@ class FlowGuidedInpainter(Inpainter):
         if flow is None:
             flow = self._flows.flow(image, before)
         camera = _camera(flow)
-        moving = (((flow - camera) ** 2).sum(axis=2) > MOVING ** 2).astype(np.uint8)
+        moving = (squared_speed(flow, camera) > MOVING ** 2).astype(np.uint8)
         moving = cv2.dilate(moving, np.ones((5, 5), np.uint8))
         return cv2.resize(moving, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST) > 0
 
@@ -200,7 +200,7 @@ class FlowGuidedInpainter(Inpainter):
                 return None
             own = np.median(crop[small], axis=0)
             limit = max(MOVING, 0.5 * float(np.hypot(*(own - camera))))
-            with_it = ((crop - own) ** 2).sum(axis=2) < limit ** 2
+            with_it = squared_speed(crop, own) < limit ** 2
             along = with_it if along is None else along & with_it
         if along is None:
             return None
@@ -254,7 +254,7 @@ class FlowGuidedInpainter(Inpainter):
             flow = self._flows.flow(image, near.frame.image)
             own = _camera(flow)
             limit = max(MOVING, 0.3 * float(np.hypot(*own)))  # (parallax of a moving camera is not motion)
-            moving = (((flow - own) ** 2).sum(axis=2) > limit ** 2).astype(np.uint8)
+            moving = (squared_speed(flow, own) > limit ** 2).astype(np.uint8)
             moving = cv2.dilate(moving, np.ones((5, 5), np.uint8))
             avoid |= cv2.resize(moving, (w, h), interpolation=cv2.INTER_NEAREST) > 0
         if self.background.ready:

@@ -29,7 +29,7 @@ from typing import Mapping
 import cv2
 import numpy as np
 
-from ..flow import FlowCache, shared, to_working
+from ..flow import FlowCache, shared, squared_speed, to_working
 from ..stages import Frame, Mask, Propagator, mask_box
 from .registry import BackendOptions
 
@@ -269,8 +269,8 @@ class FlowPropagator(Propagator):
         gx, gy = np.meshgrid(np.arange(x1 - x0, dtype=np.float32), np.arange(y1 - y0, dtype=np.float32))
         map_x, map_y = gx + b[..., 0], gy + b[..., 1]
         there = cv2.remap(forward, map_x, map_y, cv2.INTER_LINEAR)
-        error = ((b + there) ** 2).sum(axis=2)
-        unconfirmed = error > FB_RATIO * ((b ** 2).sum(axis=2) + (there ** 2).sum(axis=2)) + FB_SLACK
+        error = squared_speed(b + there)
+        unconfirmed = error > FB_RATIO * (squared_speed(b) + squared_speed(there)) + FB_SLACK
         was = cv2.remap(cv2.GaussianBlur(before, (3, 3), 0), map_x, map_y, cv2.INTER_LINEAR).astype(np.int16)
         changed = np.abs(cv2.GaussianBlur(now, (3, 3), 0).astype(np.int16) - was) > CHANGED
         out[y0:y1, x0:x1] = unconfirmed & changed
@@ -289,7 +289,7 @@ class FlowPropagator(Propagator):
             if sure.sum() < 10:
                 return None
         own = np.median(flow[sure], axis=0)
-        off = np.sqrt(((flow - own) ** 2).sum(axis=2)) > max(COHERENCE, 0.5 * float(np.hypot(*own)))
+        off = np.sqrt(squared_speed(flow, own)) > max(COHERENCE, 0.5 * float(np.hypot(*own)))
         # a thin rim along the outline is the flow's blur at a fast edge, not a disocclusion: only a
         # region of some width (what comes out from behind, or the background a moving object leaves) is
         uncovered = cv2.morphologyEx((off & unconfirmed).astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
