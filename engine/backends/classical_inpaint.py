@@ -116,12 +116,14 @@ class FlowGuidedInpainter(Inpainter):
         self._objects: set[int] = set()  # the objects with a mask in the frame observed last
         self._occupied: tuple[int, Mask] | None = None  # (frame index, its tracked objects and hole)
         self._entries: Mapping[int, WindowEntry] = {}  # the window of the frame being completed
+        self._still_since: int | None = None  # the first frame of the background model's still run
 
     def reset(self) -> None:
         self._completed.clear()
         self._holes.clear()
         self._fills.clear()
         self.background.reset()
+        self._still_since = None
         self._objects.clear()
         self._occupied = None
 
@@ -136,6 +138,10 @@ class FlowGuidedInpainter(Inpainter):
                 occupied |= m
                 present.add(oid)
         self.background.update(image, occupied, self._moved(image, self.background.previous))
+        if self.background.known is None:  # the camera moved (or the scene changed): the model starts again
+            self._still_since = None
+        elif self._still_since is None:  # the model starts on the frame after the one the run starts with
+            self._still_since = entry.frame.index - 1
         for oid in present - self._objects:
             grown = cv2.dilate(masks[oid].astype(np.uint8), np.ones((4 * CLEARANCE + 1,) * 2, np.uint8)) > 0
             self.background.forget(grown, image)
@@ -346,12 +352,13 @@ class FlowGuidedInpainter(Inpainter):
                 take(entries[j].frame.image, wk["x"], wk["y"], wk["alive"], self._hole_of(entries[j]))
         self.filled["window"] += int(done.sum()) - counted
         counted = int(done.sum())
-        # past reference frames, newest first: a direct flow to each; a still camera's (its background model
-        # is kept while the camera stays still) shows the background where it is in the target
+        # past reference frames, newest first: a direct flow to each; one from the still camera's present run
+        # (its background model is kept while the camera stays still) shows the background where it is in the
+        # target
         for ref in reversed(list(request.references)):
             if done.all():
                 break
-            if self.background.ready:
+            if self.background.ready and self._still_since is not None and ref.frame.index >= self._still_since:
                 px, py = xs.astype(np.float32), ys.astype(np.float32)
             else:
                 fx, fy = _displacement(self._flow(target, ref), xs, ys, s)
