@@ -20,7 +20,8 @@ import cv2
 import numpy as np
 
 FLOW_SIZE = 480  # long side the flow is computed at (px)
-CAPACITY = 32  # flows kept (about 1 MB each at 480x270), least recently used evicted first
+CAPACITY = 48  # flows kept (about 1 MB each at 480x270), least recently used evicted first: two a frame
+# (backward and forward) over the inpainter's window, the frames decoded ahead and its references
 
 
 def working_scale(shape: tuple[int, ...], size: int = FLOW_SIZE) -> float:

@@ -349,9 +349,21 @@ class StreamSession:
                     frame = next(it, None)
                 if frame is None:
                     break
+                self._prepare(frame, "decode")
                 self.frames.put(frame)
         finally:
             self.frames.close()
+
+    def _prepare(self, frame: Frame, worker: str) -> None:
+        """The pipeline's mask-free work on a frame (optional ``prepare``), ahead of its tracking."""
+        prepare = getattr(self.phases, "prepare", None)
+        if prepare is None:
+            return
+        with self.tracer.span(worker, "prepare", call=worker == "prepare"):
+            try:
+                prepare(frame)
+            except Exception as exc:  # the frame's tracking meets (and reports) the same trouble
+                log.debug("prepare of frame %s: %s", frame.index, exc)
 
     def _track(self, device: DeviceContext) -> None:
         try:
@@ -457,6 +469,7 @@ class StreamSession:
             if self._stop.is_set():
                 self._count_unprocessed(1)
                 break
+            self._prepare(frame, "prepare")
             for job in self._track_one(frame, device):
                 self._emit_and_write(job, device)
         if not (self._abandoned or self._no_flush) and self.error is None:

@@ -109,6 +109,11 @@ class Propagator(abc.ABC):
     def reset(self) -> None:
         """Forget every object and all memory."""
 
+    def prepare(self, frame: Frame) -> None:
+        """Work on ``frame`` that needs no masks, done ahead of :meth:`step` (the runtime calls it for every
+        frame in order, on the decoding worker when pipelined): e.g. its optical flow back to the frame
+        before.  It must change no result, only when the work is done.  Default: nothing."""
+
     @property
     def objects(self) -> list[int]:  # pragma: no cover - informational
         return []
@@ -169,6 +174,10 @@ class Inpainter(abc.ABC):
         """See each frame as it leaves (``entry``: the frame and its hole, maybe empty) with every tracked
         object's mask (all effects), before it is completed: a backend may learn from it (a still
         camera's background).  Default: nothing."""
+
+    def prepare(self, frame: Frame) -> None:
+        """As :meth:`Propagator.prepare`: mask-free work on each new frame, ahead of its completion (e.g.
+        the flow from the frame before to it).  Default: nothing."""
 
     def cheap(self, request: InpaintRequest) -> Image:
         """A fast fallback used when the session is behind its deadline (counted as degraded)."""

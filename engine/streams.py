@@ -300,10 +300,12 @@ class Tracer:
         self._tids: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def record(self, worker: str, stage: str, start: float, end: float) -> None:
+    def record(self, worker: str, stage: str, start: float, end: float, *, call: bool = True) -> None:
+        """``call=False``: time the worker spent on a side task of its call (busy, not another call)."""
         with self._lock:
             self.busy[worker] = self.busy.get(worker, 0.0) + end - start
-            self.calls[worker] = self.calls.get(worker, 0) + 1
+            if call:
+                self.calls[worker] = self.calls.get(worker, 0) + 1
             if not self.enabled:
                 return
             if len(self.events) >= self.limit:
@@ -313,12 +315,12 @@ class Tracer:
             self.events.append(TraceEvent(stage, tid, (start - self.t0) * 1e6, (end - start) * 1e6))
 
     @contextlib.contextmanager
-    def span(self, worker: str, stage: str):
+    def span(self, worker: str, stage: str, *, call: bool = True):
         start = time.perf_counter()
         try:
             yield
         finally:
-            self.record(worker, stage, start, time.perf_counter())
+            self.record(worker, stage, start, time.perf_counter(), call=call)
 
     def chrome(self) -> dict:
         pid = os.getpid()

@@ -89,6 +89,34 @@ def test_the_inpainter_takes_the_propagators_flows():
     assert cache.computed - 6 <= 3  # at most the forward flows 3->4, 4->5, 5->6
 
 
+def test_prepared_frames_flows_are_found_and_the_masks_are_the_same():
+    """prepare() (run ahead, on the worker that decodes) computes the flows step() and the fill read; the
+    masks are those of a propagator that computed them itself."""
+    base = _texture(160, 240)
+    images = [_shifted(base, 2 * i) for i in range(6)]
+    mask = np.zeros((160, 240), bool)
+    mask[60:100, 80:120] = True
+    runs = []
+    for ahead in (False, True):
+        cache = FlowCache()
+        propagator = FlowPropagator(flows=cache)
+        inpainter = FlowGuidedInpainter(flows=cache)
+        frames = [Frame(i, im) for i, im in enumerate(images)]
+        propagator.seed(frames[0], {1: mask})
+        inpainter.observe(WindowEntry(frames[0], mask), {1: mask})  # an object is tracked: forward flows too
+        if ahead:
+            for f in frames:
+                propagator.prepare(f)
+                inpainter.prepare(f)
+            assert cache.computed == 2 * 5  # backward and forward, between each pair
+        before = cache.computed
+        runs.append([propagator.step(f)[1] for f in frames[1:]])
+        if ahead:
+            assert cache.computed == before  # every flow the steps needed was there
+            assert cache.cached(images[2], images[3]) is not None  # and the forward ones for the fill
+    assert all(np.array_equal(a, b) for a, b in zip(*runs))
+
+
 @pytest.mark.parametrize("scale", [1.0, 0.5625])
 def test_the_warp_on_the_objects_box_equals_the_whole_frames(scale):
     h, w = 120, 200

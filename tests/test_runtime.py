@@ -349,6 +349,38 @@ def test_tracer_writes_chrome_trace_events_and_busy_time(tmp_path):
     assert 0 <= result.workers["emit"].utilisation <= 1
 
 
+class PreparingPhases(StubPhases):
+    """Records which worker prepared each frame, and whether it was prepared before it was tracked."""
+
+    def __init__(self) -> None:
+        super().__init__(delay=1)
+        self.prepared: list[tuple[int, str]] = []
+        self.tracked_unprepared: list[int] = []
+
+    def prepare(self, frame: Frame) -> None:
+        self.prepared.append((id(frame), threading.current_thread().name))
+
+    def track(self, frame: Frame, *, hurry=False) -> list[int]:
+        if id(frame) not in {p for p, _ in self.prepared}:
+            self.tracked_unprepared.append(frame.index)
+        return super().track(frame, hurry=hurry)
+
+
+@pytest.mark.parametrize("mode", list(Mode))
+def test_each_frame_is_prepared_before_it_is_tracked_on_the_decoding_worker(mode):
+    phases = PreparingPhases()
+    session = StreamSession(CountingSource(8), phases, [ListSink()], config=RuntimeConfig(mode=mode, trace=True))
+    result = session.run()
+    assert len(phases.prepared) == 8 and phases.tracked_unprepared == []
+    worker = "decode" if mode is Mode.PIPELINED else "sequential"
+    assert {name.split("-")[1] for _, name in phases.prepared} == {worker}
+    assert "prepare" in {e.name for e in session.tracer.events}
+    if mode is Mode.PIPELINED:  # the decoding worker's busy time includes it; its calls are the frames
+        assert result.workers["decode"].calls == 9  # 8 frames + the end of the source
+    else:
+        assert result.workers["prepare"].calls == 8
+
+
 def test_thread_settings_are_applied_and_stated():
     before = cv2.getNumThreads()
     try:

@@ -34,7 +34,7 @@ from typing import Mapping
 from ..background import CLEARANCE, BackgroundModel
 from ..fill import fill_invalid, texture_fill
 from ..flow import FlowCache, shared, squared_speed
-from ..stages import Image, InpaintRequest, Inpainter, Mask, WindowEntry, dilate_hole, mask_area, mask_box
+from ..stages import Frame, Image, InpaintRequest, Inpainter, Mask, WindowEntry, dilate_hole, mask_area, mask_box
 from .registry import BackendOptions
 
 HOLE_GROW = 6  # extra dilation (px at flow size) of holes where flow is untrusted
@@ -117,6 +117,7 @@ class FlowGuidedInpainter(Inpainter):
         self._occupied: tuple[int, Mask] | None = None  # (frame index, its tracked objects and hole)
         self._entries: Mapping[int, WindowEntry] = {}  # the window of the frame being completed
         self._still_since: int | None = None  # the first frame of the background model's still run
+        self._ahead: np.ndarray | None = None  # the image prepare() saw last (on the worker that decodes)
 
     def reset(self) -> None:
         self._completed.clear()
@@ -126,6 +127,13 @@ class FlowGuidedInpainter(Inpainter):
         self._still_since = None
         self._objects.clear()
         self._occupied = None
+
+    def prepare(self, frame: Frame) -> None:
+        """While objects are tracked: the forward flow from the frame prepared before to ``frame``, which the
+        fill walks along (the backward one is the propagator's), computed ahead on the worker that decodes."""
+        before, self._ahead = self._ahead, frame.image
+        if self._objects and before is not None and before.shape == frame.image.shape:
+            self._flows.flow(before, frame.image)
 
     def observe(self, entry: WindowEntry, masks: Mapping[int, Mask]) -> None:
         """Learn the still camera's background from the frame leaving; an object tracked from now on is
@@ -150,16 +158,10 @@ class FlowGuidedInpainter(Inpainter):
 
     def _moved(self, image: Image, before: Image | None) -> Mask | None:
         """Pixels that moved against the camera since ``before``, dilated; None without a previous frame of
-        this size.  While objects are tracked the flow is the propagator's; where it did not compute it (a
-        degraded live step) None: computing it here would cost what the step saved, and the tracked objects
-        are kept out of the model anyway (its calm test still holds for the rest)."""
+        this size.  The flow is the one the propagator prepares for every frame (found in the cache)."""
         if before is None or before.shape != image.shape:
             return None
-        flow = self._flows.cached(image, before)
-        if flow is None and self._objects:
-            return None
-        if flow is None:
-            flow = self._flows.flow(image, before)
+        flow = self._flows.flow(image, before)
         camera = _camera(flow)
         moving = (squared_speed(flow, camera) > MOVING ** 2).astype(np.uint8)
         moving = cv2.dilate(moving, np.ones((5, 5), np.uint8))

@@ -105,6 +105,9 @@ class GuidedPropagator(Propagator):
         self._guides.clear()
         self._prev = None
 
+    def prepare(self, frame: Frame) -> None:
+        self._flow.prepare(frame)
+
     def seed(self, frame: Frame, masks: Mapping[int, Mask]) -> None:
         self._flow.seed(frame, masks)
         guides = {}
