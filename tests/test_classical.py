@@ -463,3 +463,49 @@ def test_the_reduced_step_follows_the_object_cheaply_and_a_full_step_goes_on_fro
         masks = step(Frame(i, clip.frames[i]))
         assert iou(masks[1], clip.masks[i]) > 0.8, (i, kind)
     assert prop.memory_frames() <= 3  # no state added by the reduced steps
+
+
+class _GrabCut:
+    """cv2.grabCut stand-in that counts its calls and either keeps the unsure band as it is (the refinement
+    is taken: the same outline) or clears it (rejected: the object would lose the band)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.agree = False
+
+    def __call__(self, roi, trimap, rect, bgd, fgd, iterations, mode):
+        self.calls += 1
+        if not self.agree:
+            trimap[trimap == cv2.GC_PR_FGD] = cv2.GC_PR_BGD
+
+
+def test_a_refinement_rejected_again_and_again_is_tried_less_often_until_one_is_taken(clip, monkeypatch):
+    from unseen.engine.backends import classical_propagate as cp
+
+    grabcut = _GrabCut()
+    monkeypatch.setattr(cp.cv2, "grabCut", grabcut)
+    prop = FlowPropagator()
+    prop.seed(Frame(0, clip.frames[0]), {1: clip.masks[0]})
+    tried = []
+    for i in range(1, 20):
+        before = grabcut.calls
+        prop.step(Frame(i, clip.frames[i]))
+        tried.append(grabcut.calls - before)
+    # the first REFINE_BACKOFF are tried, then one frame in REFINE_EVERY
+    assert tried[:cp.REFINE_BACKOFF] == [1] * cp.REFINE_BACKOFF
+    rest = tried[cp.REFINE_BACKOFF:]
+    assert rest == ([0] * (cp.REFINE_EVERY - 1) + [1]) * (len(rest) // cp.REFINE_EVERY) + [0] * (len(rest) % cp.REFINE_EVERY)
+    grabcut.agree = True  # the next try is taken: every frame is tried again
+    tried = []
+    for i in range(20, 30):
+        before = grabcut.calls
+        prop.step(Frame(i, clip.frames[i]))
+        tried.append(grabcut.calls - before)
+    first = tried.index(1)
+    assert first < cp.REFINE_EVERY and tried[first:] == [1] * (len(tried) - first)
+    grabcut.agree = False  # a new reference starts the count again
+    prop.seed(Frame(30, clip.frames[30]), {1: clip.masks[30]})
+    before = grabcut.calls
+    for i in range(31, 31 + cp.REFINE_BACKOFF):
+        prop.step(Frame(i, clip.frames[i]))
+    assert grabcut.calls - before == cp.REFINE_BACKOFF

@@ -36,6 +36,10 @@ from .registry import BackendOptions
 REFINE_SIZE = 256  # long side of the region the refinement runs at (192 and 224: blackswan tracked from its true
 # first mask runs away, IoU 0.64 / 0.68 against 0.90)
 REFINE_ITERATIONS = 1  # GrabCut's: a second one changed 0.01% of the pixels and track J&F by 0.002, for 45% more
+REFINE_BACKOFF = 3  # refinements of an object rejected in a row (below) after which it is tried ...
+REFINE_EVERY = 4  # ... only every this many frames, until one is taken again: on most clips the colour
+# models keep disagreeing with the motion (DAVIS from the true first masks: bmx-trees, drift-chicane and
+# schoolgirls rejected on every frame, blackswan on 2 of 39), and GrabCut is most of a step's time
 MIN_AGREEMENT = 0.8  # IoU the refined mask must keep with the warped one to be used ...
 MAX_GROWTH = 1.1  # ... and the area ratio it may change by in one frame ...
 MAX_DRIFT = 1.3  # ... and by against the object's slowly adapting area (seeded on the reference frame)
@@ -79,6 +83,8 @@ class FlowPropagator(Propagator):
         self._stale: dict[int, np.ndarray] = {}  # object id -> frames in a row each pixel differed from it
         self._soft: dict[int, np.ndarray] = {}  # object id -> float32 mask at full size
         self._area: dict[int, float] = {}  # slowly adapting area per object, to catch runaway growth
+        self._rejected: dict[int, int] = {}  # object id -> its refinements rejected in a row (REFINE_BACKOFF)
+        self._untried: dict[int, int] = {}  # object id -> frames since its refinement was last tried
         self._bg: np.ndarray | None = None  # still camera: background colour per pixel (flow size)
         self._seen: np.ndarray | None = None  # frames each pixel was seen free of objects (capped)
 
@@ -98,6 +104,8 @@ class FlowPropagator(Propagator):
         self._prev = None
         self._soft.clear()
         self._area.clear()
+        self._rejected.clear()
+        self._untried.clear()
         self._look.clear()
         self._stale.clear()
         self._bg = self._seen = None
@@ -114,6 +122,8 @@ class FlowPropagator(Propagator):
         self._prev = frame.image
         self._soft = {oid: m.astype(np.float32) for oid, m in masks.items()}
         self._area = {oid: float(m.sum()) for oid, m in masks.items()}
+        self._rejected.clear()  # a new reference: every refinement is tried again
+        self._untried.clear()
         self._restart_looks(self._small(frame.image), masks)
 
     def step(self, frame: Frame) -> dict[int, Mask]:
@@ -138,7 +148,7 @@ class FlowPropagator(Propagator):
             mask = warped > 0.5
             soft = warped  # carried unthresholded: thresholding every step would bias the edges
             if self.refine and mask.any():
-                refined = self._refine(frame.image, mask)
+                refined = self._refine(frame.image, mask, oid) if self._refine_due(oid) else mask
                 area = float(refined.sum())
                 anchor = self._area.get(oid, area)
                 # the refinement may follow the object's outline, but not creep out over many frames
@@ -372,8 +382,22 @@ class FlowPropagator(Propagator):
         cv2.add(self._seen, free.astype(np.uint16), dst=self._seen)
         np.minimum(self._seen, 1000, out=self._seen)
 
-    def _refine(self, image: np.ndarray, mask: Mask) -> Mask:
-        """Narrow-band GrabCut around the warped outline: sure inside, sure outside, unsure in the band."""
+    def _refine_due(self, oid: int) -> bool:
+        """Whether the object's refinement is tried on this frame (see REFINE_BACKOFF); counts the tries."""
+        untried = self._untried.get(oid, 0) + 1
+        due = self._rejected.get(oid, 0) < REFINE_BACKOFF or untried >= REFINE_EVERY
+        self._untried[oid] = 0 if due else untried
+        return due
+
+    def _refine(self, image: np.ndarray, mask: Mask, oid: int | None = None) -> Mask:
+        """Narrow-band GrabCut around the warped outline: sure inside, sure outside, unsure in the band.
+        Returns ``mask`` itself where the refinement is rejected (counted for object ``oid``)."""
+        out = self._grabcut(image, mask)
+        if oid is not None:
+            self._rejected[oid] = self._rejected.get(oid, 0) + 1 if out is mask else 0
+        return out
+
+    def _grabcut(self, image: np.ndarray, mask: Mask) -> Mask:
         bx0, by0, bx1, by1 = mask_box(mask)  # (not None: the caller refines a mask with pixels)
         size = max(by1 - by0, bx1 - bx0)
         band = self.band or int(np.clip(size * 0.08, 3, 24))
