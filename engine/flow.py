@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 FLOW_SIZE = 480  # long side the flow is computed at (px)
-CAPACITY = 48  # flows kept (about 1 MB each at 480x270), least recently used evicted first: two a frame
+CAPACITY = 96  # flows kept (about 1 MB each at 480x270), least recently used evicted first: two a frame
 # (backward and forward) over the inpainter's window, the frames decoded ahead and its references
 
 
