@@ -65,7 +65,7 @@ class Emitter:
     def emit(self, job: EmitJob) -> OutputFrame:
         held = job.held[job.index]
         image, degraded = held.frame.image, False
-        self.inpainter.observe(held.window, held.masks)
+        self.inpainter.observe(held.window, held.masks, hurried=held.tracking is Level.STALE_MASKS)
         if held.window.hole.any():
             image, degraded = self._fill(job, held)
         self._completed[job.index] = (image, held.window)

@@ -172,14 +172,14 @@ class Pipeline:
         """Phase two: complete the job's frame.  Jobs must be emitted in order, one thread at a time."""
         return self.emitter.emit(job)
 
-    def prepare(self, frame: Frame) -> None:
+    def prepare(self, frame: Frame, *, work: bool = True) -> None:
         """Phase zero (any one thread, in frame order, before :meth:`track` of the frame): the stages' mask-free
         work on it (see :meth:`Propagator.prepare`).  Changes no result, only which worker does the work."""
         if self._size is not None and (frame.width, frame.height) != self._size:
             return  # track() refuses it
         if self.propagator is not None and self.given_masks is None:
-            self.propagator.prepare(frame)
-        self.inpainter.prepare(frame)
+            self.propagator.prepare(frame, work=work)
+        self.inpainter.prepare(frame, work=work)
 
     def track(self, frame: Frame, *, hurry: bool | Level = False) -> list[EmitJob]:
         """Phase one: the masks and hole of the next frame, the prompts due; the job of the frame leaving."""

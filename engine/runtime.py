@@ -46,6 +46,8 @@ __all__ = ["BoundedQueue", "CloseReport", "DeviceContext", "Mode", "Policy", "Qu
 log = logging.getLogger("unseen.runtime")
 
 STAGES = ("decode", "track", "emit", "write")
+PREPARE_BACKLOG = 2  # a paced (live) stream's frames are prepared ahead only while fewer than this many wait
+# (the ladder's first level): behind, the next steps skip or cut what preparing computes (their flows)
 SINK_CLOSE_SHARE = 0.2  # of close()'s timeout, kept (up to 1 s) for the sinks after the workers
 
 
@@ -349,19 +351,20 @@ class StreamSession:
                     frame = next(it, None)
                 if frame is None:
                     break
-                self._prepare(frame, "decode")
+                self._prepare(frame, "decode", work=self.pace is None or self._backlog() < PREPARE_BACKLOG)
                 self.frames.put(frame)
         finally:
             self.frames.close()
 
-    def _prepare(self, frame: Frame, worker: str) -> None:
-        """The pipeline's mask-free work on a frame (optional ``prepare``), ahead of its tracking."""
+    def _prepare(self, frame: Frame, worker: str, work: bool = True) -> None:
+        """The pipeline's mask-free work on a frame (optional ``prepare``), ahead of its tracking; ``work``
+        False: the frame is only noted (the next one is prepared against it)."""
         prepare = getattr(self.phases, "prepare", None)
         if prepare is None:
             return
         with self.tracer.span(worker, "prepare", call=worker == "prepare"):
             try:
-                prepare(frame)
+                prepare(frame, work=work)
             except Exception as exc:  # the frame's tracking meets (and reports) the same trouble
                 log.debug("prepare of frame %s: %s", frame.index, exc)
 

@@ -109,10 +109,11 @@ class Propagator(abc.ABC):
     def reset(self) -> None:
         """Forget every object and all memory."""
 
-    def prepare(self, frame: Frame) -> None:
+    def prepare(self, frame: Frame, *, work: bool = True) -> None:
         """Work on ``frame`` that needs no masks, done ahead of :meth:`step` (the runtime calls it for every
         frame in order, on the decoding worker when pipelined): e.g. its optical flow back to the frame
-        before.  It must change no result, only when the work is done.  Default: nothing."""
+        before.  It must change no result, only when the work is done.  ``work`` False (a live stream
+        behind): only note the frame, the next one may pair with it.  Default: nothing."""
 
     @property
     def objects(self) -> list[int]:  # pragma: no cover - informational
@@ -170,12 +171,13 @@ class Inpainter(abc.ABC):
     def inpaint(self, request: InpaintRequest) -> Image:
         """Return the completed image of ``request.target``; only the dilated hole may change."""
 
-    def observe(self, entry: WindowEntry, masks: Mapping[int, Mask]) -> None:
+    def observe(self, entry: WindowEntry, masks: Mapping[int, Mask], *, hurried: bool = False) -> None:
         """See each frame as it leaves (``entry``: the frame and its hole, maybe empty) with every tracked
         object's mask (all effects), before it is completed: a backend may learn from it (a still
-        camera's background).  Default: nothing."""
+        camera's background).  ``hurried``: a live stream behind skipped the frame's propagation; what
+        that saved (its optical flow) should not be spent here.  Default: nothing."""
 
-    def prepare(self, frame: Frame) -> None:
+    def prepare(self, frame: Frame, *, work: bool = True) -> None:
         """As :meth:`Propagator.prepare`: mask-free work on each new frame, ahead of its completion (e.g.
         the flow from the frame before to it).  Default: nothing."""
 

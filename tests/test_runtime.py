@@ -357,8 +357,11 @@ class PreparingPhases(StubPhases):
         self.prepared: list[tuple[int, str]] = []
         self.tracked_unprepared: list[int] = []
 
-    def prepare(self, frame: Frame) -> None:
+        self.work: list[bool] = []
+
+    def prepare(self, frame: Frame, *, work: bool = True) -> None:
         self.prepared.append((id(frame), threading.current_thread().name))
+        self.work.append(work)
 
     def track(self, frame: Frame, *, hurry=False) -> list[int]:
         if id(frame) not in {p for p, _ in self.prepared}:
@@ -379,6 +382,27 @@ def test_each_frame_is_prepared_before_it_is_tracked_on_the_decoding_worker(mode
         assert result.workers["decode"].calls == 9  # 8 frames + the end of the source
     else:
         assert result.workers["prepare"].calls == 8
+
+
+def test_a_live_stream_behind_only_notes_the_frames_it_would_prepare():
+    """Paced (live): with PREPARE_BACKLOG or more frames waiting, the next steps skip or cut what preparing
+    computes, so frames are only noted; a file (no pace) prepares every frame."""
+    from unseen.engine.degrade import Level
+    from unseen.engine.runtime import PREPARE_BACKLOG
+
+    source = QueueSource(16)
+    for i in range(6):  # queued before the session starts: the first frame decoded has 5 behind it
+        source.push(Frame(-1, np.zeros((4, 4, 3), np.uint8), pts=i))
+    source.close()
+    phases = PreparingPhases()
+    StreamSession(source, phases, [ListSink()], pace=lambda backlog: Level.FULL).run()
+    assert len(phases.work) == 6 and phases.tracked_unprepared == []
+    # frame i is decoded with at least 5 - i still in the source: the first ones wait behind PREPARE_BACKLOG or more
+    behind = [i for i in range(6) if 5 - i >= PREPARE_BACKLOG]
+    assert [phases.work[i] for i in behind] == [False] * len(behind)
+    phases = PreparingPhases()  # a file: every frame
+    StreamSession(CountingSource(6), phases, [ListSink()]).run()
+    assert phases.work == [True] * 6
 
 
 def test_thread_settings_are_applied_and_stated():

@@ -128,14 +128,14 @@ class FlowGuidedInpainter(Inpainter):
         self._objects.clear()
         self._occupied = None
 
-    def prepare(self, frame: Frame) -> None:
+    def prepare(self, frame: Frame, *, work: bool = True) -> None:
         """While objects are tracked: the forward flow from the frame prepared before to ``frame``, which the
         fill walks along (the backward one is the propagator's), computed ahead on the worker that decodes."""
         before, self._ahead = self._ahead, frame.image
-        if self._objects and before is not None and before.shape == frame.image.shape:
+        if work and self._objects and before is not None and before.shape == frame.image.shape:
             self._flows.flow(before, frame.image)
 
-    def observe(self, entry: WindowEntry, masks: Mapping[int, Mask]) -> None:
+    def observe(self, entry: WindowEntry, masks: Mapping[int, Mask], *, hurried: bool = False) -> None:
         """Learn the still camera's background from the frame leaving; an object tracked from now on is
         forgotten where the model learned it (it stood still before it was clicked)."""
         image = entry.frame.image
@@ -145,7 +145,7 @@ class FlowGuidedInpainter(Inpainter):
             if m.any():
                 occupied |= m
                 present.add(oid)
-        self.background.update(image, occupied, self._moved(image, self.background.previous))
+        self.background.update(image, occupied, None if hurried else self._moved(image, self.background.previous))
         if self.background.known is None:  # the camera moved (or the scene changed): the model starts again
             self._still_since = None
         elif self._still_since is None:  # the model starts on the frame after the one the run starts with
@@ -158,7 +158,9 @@ class FlowGuidedInpainter(Inpainter):
 
     def _moved(self, image: Image, before: Image | None) -> Mask | None:
         """Pixels that moved against the camera since ``before``, dilated; None without a previous frame of
-        this size.  The flow is the one the propagator prepares for every frame (found in the cache)."""
+        this size.  The flow is the propagator's (found in the cache; a hurried frame, whose propagation
+        was skipped, is not asked: computing it here would cost what the step saved, and the tracked
+        objects are kept out of the model anyway, its calm test still holds for the rest)."""
         if before is None or before.shape != image.shape:
             return None
         flow = self._flows.flow(image, before)

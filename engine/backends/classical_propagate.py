@@ -110,11 +110,11 @@ class FlowPropagator(Propagator):
         self._stale.clear()
         self._bg = self._seen = None
 
-    def prepare(self, frame: Frame) -> None:
+    def prepare(self, frame: Frame, *, work: bool = True) -> None:
         """The flow from ``frame`` back to the frame prepared before it, into the cache step() reads: on a
         pipelined stream the worker that decodes computes it while this one refines the frame before."""
         before, self._ahead = self._ahead, frame.image
-        if before is not None and before.shape == frame.image.shape:
+        if work and before is not None and before.shape == frame.image.shape:
             self._flows.flow(frame.image, before)
 
     def seed(self, frame: Frame, masks: Mapping[int, Mask]) -> None:
