@@ -94,15 +94,21 @@ def texture_fill(image: np.ndarray, hole: np.ndarray, avoid: np.ndarray | None =
     if not hole.any():
         return image
     out = image.copy()
-    img = image.astype(np.float32)
     h, w = hole.shape
     blocked = hole if avoid is None else hole | avoid
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(hole.astype(np.uint8), connectivity=8)
-    rest = np.zeros_like(hole)
+    # the pieces, labelled on the hole's box (the whole frame's labels, shifted)
+    bx0, by0, bw, bh = cv2.boundingRect(hole.view(np.uint8) if hole.dtype == bool else hole.astype(np.uint8))
+    n, box_labels, stats, _ = cv2.connectedComponentsWithStats(
+        np.ascontiguousarray(hole[by0:by0 + bh, bx0:bx0 + bw]).astype(np.uint8), connectivity=8)
+    stats[:, 0] += bx0
+    stats[:, 1] += by0
+    labels = np.zeros((h, w), box_labels.dtype)
+    labels[by0:by0 + bh, bx0:bx0 + bw] = box_labels
+    left = np.zeros(n, bool)  # pieces left to Telea
     for k in range(1, n):
         x, y, ww, hh, area = (int(v) for v in stats[k])
         if area < 48 or min(ww, hh) < 4:
-            rest |= labels == k
+            left[k] = True
             continue
         r = max(3, round(0.2 * min(ww, hh)))
         y0, y1, x0, x1 = max(0, y - r), min(h, y + hh + r), max(0, x - r), min(w, x + ww + r)
@@ -110,9 +116,10 @@ def texture_fill(image: np.ndarray, hole: np.ndarray, avoid: np.ndarray | None =
         ring = (cv2.dilate(comp.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2)) > 0)
         ring &= ~blocked[y0:y1, x0:x1]
         if ring.sum() < 8:
-            rest |= labels == k
+            left[k] = True
             continue
-        target = img[y0:y1, x0:x1]
+        target = image[y0:y1, x0:x1].astype(np.float32)
+        target_ring = target[ring]
         best, best_cost = None, np.inf
         for dy, dx in _offsets(ww, hh, r):
             sy0, sx0 = y0 + dy, x0 + dx
@@ -121,19 +128,20 @@ def texture_fill(image: np.ndarray, hole: np.ndarray, avoid: np.ndarray | None =
             src_hole = blocked[sy0:sy0 + y1 - y0, sx0:sx0 + x1 - x0]
             if (src_hole & (comp | ring)).sum() > 0.02 * comp.sum():
                 continue
-            src = img[sy0:sy0 + y1 - y0, sx0:sx0 + x1 - x0]
-            cost = float(((src[ring] - target[ring]) ** 2).sum(axis=1).mean())
+            src_ring = image[sy0:sy0 + y1 - y0, sx0:sx0 + x1 - x0][ring].astype(np.float32)
+            cost = float(((src_ring - target_ring) ** 2).sum(axis=1).mean())
             cost *= 1.0 + 0.05 * np.hypot(dy, dx) / max(ww, hh)  # nearer sources are likelier the same surface
             if cost < best_cost:
-                best, best_cost = (src, src_hole), cost
+                best, best_cost = (sy0, sx0, src_hole), cost
         if best is None:
-            rest |= labels == k
+            left[k] = True
             continue
-        src, src_hole = best
+        sy0, sx0, src_hole = best
+        src = image[sy0:sy0 + y1 - y0, sx0:sx0 + x1 - x0].astype(np.float32)
         valid = ~blocked[y0:y1, x0:x1] & ~src_hole
         correction = fill_invalid(np.where(valid[..., None], target - src, 0).astype(np.float32), valid)
         patch = np.clip(src + correction + 0.5, 0, 255).astype(np.uint8)
         out[y0:y1, x0:x1][comp] = patch[comp]
-    if rest.any():
-        out = spatial_fill(out, rest)
+    if left.any():
+        out = spatial_fill(out, left[labels])
     return out
