@@ -97,7 +97,7 @@ def texture_fill(image: np.ndarray, hole: np.ndarray, avoid: np.ndarray | None =
     h, w = hole.shape
     blocked = hole if avoid is None else hole | avoid
     # the pieces, labelled on the hole's box (the whole frame's labels, shifted)
-    bx0, by0, bw, bh = cv2.boundingRect(hole.view(np.uint8) if hole.dtype == bool else hole.astype(np.uint8))
+    bx0, by0, bw, bh = cv2.boundingRect(np.ascontiguousarray(hole, dtype=bool).view(np.uint8))
     n, box_labels, stats, _ = cv2.connectedComponentsWithStats(
         np.ascontiguousarray(hole[by0:by0 + bh, bx0:bx0 + bw]).astype(np.uint8), connectivity=8)
     stats[:, 0] += bx0
