@@ -117,6 +117,20 @@ def test_prepared_frames_flows_are_found_and_the_masks_are_the_same():
     assert all(np.array_equal(a, b) for a, b in zip(*runs))
 
 
+@pytest.mark.parametrize("hurried", [False, True])
+def test_a_hurried_frame_costs_the_background_model_no_flow(hurried):
+    """A live stream behind skipped the frame's propagation (and its flow): observing it computes none; a
+    frame tracked in full has its flow taken (from the cache, else computed: the same either way)."""
+    cache = FlowCache()
+    inpainter = FlowGuidedInpainter(flows=cache)
+    base = _texture(160, 240)
+    mask = np.zeros((160, 240), bool)
+    mask[60:100, 80:120] = True
+    inpainter.observe(WindowEntry(Frame(0, base), mask), {1: mask})
+    inpainter.observe(WindowEntry(Frame(1, _shifted(base, 1)), mask), {1: mask}, hurried=hurried)
+    assert cache.computed == (0 if hurried else 1)
+
+
 @pytest.mark.parametrize("scale", [1.0, 0.5625])
 def test_the_warp_on_the_objects_box_equals_the_whole_frames(scale):
     h, w = 120, 200
