@@ -351,17 +351,18 @@ class StreamSession:
                     frame = next(it, None)
                 if frame is None:
                     break
-                self._prepare(frame, "decode", work=self.pace is None or self._backlog() < PREPARE_BACKLOG)
+                self._prepare(frame, "decode")
                 self.frames.put(frame)
         finally:
             self.frames.close()
 
-    def _prepare(self, frame: Frame, worker: str, work: bool = True) -> None:
-        """The pipeline's mask-free work on a frame (optional ``prepare``), ahead of its tracking; ``work``
-        False: the frame is only noted (the next one is prepared against it)."""
+    def _prepare(self, frame: Frame, worker: str) -> None:
+        """The pipeline's mask-free work on a frame (optional ``prepare``), ahead of its tracking; a live
+        stream behind (PREPARE_BACKLOG) only notes the frame (the next one is prepared against it)."""
         prepare = getattr(self.phases, "prepare", None)
         if prepare is None:
             return
+        work = self.pace is None or self._backlog() < PREPARE_BACKLOG
         with self.tracer.span(worker, "prepare", call=worker == "prepare"):
             try:
                 prepare(frame, work=work)

@@ -384,7 +384,8 @@ def test_each_frame_is_prepared_before_it_is_tracked_on_the_decoding_worker(mode
         assert result.workers["prepare"].calls == 8
 
 
-def test_a_live_stream_behind_only_notes_the_frames_it_would_prepare():
+@pytest.mark.parametrize("mode", list(Mode))
+def test_a_live_stream_behind_only_notes_the_frames_it_would_prepare(mode):
     """Paced (live): with PREPARE_BACKLOG or more frames waiting, the next steps skip or cut what preparing
     computes, so frames are only noted; a file (no pace) prepares every frame."""
     from unseen.engine.degrade import Level
@@ -395,13 +396,13 @@ def test_a_live_stream_behind_only_notes_the_frames_it_would_prepare():
         source.push(Frame(-1, np.zeros((4, 4, 3), np.uint8), pts=i))
     source.close()
     phases = PreparingPhases()
-    StreamSession(source, phases, [ListSink()], pace=lambda backlog: Level.FULL).run()
+    StreamSession(source, phases, [ListSink()], config=RuntimeConfig(mode=mode), pace=lambda backlog: Level.FULL).run()
     assert len(phases.work) == 6 and phases.tracked_unprepared == []
     # frame i is decoded with at least 5 - i still in the source: the first ones wait behind PREPARE_BACKLOG or more
     behind = [i for i in range(6) if 5 - i >= PREPARE_BACKLOG]
     assert [phases.work[i] for i in behind] == [False] * len(behind)
     phases = PreparingPhases()  # a file: every frame
-    StreamSession(CountingSource(6), phases, [ListSink()]).run()
+    StreamSession(CountingSource(6), phases, [ListSink()], config=RuntimeConfig(mode=mode)).run()
     assert phases.work == [True] * 6
 
 
