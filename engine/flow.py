@@ -117,11 +117,6 @@ class FlowCache:
                 self.computed += 1
         return found
 
-    def cached(self, a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
-        """The flow from ``a`` to ``b`` if it was computed already (never computes it)."""
-        with self._lock:
-            return self._flows.get((a, b))
-
     def dis(self) -> cv2.DISOpticalFlow:
         """This thread's DIS instance (one is not safe to share between threads)."""
         dis = getattr(self._local, "dis", None)
