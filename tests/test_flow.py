@@ -163,3 +163,34 @@ def test_squared_speed_equals_numpys_sum_of_squares(shape, against):
     expected = (flow ** 2).sum(axis=2) if against is None else ((flow - against) ** 2).sum(axis=2)
     got = squared_speed(flow, against)
     assert got.dtype == expected.dtype and np.array_equal(got, expected)
+
+
+def test_a_hole_no_neighbour_saw_takes_one_new_flow_to_a_reference_the_newest():
+    """Pixels the window never saw come from past reference frames along a direct flow each (a new flow
+    per frame and reference): one is computed per frame, to the newest reference; what the older ones
+    showed reaches the target through the previous fills."""
+    cache = FlowCache()
+    base = _texture(160, 240)
+    images = [_shifted(base, i) for i in range(30)]  # a slow pan: no still background model
+    hole = np.zeros((160, 240), bool)
+    hole[50:110, 90:150] = True  # the same place in every frame of the window: 1 px a frame reveals little
+    newest = np.zeros_like(hole)
+    newest[50:80, 80:160] = True  # the newest reference did not see the hole's top half either
+    entries = {i: WindowEntry(Frame(i, images[i]), hole) for i in range(22, 29)}
+    free = np.zeros_like(hole)
+    references = [WindowEntry(Frame(i, images[i]), m) for i, m in ((0, free), (10, free), (20, newest))]
+    for i in range(22, 28):  # the window's flows, both ways (the propagator's and the prepared ones)
+        cache.flow(images[i], images[i + 1])
+        cache.flow(images[i + 1], images[i])
+    inpainter = FlowGuidedInpainter(future=3, past=3, flows=cache)
+    before = cache.computed
+    out = inpainter.inpaint(InpaintRequest(25, entries, references))
+    assert cache.computed - before == 1
+    cache.flow(images[25], images[20])
+    assert cache.computed - before == 1  # the one computed was the newest reference's
+    assert inpainter.filled["reference"] > 0 and inpainter.filled["spatial"] > 0  # the older ones not asked
+    seen = hole.copy()
+    seen[:85] = False  # what the newest reference saw (its hole, moved by the pan and dilated, stays above)
+    seen[:, 145:] = False  # (the window's walk takes the hole's right edge from frame 28)
+    err = np.abs(out[seen].astype(int) - _shifted(base, 25)[seen].astype(int))
+    assert np.median(err) <= 3  # the true background, moved with the pan

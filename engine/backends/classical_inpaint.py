@@ -41,6 +41,9 @@ HOLE_GROW = 6  # extra dilation (px at flow size) of holes where flow is untrust
 REMAIN_DIFF = 30  # colour difference from the known background over which a pixel beside a hole is a remain ...
 REMAIN_REACH = 0.35  # ... within this distance of the hole (x the root of its area) ...
 REMAIN_MAX = 1.0  # ... adding at most this fraction of the hole (more: the light changed, not the object)
+REFERENCE_FLOWS = 1  # direct flows to past reference frames per frame, newest first: the older ones' pixels
+# have reached the target through the previous fills (3 flows: dog-walk 854x480 12 ms more a frame, remove
+# suite the same to 0.01 dB)
 MOVING = 0.5  # px (flow size) of motion against the camera's over which a pixel is no source for made-up fill
 
 
@@ -356,15 +359,19 @@ class FlowGuidedInpainter(Inpainter):
                 take(entries[j].frame.image, wk["x"], wk["y"], wk["alive"], self._hole_of(entries[j]))
         self.filled["window"] += int(done.sum()) - counted
         counted = int(done.sum())
-        # past reference frames, newest first: a direct flow to each; one from the still camera's present run
-        # (its background model is kept while the camera stays still) shows the background where it is in the
-        # target
+        # past reference frames, newest first: a direct flow to each (a new one for every target: at most
+        # REFERENCE_FLOWS of them); one from the still camera's present run (its background model is kept
+        # while the camera stays still) shows the background where it is in the target
+        flows = 0
         for ref in reversed(list(request.references)):
             if done.all():
                 break
             if self.background.ready and self._still_since is not None and ref.frame.index >= self._still_since:
                 px, py = xs.astype(np.float32), ys.astype(np.float32)
             else:
+                if flows == REFERENCE_FLOWS:
+                    break
+                flows += 1
                 fx, fy = _displacement(self._flow(target, ref), xs, ys, s)
                 px, py = xs + fx, ys + fy
             take(ref.frame.image, px, py, np.ones(n, bool), dilate_hole(ref.hole, self.dilation))
