@@ -32,9 +32,8 @@ def fill_invalid(field: np.ndarray, valid: np.ndarray) -> np.ndarray:
     for f, w in reversed(levels[1:-1]):
         est = _pull(est, f, w)
     # at full size only the invalid pixels are needed, and there the weight is 0: the coarser estimate
-    hole = ~valid
-    out = field.copy()
-    out[hole] = _upsampled(est, valid.shape)[hole]
+    out = _upsampled(est, valid.shape)
+    np.copyto(out, field, where=valid[..., None])
     return out
 
 
@@ -44,10 +43,10 @@ def _upsampled(est: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _pull(est: np.ndarray, f: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """One level up: the level's own average where it has weight, blended with the coarser estimate."""
+    """One level up: the level's own average (f / w) where it has weight, blended by that weight (w <= 1:
+    area averages of 0/1) with the coarser estimate; (f / w) * w is f, so the blend is f + (1 - w) * up."""
     up = _upsampled(est, w.shape)
-    alpha = np.clip(w, 0, 1)[..., None]
-    return np.where(alpha > 0, f / np.maximum(w, 1e-6)[..., None], 0) * alpha + up * (1 - alpha)
+    return f + up * (1 - np.minimum(w, 1))[..., None]
 
 
 def spatial_fill(image: np.ndarray, hole: np.ndarray, radius: int = 5) -> np.ndarray:

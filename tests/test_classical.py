@@ -153,6 +153,43 @@ def test_fill_invalid_interpolates_smoothly():
     assert np.abs(filled - field).max() < 1.0  # a linear field is recovered closely
 
 
+
+def _push_pull_textbook(field: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Push-pull as usually written (each level's normalised average blended with the coarser estimate by
+    the level's weight), for fill_invalid to be checked against."""
+    levels, f, w = [], field * valid[..., None], valid.astype(np.float32)
+    while True:
+        levels.append((f, w))
+        if (w > 0).all() or min(w.shape) <= 2:
+            break
+        size = ((w.shape[1] + 1) // 2, (w.shape[0] + 1) // 2)
+        f, w = cv2.resize(f, size, interpolation=cv2.INTER_AREA), cv2.resize(w, size, interpolation=cv2.INTER_AREA)
+        f = f[..., None] if f.ndim == 2 else f
+    est = levels[-1][0] / np.maximum(levels[-1][1], 1e-6)[..., None]
+    for f, w in reversed(levels[:-1]):
+        up = cv2.resize(est, (w.shape[1], w.shape[0]), interpolation=cv2.INTER_LINEAR)
+        up = up[..., None] if up.ndim == 2 else up
+        alpha = np.clip(w, 0, 1)[..., None]
+        est = np.where(alpha > 0, f / np.maximum(w, 1e-6)[..., None], 0) * alpha + up * (1 - alpha)
+    return np.where(valid[..., None], field, est)
+
+
+@pytest.mark.parametrize("shape,channels,holes", [
+    ((270, 480), 2, [(100, 200, 150, 230)]),
+    ((271, 481), 2, [(0, 271, 0, 100)]),  # odd sizes; a hole on the border
+    ((33, 47), 1, [(5, 9, 5, 40), (20, 30, 2, 6)]),
+    ((64, 64), 3, [(0, 64, 0, 63)]),  # one valid column
+])
+def test_fill_invalid_equals_the_textbook_push_pull(shape, channels, holes):
+    rng = np.random.default_rng(7)
+    field = (5 * rng.normal(size=(*shape, channels))).astype(np.float32)
+    valid = rng.random(shape) > 0.05
+    for y0, y1, x0, x1 in holes:
+        valid[y0:y1, x0:x1] = False
+    got, expected = fill_invalid(field, valid), _push_pull_textbook(field, valid)
+    assert got.shape == field.shape and np.array_equal(got[valid], field[valid])
+    assert np.abs(got - expected).max() <= 1e-5 * (1 + np.abs(expected).max())
+
 def test_spatial_fill_only_touches_the_hole():
     img = np.random.default_rng(0).integers(0, 255, (50, 60, 3), np.uint8)
     hole = np.zeros((50, 60), bool)
