@@ -8,6 +8,7 @@ import pytest
 
 from unseen.benchmarks.data import discover
 from unseen.benchmarks.segment import gt_box, prompts
+from unseen.engine.backends import classical_segment
 from unseen.engine.backends.classical_segment import ClassicalSegmenter
 from unseen.engine.pipeline import NEIGHBOUR_OFFSETS
 from unseen.engine.stages import Click, Frame, SelectionError
@@ -65,6 +66,24 @@ def test_positive_click_outside_the_box_adds_what_it_selects():
     assert iou(alone, inside) >= 0.85 and not alone[beside].any()
     added = seg.segment(Frame(0, img), [Click(240, 90)], box=_box(inside))
     assert iou(added, inside | beside) >= 0.85
+
+
+@pytest.mark.parametrize("prompt", ["click", "click and negative", "box", "box and click"])
+def test_candidates_solved_side_by_side_give_the_same_mask_as_one_by_one(monkeypatch, prompt):
+    """The candidates' GrabCuts run on several threads; each seeds its own k-means (OpenCV's RNG is per
+    thread), so the mask is the one a single thread gives, bit for bit."""
+    clip = make_clip(8, W, H, seed=5)
+    frame, truth = Frame(3, clip.frames[3]), clip.masks[3]
+    neighbours = [Frame(i, clip.frames[i]) for i in (1, 2, 4, 5)]
+    x, y = clip.click(3)
+    clicks = {"click": [Click(x, y)], "click and negative": [Click(x, y), Click(10, 10, positive=False)],
+              "box": [], "box and click": [Click(x, y)]}[prompt]
+    box = _box(truth) if prompt.startswith("box") else None
+    masks = []
+    for threads in (1, 4):
+        monkeypatch.setattr(classical_segment, "THREADS", threads)
+        masks.append(ClassicalSegmenter().segment(frame, clicks, neighbours=neighbours, box=box))
+    assert masks[0].any() and np.array_equal(masks[0], masks[1])
 
 
 def test_box_wholly_off_the_object_is_refused():
