@@ -546,3 +546,19 @@ def test_a_refinement_rejected_again_and_again_is_tried_less_often_until_one_is_
     for i in range(31, 31 + cp.REFINE_BACKOFF):
         prop.step(Frame(i, clip.frames[i]))
     assert grabcut.calls - before == cp.REFINE_BACKOFF
+
+
+def test_refine_backoff_counts_each_object_on_its_own():
+    from unseen.engine.backends.classical_propagate import REFINE_BACKOFF, REFINE_EVERY, RefineBackoff
+
+    backoff = RefineBackoff()
+    due = {1: [], 2: []}
+    for _ in range(REFINE_BACKOFF + 2 * REFINE_EVERY):
+        for oid in (1, 2):
+            due[oid].append(backoff.due(oid))
+            if due[oid][-1]:
+                backoff.record(oid, taken=oid == 2)  # object 1's refinements are all rejected, 2's taken
+    assert all(due[2])
+    assert due[1] == [True] * REFINE_BACKOFF + ([False] * (REFINE_EVERY - 1) + [True]) * 2
+    backoff.clear()
+    assert backoff.due(1)

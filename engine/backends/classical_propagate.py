@@ -24,6 +24,7 @@ an endless stream).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping
 
 import cv2
@@ -70,6 +71,37 @@ def _channel_max(image: np.ndarray) -> np.ndarray:
     return np.maximum(np.maximum(image[..., 0], image[..., 1]), image[..., 2])
 
 
+@dataclass
+class _Tries:
+    rejected: int = 0  # refinements rejected in a row
+    untried: int = 0  # frames since the refinement was last tried
+
+
+class RefineBackoff:
+    """When each object's GrabCut refinement is tried: on every frame until REFINE_BACKOFF of them in a row
+    were rejected, then every REFINE_EVERY frames until one is taken."""
+
+    def __init__(self) -> None:
+        self._tries: dict[int, _Tries] = {}  # object id -> its record
+
+    def due(self, oid: int) -> bool:
+        """Whether object ``oid`` is refined on this frame (called once a frame per object)."""
+        tries = self._tries.setdefault(oid, _Tries())
+        tries.untried += 1
+        due = tries.rejected < REFINE_BACKOFF or tries.untried >= REFINE_EVERY
+        if due:
+            tries.untried = 0
+        return due
+
+    def record(self, oid: int, *, taken: bool) -> None:
+        """The outcome of a refinement of ``oid`` that was tried."""
+        tries = self._tries.setdefault(oid, _Tries())
+        tries.rejected = 0 if taken else tries.rejected + 1
+
+    def clear(self) -> None:
+        self._tries.clear()
+
+
 class FlowPropagator(Propagator):
     name = "classical"
 
@@ -83,8 +115,7 @@ class FlowPropagator(Propagator):
         self._stale: dict[int, np.ndarray] = {}  # object id -> frames in a row each pixel differed from it
         self._soft: dict[int, np.ndarray] = {}  # object id -> float32 mask at full size
         self._area: dict[int, float] = {}  # slowly adapting area per object, to catch runaway growth
-        self._rejected: dict[int, int] = {}  # object id -> its refinements rejected in a row (REFINE_BACKOFF)
-        self._untried: dict[int, int] = {}  # object id -> frames since its refinement was last tried
+        self._backoff = RefineBackoff()
         self._bg: np.ndarray | None = None  # still camera: background colour per pixel (flow size)
         self._seen: np.ndarray | None = None  # frames each pixel was seen free of objects (capped)
 
@@ -104,8 +135,7 @@ class FlowPropagator(Propagator):
         self._prev = None
         self._soft.clear()
         self._area.clear()
-        self._rejected.clear()
-        self._untried.clear()
+        self._backoff.clear()
         self._look.clear()
         self._stale.clear()
         self._bg = self._seen = None
@@ -122,8 +152,7 @@ class FlowPropagator(Propagator):
         self._prev = frame.image
         self._soft = {oid: m.astype(np.float32) for oid, m in masks.items()}
         self._area = {oid: float(m.sum()) for oid, m in masks.items()}
-        self._rejected.clear()  # a new reference: every refinement is tried again
-        self._untried.clear()
+        self._backoff.clear()  # a new reference: every refinement is tried again
         self._restart_looks(self._small(frame.image), masks)
 
     def step(self, frame: Frame) -> dict[int, Mask]:
@@ -148,7 +177,7 @@ class FlowPropagator(Propagator):
             mask = warped > 0.5
             soft = warped  # carried unthresholded: thresholding every step would bias the edges
             if self.refine and mask.any():
-                refined = self._refine(frame.image, mask, oid) if self._refine_due(oid) else mask
+                refined = self._refine(frame.image, mask, oid) if self._backoff.due(oid) else mask
                 area = float(refined.sum())
                 anchor = self._area.get(oid, area)
                 # the refinement may follow the object's outline, but not creep out over many frames
@@ -382,19 +411,12 @@ class FlowPropagator(Propagator):
         cv2.add(self._seen, free.astype(np.uint16), dst=self._seen)
         np.minimum(self._seen, 1000, out=self._seen)
 
-    def _refine_due(self, oid: int) -> bool:
-        """Whether the object's refinement is tried on this frame (see REFINE_BACKOFF); counts the tries."""
-        untried = self._untried.get(oid, 0) + 1
-        due = self._rejected.get(oid, 0) < REFINE_BACKOFF or untried >= REFINE_EVERY
-        self._untried[oid] = 0 if due else untried
-        return due
-
     def _refine(self, image: np.ndarray, mask: Mask, oid: int | None = None) -> Mask:
         """Narrow-band GrabCut around the warped outline: sure inside, sure outside, unsure in the band.
         Returns ``mask`` itself where the refinement is rejected (counted for object ``oid``)."""
         out = self._grabcut(image, mask)
         if oid is not None:
-            self._rejected[oid] = self._rejected.get(oid, 0) + 1 if out is mask else 0
+            self._backoff.record(oid, taken=out is not mask)
         return out
 
     def _grabcut(self, image: np.ndarray, mask: Mask) -> Mask:
