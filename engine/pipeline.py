@@ -89,6 +89,7 @@ class Pipeline:
         self._head = -1
         self._next_out = 0  # the next frame to hand to the emitter
         self._size: tuple[int, int] | None = None  # (width, height) once the first frame arrived
+        self._prepared: Frame | None = None  # the frame prepare() saw last (the next one pairs with it)
         self._prompt_thread = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="unseen-prompt")
                                if self.config.segment_async else None)
 
@@ -177,9 +178,12 @@ class Pipeline:
         work on it (see :meth:`Propagator.prepare`).  Changes no result, only which worker does the work."""
         if self._size is not None and (frame.width, frame.height) != self._size:
             return  # track() refuses it
+        before, self._prepared = self._prepared, frame
+        if not work or before is None or before.image.shape != frame.image.shape:
+            return  # (a live stream behind only notes the frame: the next one pairs with it)
         if self.propagator is not None and self.given_masks is None:
-            self.propagator.prepare(frame, work=work)
-        self.inpainter.prepare(frame, work=work)
+            self.propagator.prepare(frame, before)
+        self.inpainter.prepare(frame, before)
 
     def track(self, frame: Frame, *, hurry: bool | Level = False) -> list[EmitJob]:
         """Phase one: the masks and hole of the next frame, the prompts due; the job of the frame leaving."""

@@ -109,11 +109,11 @@ class Propagator(abc.ABC):
     def reset(self) -> None:
         """Forget every object and all memory."""
 
-    def prepare(self, frame: Frame, *, work: bool = True) -> None:
-        """Work on ``frame`` that needs no masks, done ahead of :meth:`step` (the runtime calls it for every
-        frame in order, on the decoding worker when pipelined): e.g. its optical flow back to the frame
-        before.  It must change no result, only when the work is done.  ``work`` False (a live stream
-        behind): only note the frame, the next one may pair with it.  Default: nothing."""
+    def prepare(self, frame: Frame, before: Frame) -> None:
+        """Work on ``frame`` that needs no masks, done ahead of :meth:`step`: e.g. its optical flow back to
+        ``before``, the frame prepared before it (of the same size).  The pipeline calls it in frame order,
+        on the decoding worker when pipelined, and skips it for a live stream that is behind.  It must
+        change no result, only when the work is done.  Default: nothing."""
 
     @property
     def objects(self) -> list[int]:  # pragma: no cover - informational
@@ -177,9 +177,9 @@ class Inpainter(abc.ABC):
         camera's background).  ``hurried``: a live stream behind skipped the frame's propagation; what
         that saved (its optical flow) should not be spent here.  Default: nothing."""
 
-    def prepare(self, frame: Frame, *, work: bool = True) -> None:
+    def prepare(self, frame: Frame, before: Frame) -> None:
         """As :meth:`Propagator.prepare`: mask-free work on each new frame, ahead of its completion (e.g.
-        the flow from the frame before to it).  Default: nothing."""
+        the flow from ``before`` to it).  Default: nothing."""
 
     def cheap(self, request: InpaintRequest) -> Image:
         """A fast fallback used when the session is behind its deadline (counted as degraded)."""

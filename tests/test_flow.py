@@ -105,9 +105,9 @@ def test_prepared_frames_flows_are_found_and_the_masks_are_the_same():
         propagator.seed(frames[0], {1: mask})
         inpainter.observe(WindowEntry(frames[0], mask), {1: mask})  # an object is tracked: forward flows too
         if ahead:
-            for f in frames:
-                propagator.prepare(f)
-                inpainter.prepare(f)
+            for before, f in zip(frames, frames[1:]):
+                propagator.prepare(f, before)
+                inpainter.prepare(f, before)
             assert cache.computed == 2 * 5  # backward and forward, between each pair
         before = cache.computed
         runs.append([propagator.step(f)[1] for f in frames[1:]])
@@ -194,3 +194,20 @@ def test_a_hole_no_neighbour_saw_takes_one_new_flow_to_a_reference_the_newest():
     seen[:, 145:] = False  # (the window's walk takes the hole's right edge from frame 28)
     err = np.abs(out[seen].astype(int) - _shifted(base, 25)[seen].astype(int))
     assert np.median(err) <= 3  # the true background, moved with the pan
+
+
+def test_the_pipeline_pairs_each_prepared_frame_with_the_one_before_even_one_only_noted():
+    """Pipeline.prepare hands each stage the frame prepared before; a frame only noted (a live stream behind)
+    costs no flow, and the next one pairs with it."""
+    from unseen.engine.pipeline import Pipeline
+
+    cache = FlowCache()
+    pipeline = Pipeline(None, FlowPropagator(flows=cache), FlowGuidedInpainter(flows=cache))
+    base = _texture(160, 240)
+    frames = [Frame(i, _shifted(base, 2 * i)) for i in range(4)]
+    for f in frames:
+        pipeline.prepare(f, work=f.index != 2)
+    assert cache.computed == 2  # 1 -> 0 and 3 -> 2 (no object yet: no forward flow for the fill)
+    cache.flow(frames[1].image, frames[0].image)
+    cache.flow(frames[3].image, frames[2].image)
+    assert cache.computed == 2

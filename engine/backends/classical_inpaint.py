@@ -120,7 +120,6 @@ class FlowGuidedInpainter(Inpainter):
         self._occupied: tuple[int, Mask] | None = None  # (frame index, its tracked objects and hole)
         self._entries: Mapping[int, WindowEntry] = {}  # the window of the frame being completed
         self._still_since: int | None = None  # the first frame of the background model's still run
-        self._ahead: np.ndarray | None = None  # the image prepare() saw last (on the worker that decodes)
 
     def reset(self) -> None:
         self._completed.clear()
@@ -131,12 +130,11 @@ class FlowGuidedInpainter(Inpainter):
         self._objects.clear()
         self._occupied = None
 
-    def prepare(self, frame: Frame, *, work: bool = True) -> None:
-        """While objects are tracked: the forward flow from the frame prepared before to ``frame``, which the
-        fill walks along (the backward one is the propagator's), computed ahead on the worker that decodes."""
-        before, self._ahead = self._ahead, frame.image
-        if work and self._objects and before is not None and before.shape == frame.image.shape:
-            self._flows.flow(before, frame.image)
+    def prepare(self, frame: Frame, before: Frame) -> None:
+        """While objects are tracked: the forward flow from ``before`` to ``frame``, which the fill walks along
+        (the backward one is the propagator's), computed ahead on the worker that decodes."""
+        if self._objects:
+            self._flows.flow(before.image, frame.image)
 
     def observe(self, entry: WindowEntry, masks: Mapping[int, Mask], *, hurried: bool = False) -> None:
         """Learn the still camera's background from the frame leaving; an object tracked from now on is

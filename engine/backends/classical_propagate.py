@@ -110,7 +110,6 @@ class FlowPropagator(Propagator):
         self.band = band
         self._flows = flows if flows is not None else shared()
         self._prev: np.ndarray | None = None  # the previous frame's image (its flows and grey are cached)
-        self._ahead: np.ndarray | None = None  # the image prepare() saw last (on the worker that decodes)
         self._look: dict[int, np.ndarray] = {}  # object id -> its look, carried along the flow (flow size)
         self._stale: dict[int, np.ndarray] = {}  # object id -> frames in a row each pixel differed from it
         self._soft: dict[int, np.ndarray] = {}  # object id -> float32 mask at full size
@@ -140,12 +139,10 @@ class FlowPropagator(Propagator):
         self._stale.clear()
         self._bg = self._seen = None
 
-    def prepare(self, frame: Frame, *, work: bool = True) -> None:
-        """The flow from ``frame`` back to the frame prepared before it, into the cache step() reads: on a
-        pipelined stream the worker that decodes computes it while this one refines the frame before."""
-        before, self._ahead = self._ahead, frame.image
-        if work and before is not None and before.shape == frame.image.shape:
-            self._flows.flow(frame.image, before)
+    def prepare(self, frame: Frame, before: Frame) -> None:
+        """The flow from ``frame`` back to ``before``, into the cache step() reads: on a pipelined stream the
+        worker that decodes computes it while this one refines the frame before."""
+        self._flows.flow(frame.image, before.image)
 
     def seed(self, frame: Frame, masks: Mapping[int, Mask]) -> None:
         self._scale = self._flows.scale(frame.image)

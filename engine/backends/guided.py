@@ -105,8 +105,8 @@ class GuidedPropagator(Propagator):
         self._guides.clear()
         self._prev = None
 
-    def prepare(self, frame: Frame, *, work: bool = True) -> None:
-        self._flow.prepare(frame, work=work)
+    def prepare(self, frame: Frame, before: Frame) -> None:
+        self._flow.prepare(frame, before)
 
     def seed(self, frame: Frame, masks: Mapping[int, Mask]) -> None:
         self._flow.seed(frame, masks)
