@@ -261,7 +261,7 @@ class ClassicalSegmenter(Segmenter):
                  for frac in RECT_SCALES for ax, ay in RECT_ASPECTS]
         tasks: list[Callable[[], np.ndarray | None]] = []
         if blob is not None:
-            tasks.append(lambda: self._grabcut_moving(img, blob, core, positives, negatives, s, seed))
+            tasks.append(lambda core=core: self._grabcut_moving(img, blob, core, positives, negatives, s, seed))
         for rect in rects:
             tasks.append(lambda rect=rect: self._grabcut(feature, rect, positives, (), s, seed,
                                                          iterations=CANDIDATE_ITERATIONS))
