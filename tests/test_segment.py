@@ -86,6 +86,46 @@ def test_candidates_solved_side_by_side_give_the_same_mask_as_one_by_one(monkeyp
     assert masks[0].any() and np.array_equal(masks[0], masks[1])
 
 
+def _two_movers(bridge: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A moving region of two discs joined by a bridge ``bridge`` px tall, and its core: the discs' insides."""
+    left, right = np.zeros((H, W), np.uint8), np.zeros((H, W), np.uint8)
+    cv2.circle(left, (100, 96), 44, 1, -1)
+    cv2.circle(right, (210, 96), 44, 1, -1)
+    blob = (left | right).astype(bool)
+    blob[96 - bridge // 2:96 + bridge // 2 + 1, 100:210] = True
+    core = np.zeros((H, W), np.uint8)
+    cv2.circle(core, (100, 96), 24, 1, -1)
+    cv2.circle(core, (210, 96), 24, 1, -1)
+    return blob, core.astype(bool), left.astype(bool), right.astype(bool)
+
+
+@pytest.mark.parametrize("clicks,keeps", [
+    ([Click(90, 100)], "left"),
+    ([Click(225, 80)], "right"),
+    ([Click(150, 96)], "left"),  # on the bridge, nearer the left piece (x 124 vs 186 at their edges)
+    ([Click(90, 100), Click(225, 80)], "both"),
+])
+def test_a_moving_region_of_two_touching_movers_is_cut_to_the_clicked_one(clicks, keeps):
+    blob, core, left, right = _two_movers(bridge=30)
+    part, part_core = classical_segment.clicked_part(blob, core, clicks, 1.0)
+    if keeps == "both":
+        assert np.array_equal(part, blob) and np.array_equal(part_core, core)
+        return
+    kept, cut = (left, right) if keeps == "left" else (right, left)
+    assert part[kept].all() and not part[cut].any() and not (part & ~blob).any()
+    assert np.array_equal(part_core, core & kept)
+
+
+def test_a_moving_region_in_one_piece_or_a_tiny_clicked_part_is_left_whole():
+    blob, core, left, _ = _two_movers(bridge=30)
+    one = core & left
+    assert classical_segment.clicked_part(blob, one, [Click(90, 100)], 1.0)[0] is blob  # one piece: one object
+    small = cv2.resize(blob.astype(np.uint8), (W // 4, H // 4), interpolation=cv2.INTER_NEAREST) > 0
+    small_core = cv2.resize(core.astype(np.uint8), (W // 4, H // 4), interpolation=cv2.INTER_NEAREST) > 0
+    part, _ = classical_segment.clicked_part(small, small_core, [Click(90, 100)], 0.25)
+    assert part is small  # the clicked part is under MOTION_MIN_AREA: no evidence of two objects
+
+
 def test_box_wholly_off_the_object_is_refused():
     img = _background(3)
     _disc(img, (250, 100), 30, (200, 40, 60))

@@ -4,7 +4,7 @@ Candidate segments around the positive clicks: GrabCut (colour models learned in
 the box; on RGB with the motion against the camera in place of blue when there are neighbour frames,
 so that the parts of an object that moves as one go together) and marker watershed over rectangles
 of several sizes and shapes, plus GrabCut seeded with the region beside the click that moves against
-the camera (from the neighbour frames).  A candidate is scored by the contrast along its outline, the
+the camera (from the neighbour frames; when two movers touch, the part of it around the clicked one).  A candidate is scored by the contrast along its outline, the
 colour difference between it and a ring around it, its agreement with the other candidates and, when
 something moves there, with the moving region; the best one (or the moving region's segment, when
 the best is a part of it) seeds a last GrabCut.  Negative clicks
@@ -159,6 +159,24 @@ def _core(blob: np.ndarray) -> np.ndarray:
     return core.astype(bool)
 
 
+def clicked_part(blob: np.ndarray, core: np.ndarray, positives: Sequence[Click],
+                 s: float) -> tuple[np.ndarray, np.ndarray]:
+    """The moving region ``blob`` and its ``core`` cut to the piece of the core nearest the clicks (at scale
+    ``s``).  Two movers that touch (a woman and the dog she holds) make one moving region whose core falls
+    apart, one piece each: every pixel goes with its nearest piece, and the clicked pieces' are kept.  A
+    core in one piece (one object), or a kept part under MOTION_MIN_AREA, leaves both as they are."""
+    if cv2.connectedComponents(core.astype(np.uint8))[0] <= 2:
+        return blob, core
+    _, nearest = cv2.distanceTransformWithLabels((~core).astype(np.uint8), cv2.DIST_L2, 3,
+                                                 labelType=cv2.DIST_LABEL_CCOMP)
+    h, w = core.shape
+    keep = np.isin(nearest, [nearest[min(h - 1, int(c.y * s)), min(w - 1, int(c.x * s))] for c in positives])
+    part = blob & keep
+    if part.sum() < MOTION_MIN_AREA:
+        return blob, core
+    return part, core & keep
+
+
 def _agreement(masks: Sequence[np.ndarray]) -> np.ndarray:
     """Each mask's mean IoU with the others: segments that many cues and boxes reproduce are trusted."""
     if len(masks) < 2:
@@ -252,7 +270,7 @@ class ClassicalSegmenter(Segmenter):
         grad = _gradient(img)
         core = None
         if blob is not None:  # the clicked object moves against the (still or followed) background
-            core = _core(blob)
+            blob, core = clicked_part(blob, _core(blob), positives, s)
         # Rectangles of growing size and three shapes around the clicks each give a GrabCut and a
         # watershed segment; the motion cue adds one more.  The rectangles come from the positive
         # clicks alone, so that a negative click only ever subtracts.
