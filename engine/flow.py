@@ -3,12 +3,13 @@
 The classical propagator and the classical inpainter need DIS flow between the same consecutive
 frames (the propagator when a frame arrives, the inpainter a few frames later, when that frame's
 neighbours fill a hole): a :class:`FlowCache` computes each flow (and each frame's grey image at
-the working size) once.  Entries are keyed by the frames' images themselves, held by weak
+the working size) once.  The inpainter also walks forward in time: :meth:`FlowCache.forward` inverts
+the propagator's backward flow instead of computing a second DIS flow for the pair.  Entries are keyed by the frames' images themselves, held by weak
 reference (the cache keeps no frame alive, and an entry is never returned for another image, even
 one that reuses a freed image's address).  The cache is bounded: least recently used entries are
 evicted first.
 
-Imports only numpy and OpenCV: any module of the engine may use it.
+Imports only numpy, OpenCV and engine/fill.py: any module of the engine may use it.
 """
 from __future__ import annotations
 
@@ -19,9 +20,13 @@ import weakref
 import cv2
 import numpy as np
 
+from .fill import fill_invalid
+
 FLOW_SIZE = 480  # long side the flow is computed at (px)
 CAPACITY = 96  # flows kept (about 1 MB each at 480x270), least recently used evicted first: two a frame
 # (backward and forward) over the inpainter's window, the frames decoded ahead and its references
+INVERSION_STEPS = 3  # fixed-point steps inverting a flow (the residual is under 0.1 px after 3 on DAVIS)
+INVERSION_CLOSE = 0.5  # px (working size): where the inverse misses by more, it is completed from around it
 
 
 def working_scale(shape: tuple[int, ...], size: int = FLOW_SIZE) -> float:
@@ -35,6 +40,28 @@ def to_working(image: np.ndarray, scale: float, interpolation: int = cv2.INTER_A
         return image
     h, w = image.shape[:2]
     return cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=interpolation)
+
+
+def invert(back: np.ndarray, steps: int = INVERSION_STEPS, close: float = INVERSION_CLOSE) -> np.ndarray:
+    """The forward flow ``f`` of a backward flow ``back`` (each pixel y of the later frame was at
+    y + back(y)): for each pixel x of the earlier frame, f(x) = -back(x + f(x)), solved by fixed-point
+    steps from f = -back.  Where the result does not close (x + f(x) does not map back to x within
+    ``close`` px: x is hidden in the later frame, or the flow is ambiguous there) it is completed by
+    push-pull from the pixels around it, as flow is completed inside holes.
+
+    On the remove suite it fills as well as the forward DIS flow (true masks 19.24 dB both ways; one
+    click 13.34 -> 13.43 dB) at a fraction of its cost."""
+    h, w = back.shape[:2]
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+
+    def at_target(f: np.ndarray) -> np.ndarray:
+        return cv2.remap(back, gx + f[..., 0], gy + f[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+    f = -back
+    for _ in range(steps):
+        f = -at_target(f)
+    miss = f + at_target(f)
+    return fill_invalid(f, squared_speed(miss) <= close * close)
 
 
 def squared_speed(flow: np.ndarray, against: np.ndarray | None = None) -> np.ndarray:
@@ -90,6 +117,7 @@ class FlowCache:
     def __init__(self, capacity: int = CAPACITY, size: int = FLOW_SIZE) -> None:
         self.size = size
         self._flows = _Keyed(capacity)
+        self._forward = _Keyed(capacity)  # inverted flows (forward(a, b)), apart from the DIS ones
         self._grays = _Keyed(capacity)
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -117,6 +145,17 @@ class FlowCache:
                 self.computed += 1
         return found
 
+    def forward(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Like ``flow(a, b)``, for ``a`` the frame before ``b``: the inverse of ``flow(b, a)`` (the
+        propagator's, usually found here), computed once."""
+        with self._lock:
+            found = self._forward.get((a, b))
+        if found is None:
+            found = invert(self.flow(b, a))
+            with self._lock:
+                self._forward.put((a, b), found)
+        return found
+
     def dis(self) -> cv2.DISOpticalFlow:
         """This thread's DIS instance (one is not safe to share between threads)."""
         dis = getattr(self._local, "dis", None)
@@ -130,6 +169,7 @@ class FlowCache:
     def clear(self) -> None:
         with self._lock:
             self._flows.clear()
+            self._forward.clear()
             self._grays.clear()
 
 

@@ -18,8 +18,9 @@ background and touch it are the removed object's remains (hair, shoes, a shadow)
 Flows are computed once per frame pair at a reduced size, in a
 :class:`~unseen.engine.flow.FlowCache` shared with the classical propagator (which has already
 computed each frame's flow back to the previous one when that frame arrived: the backward walk and
-the previous fill take them from there), so the cost per frame is one new flow (forward) plus
-sampling, whatever the window length.  The flows are completed inside the holes over the whole
+the previous fill take them from there, and the forward walk their inverses), so the cost per frame
+is one flow inversion plus sampling, whatever the window length (and, when the window never saw part
+of the hole, one flow to a reference frame).  The flows are completed inside the holes over the whole
 frame: completing them on the hole's box (padded by up to 3x its size) lost 0.04-0.5 dB on
 `unseen demo`, as the push-pull's coarse levels then no longer see the whole frame's motion.
 """
@@ -132,9 +133,9 @@ class FlowGuidedInpainter(Inpainter):
 
     def prepare(self, frame: Frame, before: Frame) -> None:
         """While objects are tracked: the forward flow from ``before`` to ``frame``, which the fill walks along
-        (the backward one is the propagator's), computed ahead on the worker that decodes."""
+        (the inverse of the propagator's backward one), computed ahead on the worker that decodes."""
         if self._objects:
-            self._flows.flow(before.image, frame.image)
+            self._flows.forward(before.image, frame.image)
 
     def observe(self, entry: WindowEntry, masks: Mapping[int, Mask], *, hurried: bool = False) -> None:
         """Learn the still camera's background from the frame leaving; an object tracked from now on is
@@ -199,7 +200,7 @@ class FlowGuidedInpainter(Inpainter):
         for near in (self._entries.get(i - 1), self._entries.get(i + 1)):
             if near is None:
                 continue
-            flow = self._flows.flow(entry.frame.image, near.frame.image)
+            flow = self._raw(entry.frame, near.frame)
             k = flow.shape[0] / hole.shape[0]
             fy0, fy1 = int(y0 * k), max(int(y0 * k) + 1, int(np.ceil(y1 * k)))
             fx0, fx1 = int(x0 * k), max(int(x0 * k) + 1, int(np.ceil(x1 * k)))
@@ -262,7 +263,7 @@ class FlowGuidedInpainter(Inpainter):
             avoid |= self._occupied[1]
         near = self._neighbour(entries[t])
         if near is not None:
-            flow = self._flows.flow(image, near.frame.image)
+            flow = self._raw(entries[t].frame, near.frame)
             own = _camera(flow)
             limit = max(MOVING, 0.3 * float(np.hypot(*own)))  # (parallax of a moving camera is not motion)
             moving = (squared_speed(flow, own) > limit ** 2).astype(np.uint8)
@@ -271,6 +272,12 @@ class FlowGuidedInpainter(Inpainter):
         if self.background.ready:
             avoid |= self.background.differs(image, REMAIN_DIFF)
         return avoid
+
+    def _raw(self, a: Frame, b: Frame) -> np.ndarray:
+        """The flow from ``a`` to ``b`` at flow size; forward in time, the inverse of the backward one."""
+        if a.index < b.index:
+            return self._flows.forward(a.image, b.image)
+        return self._flows.flow(a.image, b.image)
 
     def _flow(self, a: WindowEntry, b: WindowEntry) -> np.ndarray:
         """Flow from frame a to frame b (at flow size), completed inside a's hole; cached.
@@ -281,7 +288,7 @@ class FlowGuidedInpainter(Inpainter):
         if key in self._completed:
             self._completed.move_to_end(key)
             return self._completed[key]
-        flow = self._flows.flow(a.frame.image, b.frame.image)
+        flow = self._raw(a.frame, b.frame)
         hole = self._hole_of(a)
         if hole.any():
             small = cv2.resize(hole.astype(np.uint8), (flow.shape[1], flow.shape[0]), interpolation=cv2.INTER_NEAREST)
