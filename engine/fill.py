@@ -15,7 +15,9 @@ def fill_invalid(field: np.ndarray, valid: np.ndarray) -> np.ndarray:
     if valid.all() or not valid.any():
         return field
     levels = []
-    f = field * valid[..., None]
+    mask = np.ascontiguousarray(valid, dtype=bool).view(np.uint8)  # OpenCV's masked copies: numpy's
+    # broadcast boolean ones cost ten times more at full size
+    f = cv2.copyTo(field, mask, np.zeros_like(field))  # field * valid
     w = valid.astype(np.float32)
     while True:
         levels.append((f, w))
@@ -33,8 +35,7 @@ def fill_invalid(field: np.ndarray, valid: np.ndarray) -> np.ndarray:
         est = _pull(est, f, w)
     # at full size only the invalid pixels are needed, and there the weight is 0: the coarser estimate
     out = _upsampled(est, valid.shape)
-    np.copyto(out, field, where=valid[..., None])
-    return out
+    return cv2.copyTo(field, mask, out)
 
 
 def _upsampled(est: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

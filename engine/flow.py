@@ -52,10 +52,10 @@ def invert(back: np.ndarray, steps: int = INVERSION_STEPS, close: float = INVERS
     On the remove suite it fills as well as the forward DIS flow (true masks 19.24 dB both ways; one
     click 13.34 -> 13.43 dB) at a fraction of its cost."""
     h, w = back.shape[:2]
-    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    grid = np.dstack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)))
 
-    def at_target(f: np.ndarray) -> np.ndarray:
-        return cv2.remap(back, gx + f[..., 0], gy + f[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    def at_target(f: np.ndarray) -> np.ndarray:  # (one two-channel map: half the cost of two maps)
+        return cv2.remap(back, grid + f, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
     f = -back
     for _ in range(steps):
