@@ -98,6 +98,20 @@ def _camera(flow: np.ndarray) -> np.ndarray:
     return np.median(flow[::4, ::4].reshape(-1, 2), axis=0)
 
 
+class _Walker:
+    """Points of a hole walked from frame ``at`` along the flows, one frame at a time in ``direction``:
+    their indices into the hole's pixels and where they are now (full-size px)."""
+
+    def __init__(self, direction: int, at: int, pending: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> None:
+        self.direction, self.at = direction, at
+        self.points = np.nonzero(pending)[0]
+        self.x, self.y = xs[self.points].astype(np.float32), ys[self.points].astype(np.float32)
+
+    def keep(self, which: np.ndarray) -> None:
+        if not which.all():
+            self.points, self.x, self.y = self.points[which], self.x[which], self.y[which]
+
+
 class FlowGuidedInpainter(Inpainter):
     name = "classical"
 
@@ -321,17 +335,18 @@ class FlowGuidedInpainter(Inpainter):
         offset = np.zeros((n, 2), np.float32)  # where each filled pixel's content really is (carried ones)
         done = np.zeros(n, bool)
 
-        def take(source: np.ndarray, px: np.ndarray, py: np.ndarray, alive: np.ndarray, src_hole: Mask | None):
-            ok = alive & ~done & (px >= 0) & (py >= 0) & (px <= w - 1) & (py <= h - 1)
+        def take(source: np.ndarray, points: np.ndarray, px: np.ndarray, py: np.ndarray, src_hole: Mask | None):
+            """Points (indices) not done yet at positions ``px, py`` of ``source`` take its colour there, where
+            it is inside the frame and outside ``src_hole``."""
+            ok = ~done[points] & (px >= 0) & (py >= 0) & (px <= w - 1) & (py <= h - 1)
             if src_hole is not None and ok.any():
                 ix = np.clip(np.rint(px[ok]).astype(int), 0, w - 1)
                 iy = np.clip(np.rint(py[ok]).astype(int), 0, h - 1)
-                seen = ~src_hole[iy, ix]
-                idx = np.nonzero(ok)[0]
-                ok[idx[~seen]] = False
+                at = np.nonzero(ok)[0]
+                ok[at[src_hole[iy, ix]]] = False
             if ok.any():
-                colour[ok] = _sample(source, px[ok], py[ok])
-                done[ok] = True
+                colour[points[ok]] = _sample(source, px[ok], py[ok])
+                done[points[ok]] = True
 
         # a still camera's background, where it was seen calm and free of every object: first, as the window's
         # frames show what the masks missed of the object (its remains) where the model shows the background
@@ -343,25 +358,24 @@ class FlowGuidedInpainter(Inpainter):
         self.filled["background"] += int(done.sum())
         counted = int(done.sum())
         s = self._scale
-        # walk forward and backward along the completed consecutive flows, nearest frames first
-        walkers = []
-        for direction in (1, -1):
-            walkers.append({"dir": direction, "x": xs.astype(np.float32), "y": ys.astype(np.float32),
-                            "alive": np.ones(n, bool), "at": t})
+        # walk forward and backward along the completed consecutive flows, nearest frames first; a walker
+        # carries only the points still to fill (each point's path is its own: dropping the others changes
+        # nothing), and drops those that leave the frame
+        walkers = [_Walker(direction, t, ~done, xs, ys) for direction in (1, -1)]
         limit = max(self.future, self.past)
         for d in range(1, limit + 1):
             if done.all():
                 break
             for wk in walkers:
-                j = t + wk["dir"] * d
-                prev = wk["at"]
-                if j not in entries or prev not in entries or not wk["alive"].any():
-                    wk["alive"][:] = False
+                j = t + wk.direction * d
+                wk.keep(~done[wk.points])
+                if j not in entries or wk.at not in entries or not len(wk.points):
+                    wk.keep(np.zeros(len(wk.points), bool))
                     continue
-                fx, fy = _displacement(self._flow(entries[prev], entries[j]), wk["x"], wk["y"], s)
-                wk["x"], wk["y"], wk["at"] = wk["x"] + fx, wk["y"] + fy, j
-                wk["alive"] &= (wk["x"] >= 0) & (wk["y"] >= 0) & (wk["x"] <= w - 1) & (wk["y"] <= h - 1)
-                take(entries[j].frame.image, wk["x"], wk["y"], wk["alive"], self._hole_of(entries[j]))
+                fx, fy = _displacement(self._flow(entries[wk.at], entries[j]), wk.x, wk.y, s)
+                wk.x, wk.y, wk.at = wk.x + fx, wk.y + fy, j
+                wk.keep((wk.x >= 0) & (wk.y >= 0) & (wk.x <= w - 1) & (wk.y <= h - 1))
+                take(entries[j].frame.image, wk.points, wk.x, wk.y, self._hole_of(entries[j]))
         self.filled["window"] += int(done.sum()) - counted
         counted = int(done.sum())
         # past reference frames, newest first: a direct flow to each (a new one for every target: at most
@@ -379,7 +393,7 @@ class FlowGuidedInpainter(Inpainter):
                 flows += 1
                 fx, fy = _displacement(self._flow(target, ref), xs, ys, s)
                 px, py = xs + fx, ys + fy
-            take(ref.frame.image, px, py, np.ones(n, bool), dilate_hole(ref.hole, self.dilation))
+            take(ref.frame.image, np.arange(n), px, py, dilate_hole(ref.hole, self.dilation))
         self.filled["reference"] += int(done.sum()) - counted
         counted = int(done.sum())
         # the previous output's fill: keeps what was made up before stable.  Only its hole is
