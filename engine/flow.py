@@ -122,6 +122,7 @@ class FlowCache:
         self._lock = threading.Lock()
         self._local = threading.local()
         self.computed = 0  # flows computed (the rest were found): for tests and diagnostics
+        self.inverted = 0  # forward flows made by inversion (likewise)
 
     def scale(self, image: np.ndarray) -> float:
         return working_scale(image.shape, self.size)
@@ -154,6 +155,7 @@ class FlowCache:
             found = invert(self.flow(b, a))
             with self._lock:
                 self._forward.put((a, b), found)
+                self.inverted += 1
         return found
 
     def dis(self) -> cv2.DISOpticalFlow:

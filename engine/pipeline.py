@@ -90,6 +90,7 @@ class Pipeline:
         self._next_out = 0  # the next frame to hand to the emitter
         self._size: tuple[int, int] | None = None  # (width, height) once the first frame arrived
         self._prepared: Frame | None = None  # the frame prepare() saw last (the next one pairs with it)
+        self._cheap_fill = False  # whether the last step was given the cheap fill (read by prepare())
         self._prompt_thread = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="unseen-prompt")
                                if self.config.segment_async else None)
 
@@ -183,11 +184,13 @@ class Pipeline:
             return  # (a live stream behind only notes the frame: the next one pairs with it)
         if self.propagator is not None and self.given_masks is None:
             self.propagator.prepare(frame, before)
-        self.inpainter.prepare(frame, before)
+        if not self._cheap_fill:  # (a stream given the cheap fill would not use it; a full fill later
+            self.inpainter.prepare(frame, before)  # computes what it needs itself)
 
     def track(self, frame: Frame, *, hurry: bool | Level = False) -> list[EmitJob]:
         """Phase one: the masks and hole of the next frame, the prompts due; the job of the frame leaving."""
         level = hurry if isinstance(hurry, Level) else Level.STALE_MASKS if hurry else Level.FULL
+        self._cheap_fill = level >= Level.CHEAP_FILL
         if self._size is None:
             self._size = (frame.width, frame.height)
         elif (frame.width, frame.height) != self._size:

@@ -242,3 +242,46 @@ def test_an_inverted_flow_is_completed_where_the_point_is_hidden():
     assert (hidden[..., 0] > -5.9).all() and (hidden[..., 0] < -0.1).all()  # neither motion: completed
     assert (np.diff(hidden[..., 0], axis=1) < 0).all()  # from one to the other
     assert np.abs(hidden[..., 1]).max() < 1e-4
+
+
+def test_a_stream_given_the_cheap_fill_prepares_no_fill_flow_and_fills_the_same_later():
+    """While a live stream's steps get the cheap fill, preparing a frame computes the propagator's flow
+    only, not the fill's inverse of it; a full fill afterwards computes what it needs itself: the same
+    output as when every frame was prepared in full."""
+    from unseen.engine.degrade import Level
+    from unseen.engine.pipeline import Pipeline, PipelineConfig
+    from unseen.engine.stages import Segmenter
+
+    base = _texture(160, 240)
+    images = [_shifted(base, 2 * i) for i in range(10)]
+    mask = np.zeros((160, 240), bool)
+    mask[60:100, 80:120] = True
+
+    class Given(Segmenter):
+        def segment(self, frame, clicks, *, neighbours=(), box=None):
+            return mask
+
+    levels = [Level.FULL] * 3 + [Level.CHEAP_FILL] * 3 + [Level.FULL] * 4
+    runs = []
+    for ahead in (False, True):  # True: every forward flow made ahead anyway, as before
+        cache = FlowCache()
+        pipeline = Pipeline(Given(), FlowPropagator(refine=False, flows=cache), FlowGuidedInpainter(flows=cache),
+                            PipelineConfig(delay=2, click_lookahead=0))
+        pipeline.click(100, 80, frame_index=0)
+        outs, inverted = [], []
+        for i, level in enumerate(levels):
+            frame = Frame(i, images[i])
+            before = cache.inverted
+            pipeline.prepare(frame)
+            inverted.append(cache.inverted - before)
+            if ahead and i:
+                cache.forward(images[i - 1], images[i])
+            outs += pipeline.step(frame, hurry=level)
+        runs.append((outs + pipeline.flush(), inverted))
+    (mixed, inverted_mixed), (ahead, _) = runs
+    # from frame 3 on the fill has seen the object (frame 0 has left): its flow is prepared, except after a
+    # step given the cheap fill
+    assert inverted_mixed[3:] == [1, 0, 0, 0, 1, 1, 1]
+    assert any(o.degraded for o in mixed) and not all(o.degraded for o in mixed)
+    assert len(mixed) == len(ahead) == 10
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(mixed, ahead))
