@@ -25,7 +25,8 @@ from .fill import fill_invalid
 FLOW_SIZE = 480  # long side the flow is computed at (px)
 CAPACITY = 96  # flows kept (about 1 MB each at 480x270), least recently used evicted first: two a frame
 # (backward and forward) over the inpainter's window, the frames decoded ahead and its references
-INVERSION_STEPS = 3  # fixed-point steps inverting a flow (the residual is under 0.1 px after 3 on DAVIS)
+INVERSION_STEPS = 3  # fixed-point steps inverting a flow (on DAVIS pairs after 3: median residual under 0.01
+# px; 1-13% of the pixels do not close within INVERSION_CLOSE, 7-10% after 5)
 INVERSION_CLOSE = 0.5  # px (working size): where the inverse misses by more, it is completed from around it
 
 
