@@ -23,8 +23,9 @@ import numpy as np
 from .fill import fill_invalid
 
 FLOW_SIZE = 480  # long side the flow is computed at (px)
-CAPACITY = 96  # flows kept (about 1 MB each at 480x270), least recently used evicted first: two a frame
-# (backward and forward) over the inpainter's window, the frames decoded ahead and its references
+CAPACITY = 96  # DIS flows kept (about 1 MB each at 480x270), least recently used evicted first: the backward
+# one of each frame over the inpainter's window and the frames decoded ahead, and its reference flows
+FORWARD_CAPACITY = CAPACITY // 2  # inverted (forward) flows kept: one a frame, over the same frames
 INVERSION_STEPS = 3  # fixed-point steps inverting a flow (on DAVIS pairs after 3: median residual under 0.01
 # px; 1-13% of the pixels do not close within INVERSION_CLOSE, 7-10% after 5)
 INVERSION_CLOSE = 0.5  # px (working size): where the inverse misses by more, it is completed from around it
@@ -115,10 +116,11 @@ class FlowCache:
     px).  Thread-safe: each thread has its own DIS instance; two threads asking for the same flow at
     once may both compute it (the same result)."""
 
-    def __init__(self, capacity: int = CAPACITY, size: int = FLOW_SIZE) -> None:
+    def __init__(self, capacity: int = CAPACITY, size: int = FLOW_SIZE, forward_capacity: int = FORWARD_CAPACITY
+                 ) -> None:
         self.size = size
         self._flows = _Keyed(capacity)
-        self._forward = _Keyed(capacity)  # inverted flows (forward(a, b)), apart from the DIS ones
+        self._forward = _Keyed(forward_capacity)  # inverted flows (forward(a, b)), apart from the DIS ones
         self._grays = _Keyed(capacity)
         self._lock = threading.Lock()
         self._local = threading.local()
