@@ -4,10 +4,10 @@ The classical propagator and the classical inpainter need DIS flow between the s
 frames (the propagator when a frame arrives, the inpainter a few frames later, when that frame's
 neighbours fill a hole): a :class:`FlowCache` computes each flow (and each frame's grey image at
 the working size) once.  The inpainter also walks forward in time: :meth:`FlowCache.forward` inverts
-the propagator's backward flow instead of computing a second DIS flow for the pair.  Entries are keyed by the frames' images themselves, held by weak
-reference (the cache keeps no frame alive, and an entry is never returned for another image, even
-one that reuses a freed image's address).  The cache is bounded: least recently used entries are
-evicted first.
+the propagator's backward flow instead of computing a second DIS flow for the pair.  Entries are
+keyed by the frames' images themselves, held by weak reference (the cache keeps no frame alive, and
+an entry is never returned for another image, even one that reuses a freed image's address).  The
+cache is bounded: least recently used entries are evicted first.
 
 Imports only numpy, OpenCV and engine/fill.py: any module of the engine may use it.
 """
@@ -51,8 +51,9 @@ def invert(back: np.ndarray, steps: int = INVERSION_STEPS, close: float = INVERS
     ``close`` px: x is hidden in the later frame, or the flow is ambiguous there) it is completed by
     push-pull from the pixels around it, as flow is completed inside holes.
 
-    On the remove suite it fills as well as the forward DIS flow (true masks 19.24 dB both ways; one
-    click 13.34 -> 13.43 dB) at a fraction of its cost."""
+    The fill walks along it as well as along the forward DIS flow (remove suite, true masks 19.24 ->
+    19.26 dB, one click 13.34 -> 13.40 dB), more cheaply: about 4 ms at 480x270 on one core, where DIS
+    (preset medium) takes 8-14 ms on two."""
     h, w = back.shape[:2]
     grid = np.dstack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)))
 

@@ -111,6 +111,9 @@ class _Walker:
         if not which.all():
             self.points, self.x, self.y = self.points[which], self.x[which], self.y[which]
 
+    def stop(self) -> None:
+        self.keep(np.zeros(len(self.points), bool))
+
 
 class FlowGuidedInpainter(Inpainter):
     name = "classical"
@@ -370,7 +373,7 @@ class FlowGuidedInpainter(Inpainter):
                 j = t + wk.direction * d
                 wk.keep(~done[wk.points])
                 if j not in entries or wk.at not in entries or not len(wk.points):
-                    wk.keep(np.zeros(len(wk.points), bool))
+                    wk.stop()
                     continue
                 fx, fy = _displacement(self._flow(entries[wk.at], entries[j]), wk.x, wk.y, s)
                 wk.x, wk.y, wk.at = wk.x + fx, wk.y + fy, j
