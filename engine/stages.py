@@ -100,9 +100,12 @@ class Propagator(abc.ABC):
     def step(self, frame: Frame) -> dict[int, Mask]:
         """Propagate every tracked object to ``frame`` (the frame after the last one seen)."""
 
+    reduced_step: bool = False  # whether step_reduced() is cheaper than step() (a backend that overrides it)
+
     def step_reduced(self, frame: Frame) -> dict[int, Mask]:
         """A cheaper :meth:`step` (same contract), used while a live stream is behind (see
-        engine/degrade.py): e.g. flow at a lower working resolution.  The default is :meth:`step`."""
+        engine/degrade.py) and to catch up through frames already sent after a late click: e.g. flow at a
+        lower working resolution.  The default is :meth:`step`."""
         return self.step(frame)
 
     @abc.abstractmethod

@@ -1,6 +1,7 @@
 """The per-frame step: delay line, prompts on held frames, objects, effects, degraded frames."""
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -11,7 +12,7 @@ from unseen.engine.backends.registry import BackendOptions
 from unseen.engine.effects import Effect, apply_effect
 from unseen.engine.pipeline import Pipeline, PipelineConfig, PromptError
 from unseen.engine.session import Backends, build_pipeline
-from unseen.engine.stages import Frame, SelectionError, dilate_hole
+from unseen.engine.stages import Frame, Inpainter, Propagator, Segmenter, SelectionError, dilate_hole
 from unseen.engine.synthetic import interior_point, iou, psnr
 
 
@@ -303,3 +304,90 @@ def test_a_click_is_propagated_back_over_the_frames_held_before_it(clip):
     scores = [iou(pipeline._held[i].masks[1], clip.masks[i]) for i in earlier]
     assert min(scores) >= 0.7, [round(s, 2) for s in scores]
     assert pipeline.propagator.objects == [1]
+
+
+class _Recording(Propagator):
+    """Keeps the seeded masks; records which step each frame got."""
+
+    name = "recording"
+
+    def __init__(self, reduced_step: bool) -> None:
+        self.reduced_step = reduced_step
+        self.calls: list[tuple[str, int]] = []
+        self._masks: dict = {}
+
+    def seed(self, frame, masks):
+        self.calls.append(("seed", frame.index))
+        self._masks = dict(masks)
+
+    def step(self, frame):
+        self.calls.append(("full", frame.index))
+        return dict(self._masks)
+
+    def step_reduced(self, frame):
+        self.calls.append(("reduced", frame.index))
+        return dict(self._masks)
+
+    def reset(self):
+        self._masks = {}
+
+
+class _Gated(Segmenter):
+    """Segments (the given mask) only once released: a slow live segmentation, controlled by the test."""
+
+    def __init__(self, mask) -> None:
+        self.mask, self.release, self.started = mask, threading.Event(), threading.Event()
+
+    def segment(self, frame, clicks, *, neighbours=(), box=None):
+        self.started.set()
+        assert self.release.wait(30)
+        return self.mask
+
+
+class _Keep(Inpainter):
+    def inpaint(self, request):
+        return request.entries[request.target].frame.image
+
+    cheap = inpaint
+
+
+@pytest.mark.parametrize("reduced_step", [True, False])
+def test_a_late_click_catches_up_through_the_frames_already_sent(clip, reduced_step):
+    """A click segmented while frames kept leaving re-propagates from its frame: through the frames already
+    sent with the propagator's cheaper step (a full one every 3rd), or, without one, every 2nd frame in
+    full; then every frame not yet sent in full."""
+    from unseen.engine.pipeline import CATCHUP_FULL_EVERY
+
+    propagator = _Recording(reduced_step)
+    segmenter = _Gated(clip.masks[2])
+    p = Pipeline(segmenter, propagator, _Keep(), PipelineConfig(delay=2, segment_async=True, click_lookahead=0))
+    for i in range(3):
+        p.step(Frame(i, clip.frames[i]))
+    future = p.click(*clip.click(2), frame_index=2)
+    p.step(Frame(3, clip.frames[3]))  # the click is taken up: its segmentation starts
+    assert segmenter.started.wait(30)
+    for i in range(4, 15):  # frames keep leaving while the click is segmented
+        p.step(Frame(i, clip.frames[i]))
+    segmenter.release.set()
+    i = 15
+    while not future.done():  # applied on the first step after the segmentation is done
+        p.step(Frame(i, clip.frames[i % len(clip.frames)]))
+        i += 1
+        assert i < 10_000
+    assert future.result(timeout=0) == 1
+    calls = propagator.calls
+    start = calls.index(("seed", 2))
+    catchup = calls[start + 1:]
+    head = max(index for _, index in catchup)
+    unsent = [c for c in catchup if c[1] >= head - p.delay]  # (the frames held after the output point)
+    sent = catchup[:len(catchup) - len(unsent)]
+    assert [kind for kind, _ in unsent] == ["full"] * len(unsent) and len(unsent) >= 1
+    assert len(sent) >= 5
+    if reduced_step:
+        assert [index for _, index in sent] == list(range(3, 3 + len(sent)))  # every frame, in order
+        assert [kind for kind, _ in sent] == ["full" if n % CATCHUP_FULL_EVERY == 0 else "reduced"
+                                              for n in range(1, len(sent) + 1)]
+    else:
+        assert [index for _, index in sent] == list(range(4, 4 + 2 * len(sent), 2))  # every 2nd frame
+        assert {kind for kind, _ in sent} == {"full"}
+    p.close()

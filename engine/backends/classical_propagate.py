@@ -104,6 +104,7 @@ class RefineBackoff:
 
 class FlowPropagator(Propagator):
     name = "classical"
+    reduced_step = True  # step_reduced(): the flow alone, without the refinement
 
     def __init__(self, refine: bool = True, band: int | None = None, flows: FlowCache | None = None) -> None:
         self.refine = refine

@@ -81,6 +81,7 @@ class _Guide:
 
 class GuidedPropagator(Propagator):
     name = "classical+nanotrack"
+    reduced_step = True  # step_reduced(): the flow's, bounded by the boxes, without re-seeding
 
     def __init__(self, flow: FlowPropagator, flows: FlowCache, make_tracker: Callable[[], NanoTracker]) -> None:
         self._flow = flow
