@@ -10,11 +10,12 @@ import cv2
 import numpy as np
 import pytest
 from support.app_client import SYNTH, client, run, settings, wait_frames
+from support.stages import KeepInpainter
 
 from unseen.engine.degrade import AREA_CAP, Ladder, LadderConfig, Level, StaleMasks, Threshold, geometry, grown
 from unseen.engine.effects import Effect
 from unseen.engine.pipeline import Pipeline, PipelineConfig
-from unseen.engine.stages import Frame, Inpainter, Propagator, Segmenter
+from unseen.engine.stages import Frame, Propagator, Segmenter
 from unseen.engine.synthetic import make_clip
 from unseen.server.app import SERVER
 
@@ -93,15 +94,6 @@ class TruthSegmenter(Segmenter):
 
     def segment(self, frame, clicks, *, neighbours=(), box=None):
         return self.clip.masks[frame.index]
-
-
-class KeepInpainter(Inpainter):
-    """Returns the frame unchanged (the objects here are blurred, not removed)."""
-
-    def inpaint(self, request):
-        return request.entries[request.target].frame.image
-
-    cheap = inpaint
 
 
 def simulate(clip, frames: int):

@@ -7,12 +7,13 @@ import time
 import numpy as np
 import pytest
 from support.live import static_scene
+from support.stages import KeepInpainter
 
 from unseen.engine.backends.registry import BackendOptions
 from unseen.engine.effects import Effect, apply_effect
 from unseen.engine.pipeline import Pipeline, PipelineConfig, PromptError
 from unseen.engine.session import Backends, build_pipeline
-from unseen.engine.stages import Frame, Inpainter, Propagator, Segmenter, SelectionError, dilate_hole
+from unseen.engine.stages import Frame, Propagator, Segmenter, SelectionError, dilate_hole
 from unseen.engine.synthetic import interior_point, iou, psnr
 
 
@@ -344,13 +345,6 @@ class _Gated(Segmenter):
         return self.mask
 
 
-class _Keep(Inpainter):
-    def inpaint(self, request):
-        return request.entries[request.target].frame.image
-
-    cheap = inpaint
-
-
 @pytest.mark.parametrize("reduced_step", [True, False])
 def test_a_late_click_catches_up_through_the_frames_already_sent(clip, reduced_step):
     """A click segmented while frames kept leaving re-propagates from its frame: through the frames already
@@ -360,7 +354,7 @@ def test_a_late_click_catches_up_through_the_frames_already_sent(clip, reduced_s
 
     propagator = _Recording(reduced_step)
     segmenter = _Gated(clip.masks[2])
-    p = Pipeline(segmenter, propagator, _Keep(), PipelineConfig(delay=2, segment_async=True, click_lookahead=0))
+    p = Pipeline(segmenter, propagator, KeepInpainter(), PipelineConfig(delay=2, segment_async=True, click_lookahead=0))
     for i in range(3):
         p.step(Frame(i, clip.frames[i]))
     future = p.click(*clip.click(2), frame_index=2)
