@@ -6,6 +6,8 @@ numpy and OpenCV, so any module of the engine may use it.  Images are HxWx3 uint
 """
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import numpy as np
 
@@ -80,6 +82,75 @@ def _offsets(ww: int, hh: int, r: int) -> list[tuple[int, int]]:
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class Copy:
+    """A piece of a hole filled by a displaced, seam-corrected copy of the picture beside it."""
+
+    box: tuple[int, int, int, int]  # y0, y1, x0, x1: the piece's box with its ring
+    piece: np.ndarray  # the piece, on the box
+    patch: np.ndarray  # the box's pixels as the copy fills them (uint8)
+    cost: float  # mean squared colour difference (sum over channels) between the copy's ring and the hole's
+
+    def paste(self, out: np.ndarray) -> None:
+        y0, y1, x0, x1 = self.box
+        out[y0:y1, x0:x1][self.piece] = self.patch[self.piece]
+
+
+def pieces(hole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The hole's 8-connected pieces: labels (HxW, 0 outside) and OpenCV's stats per label."""
+    h, w = hole.shape
+    bx0, by0, bw, bh = cv2.boundingRect(np.ascontiguousarray(hole, dtype=bool).view(np.uint8))
+    n, box_labels, stats, _ = cv2.connectedComponentsWithStats(  # labelled on the hole's box only
+        np.ascontiguousarray(hole[by0:by0 + bh, bx0:bx0 + bw]).astype(np.uint8), connectivity=8)
+    stats[:, 0] += bx0
+    stats[:, 1] += by0
+    labels = np.zeros((h, w), box_labels.dtype)
+    labels[by0:by0 + bh, bx0:bx0 + bw] = box_labels
+    return labels, stats
+
+
+def tiny(stats: np.ndarray) -> bool:
+    """A piece too small to copy texture into (left to Telea)."""
+    return int(stats[cv2.CC_STAT_AREA]) < 48 or min(int(stats[cv2.CC_STAT_WIDTH]), int(stats[cv2.CC_STAT_HEIGHT])) < 4
+
+
+def displaced_copy(image: np.ndarray, labels: np.ndarray, k: int, stats: np.ndarray,
+                   blocked: np.ndarray) -> Copy | None:
+    """Piece ``k``'s best displaced copy: beside, above or below it, clean of ``blocked``, its ring the
+    nearest match to the piece's ring; None when no clean source fits."""
+    h, w = labels.shape
+    x, y, ww, hh = (int(v) for v in stats[:4])
+    r = max(3, round(0.2 * min(ww, hh)))
+    y0, y1, x0, x1 = max(0, y - r), min(h, y + hh + r), max(0, x - r), min(w, x + ww + r)
+    comp = labels[y0:y1, x0:x1] == k
+    ring = (cv2.dilate(comp.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2)) > 0)
+    ring &= ~blocked[y0:y1, x0:x1]
+    if ring.sum() < 8:
+        return None
+    target = image[y0:y1, x0:x1].astype(np.float32)
+    target_ring = target[ring]
+    best, best_cost, best_fit = None, np.inf, np.inf
+    for dy, dx in _offsets(ww, hh, r):
+        sy0, sx0 = y0 + dy, x0 + dx
+        if sy0 < 0 or sx0 < 0 or sy0 + (y1 - y0) > h or sx0 + (x1 - x0) > w:
+            continue
+        src_hole = blocked[sy0:sy0 + y1 - y0, sx0:sx0 + x1 - x0]
+        if (src_hole & (comp | ring)).sum() > 0.02 * comp.sum():
+            continue
+        src_ring = image[sy0:sy0 + y1 - y0, sx0:sx0 + x1 - x0][ring].astype(np.float32)
+        fit = float(((src_ring - target_ring) ** 2).sum(axis=1).mean())
+        cost = fit * (1.0 + 0.05 * np.hypot(dy, dx) / max(ww, hh))  # nearer sources are likelier the same surface
+        if cost < best_cost:
+            best, best_cost, best_fit = (sy0, sx0, src_hole), cost, fit
+    if best is None:
+        return None
+    sy0, sx0, src_hole = best
+    src = image[sy0:sy0 + y1 - y0, sx0:sx0 + x1 - x0].astype(np.float32)
+    valid = ~blocked[y0:y1, x0:x1] & ~src_hole
+    correction = fill_invalid(np.where(valid[..., None], target - src, 0).astype(np.float32), valid)
+    return Copy((y0, y1, x0, x1), comp, np.clip(src + correction + 0.5, 0, 255).astype(np.uint8), best_fit)
+
+
 def texture_fill(image: np.ndarray, hole: np.ndarray, avoid: np.ndarray | None = None) -> np.ndarray:
     """Fill each piece of ``hole`` with real texture: the displaced copy of the picture whose ring
     around the piece best matches the ring around the hole, its colours corrected by the membrane
@@ -89,59 +160,20 @@ def texture_fill(image: np.ndarray, hole: np.ndarray, avoid: np.ndarray | None =
     left of the removed object.
 
     Telea alone smooths a person-sized hole into a blurred silhouette (a ghost); a copy of the
-    grass or wall beside it looks like the scene.  The copy is chosen per frame, but the engine
-    carries a filled region forward by flow, so it stays put while the hole does."""
+    grass or wall beside it looks like the scene.  Cheap enough for every degraded frame; the full
+    fill makes up what no frame saw with patches (engine/patchfill.py)."""
     if not hole.any():
         return image
     out = image.copy()
-    h, w = hole.shape
     blocked = hole if avoid is None else hole | avoid
-    # the pieces, labelled on the hole's box (the whole frame's labels, shifted)
-    bx0, by0, bw, bh = cv2.boundingRect(np.ascontiguousarray(hole, dtype=bool).view(np.uint8))
-    n, box_labels, stats, _ = cv2.connectedComponentsWithStats(
-        np.ascontiguousarray(hole[by0:by0 + bh, bx0:bx0 + bw]).astype(np.uint8), connectivity=8)
-    stats[:, 0] += bx0
-    stats[:, 1] += by0
-    labels = np.zeros((h, w), box_labels.dtype)
-    labels[by0:by0 + bh, bx0:bx0 + bw] = box_labels
-    left = np.zeros(n, bool)  # pieces left to Telea
-    for k in range(1, n):
-        x, y, ww, hh, area = (int(v) for v in stats[k])
-        if area < 48 or min(ww, hh) < 4:
+    labels, stats = pieces(hole)
+    left = np.zeros(len(stats), bool)  # pieces left to Telea
+    for k in range(1, len(stats)):
+        copy = None if tiny(stats[k]) else displaced_copy(image, labels, k, stats[k], blocked)
+        if copy is None:
             left[k] = True
-            continue
-        r = max(3, round(0.2 * min(ww, hh)))
-        y0, y1, x0, x1 = max(0, y - r), min(h, y + hh + r), max(0, x - r), min(w, x + ww + r)
-        comp = labels[y0:y1, x0:x1] == k
-        ring = (cv2.dilate(comp.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2)) > 0)
-        ring &= ~blocked[y0:y1, x0:x1]
-        if ring.sum() < 8:
-            left[k] = True
-            continue
-        target = image[y0:y1, x0:x1].astype(np.float32)
-        target_ring = target[ring]
-        best, best_cost = None, np.inf
-        for dy, dx in _offsets(ww, hh, r):
-            sy0, sx0 = y0 + dy, x0 + dx
-            if sy0 < 0 or sx0 < 0 or sy0 + (y1 - y0) > h or sx0 + (x1 - x0) > w:
-                continue
-            src_hole = blocked[sy0:sy0 + y1 - y0, sx0:sx0 + x1 - x0]
-            if (src_hole & (comp | ring)).sum() > 0.02 * comp.sum():
-                continue
-            src_ring = image[sy0:sy0 + y1 - y0, sx0:sx0 + x1 - x0][ring].astype(np.float32)
-            cost = float(((src_ring - target_ring) ** 2).sum(axis=1).mean())
-            cost *= 1.0 + 0.05 * np.hypot(dy, dx) / max(ww, hh)  # nearer sources are likelier the same surface
-            if cost < best_cost:
-                best, best_cost = (sy0, sx0, src_hole), cost
-        if best is None:
-            left[k] = True
-            continue
-        sy0, sx0, src_hole = best
-        src = image[sy0:sy0 + y1 - y0, sx0:sx0 + x1 - x0].astype(np.float32)
-        valid = ~blocked[y0:y1, x0:x1] & ~src_hole
-        correction = fill_invalid(np.where(valid[..., None], target - src, 0).astype(np.float32), valid)
-        patch = np.clip(src + correction + 0.5, 0, 255).astype(np.uint8)
-        out[y0:y1, x0:x1][comp] = patch[comp]
+        else:
+            copy.paste(out)
     if left.any():
         out = spatial_fill(out, left[labels])
     return out
