@@ -7,8 +7,9 @@ pixel takes its colour from the nearest frame in which that point of the scene i
 visible; then from past reference frames; then from the previous output's fill
 (inside its hole, before feathering: it keeps what was made up stable instead of
 flickering, and never takes back a part of the object a mask missed); what no frame
-saw is filled with texture copied from beside the hole, never from a tracked object, from something
-moving, or from what is left of the removed object.  Only the dilated hole is replaced.
+saw is made up from patches of the picture around the hole (engine/patchfill.py), never from a tracked
+object, from something moving, or from what is left of the removed object.  Only the dilated hole is
+replaced.
 
 On a still camera a long-term background model (engine/background.py, fed every frame that leaves
 through :meth:`observe`) is the first source: what each pixel showed while calm and free of every
@@ -34,6 +35,7 @@ from typing import Mapping
 
 from ..background import CLEARANCE, BackgroundModel
 from ..fill import fill_invalid, texture_fill
+from ..patchfill import made_up_fill
 from ..flow import FlowCache, shared, squared_speed
 from ..stages import Frame, Image, InpaintRequest, Inpainter, Mask, WindowEntry, dilate_hole, mask_area, mask_box
 from .registry import BackendOptions
@@ -427,7 +429,7 @@ class FlowGuidedInpainter(Inpainter):
         if not done.all():
             rest = np.zeros_like(hole)
             rest[ys[~done], xs[~done]] = True
-            out = texture_fill(out, rest, self._avoid(entries, t) & ~hole)
+            out = made_up_fill(out, rest, self._avoid(entries, t) & ~hole)
         moved = np.zeros((h, w, 2), np.float32)
         moved[ys, xs] = offset
         self._fills[(t, target.revision)] = (out, moved)
