@@ -31,6 +31,7 @@ PATCH_RADIUS = 3  # PyPatchMatch's patch radius (7x7 patches; its own coarse lev
 COPY_FIT = 1000.0  # a displaced copy whose ring differs from the piece's by at most this (mean squared colour
 #                    distance, 0-255 per channel, summed over them) continues the picture: taken as it is
 MAX_PIECES = 8  # pieces beyond the largest this many get the displaced copy or Telea (bounded cost)
+MIN_SOURCES = 16  # whole patches to copy from, at least (else the displaced copy or Telea)
 SEED = 0  # PatchMatch's random search is seeded: the same input gives the same fill
 
 _lock = threading.Lock()  # the native library's random generator is one global: seeded and used under it
@@ -64,18 +65,21 @@ def made_up_fill(image: np.ndarray, hole: np.ndarray, avoid: np.ndarray | None =
             left[k] = True
             continue
         copy = displaced_copy(image, labels, k, stats[k], blocked)
-        if copy is not None and (copy.cost <= COPY_FIT or rank >= MAX_PIECES):
-            copy.paste(out)
-        elif rank < MAX_PIECES:
+        close = copy is not None and copy.cost <= COPY_FIT
+        if not close and rank < MAX_PIECES:
             piece = labels == k
-            _patch_match(native, out, piece, blocked & ~piece)
+            if _patch_match(native, out, piece, blocked & ~piece):
+                continue
+        if copy is not None:
+            copy.paste(out)
         else:
             left[k] = True
     return spatial_fill(out, left[labels]) if left.any() else out
 
 
-def _patch_match(native, out: np.ndarray, piece: np.ndarray, avoid: np.ndarray) -> None:
-    """Fill ``piece`` of ``out`` in place by PatchMatch on a crop around it, never from ``avoid``."""
+def _patch_match(native, out: np.ndarray, piece: np.ndarray, avoid: np.ndarray) -> bool:
+    """Fill ``piece`` of ``out`` in place by PatchMatch on a crop around it, never from ``avoid``; False
+    (nothing changed) when the crop holds fewer than MIN_SOURCES whole patches to copy from."""
     h, w = piece.shape
     x, y, bw, bh = cv2.boundingRect(piece.view(np.uint8))
     m = max(16, round(CONTEXT * max(bw, bh)))
@@ -89,9 +93,14 @@ def _patch_match(native, out: np.ndarray, piece: np.ndarray, avoid: np.ndarray) 
         no = (cv2.resize(never.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0) & ~fill
     else:
         small, fill, no = np.ascontiguousarray(crop), inside, never
+    side = 2 * PATCH_RADIUS + 1
+    sources = cv2.erode((~(fill | no)).astype(np.uint8), np.ones((side, side), np.uint8), borderValue=0)
+    if cv2.countNonZero(sources) < MIN_SOURCES:  # (the library would fill the piece with black)
+        return False
     with _lock:
         native.set_random_seed(SEED)
         done = native.inpaint(small, fill, global_mask=no if no.any() else None, patch_size=PATCH_RADIUS)
     if s < 1.0:
         done = cv2.resize(done, (x1 - x0, y1 - y0), interpolation=cv2.INTER_CUBIC)
     crop[inside] = done[inside]
+    return True

@@ -97,6 +97,16 @@ def test_a_close_displaced_copy_is_taken_as_it_is():
     assert np.array_equal(out[~(hole | sliver)], img[~(hole | sliver)])
 
 
+def test_a_piece_with_nothing_to_copy_from_gets_telea_not_black():
+    img = tiles()
+    hole = box(img.shape, 10, 80, 10, 110)
+    avoid = ~hole
+    avoid[0:3, 0:3] = False  # a corner too small for one patch
+    out = made_up_fill(img, hole, avoid)
+    assert np.array_equal(out[~hole], img[~hole])
+    assert np.array_equal(out, spatial_fill(img, hole))  # (PatchMatch would have left it black)
+
+
 def test_without_the_native_library_the_displaced_copy_serves(monkeypatch, caplog):
     unavailable = types.ModuleType("patchmatch")
     unavailable.patchmatch_available = False  # what PyPatchMatch reports when its library did not build
