@@ -34,8 +34,6 @@ BOX_WORK_SIZE = 960  # ... and with a box (its GrabCuts are few, and a box's obj
 MAX_NEIGHBOURS = 4  # frames compared for the motion cue
 MOTION_MIN = 0.5  # px of flow, beyond the camera's own motion, that count as moving ...
 MOTION_NOISE = 4.0  # ... and at least this many times the frame's median residual flow
-STATIC_DIFF = 6.0  # grey levels: a pixel that differs from where the camera's motion takes it in a neighbour by
-STATIC_TEXTURE = 40.0  # less than this, where the image gradient is over this, did not move (whatever the flow)
 MOTION_MIN_AREA = 1500  # px at work size: the flow is smoothed over 8-px patches, a smaller moving region
 # is mostly that blur (a small object's region is several times the object), so it is not used
 MOTION_REACH = 0.03  # a moving region this far from the click (x the long side) is still under it
@@ -82,14 +80,12 @@ def _disc(mask: np.ndarray, x: float, y: float, r: int, value: int) -> None:
     cv2.circle(mask, (int(round(x)), int(round(y))), max(1, r), value, -1)
 
 
-def residual_motion(frame: np.ndarray, neighbours: Sequence[np.ndarray]) -> list[np.ndarray]:
+def _residuals(frame: np.ndarray, neighbours: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Per neighbour, the flow magnitude at each pixel of ``frame`` beyond the camera's own motion.
 
     Dense flow from the frame to the neighbour, less the camera's motion (an affine fit to the flow by
     RANSAC, identity for a still camera): what is left moves by itself.  The flow is defined on this
-    frame's pixels, so the object shows where it is now, with no ghost where it was or will be.  DIS
-    smooths the flow over patches, which spreads a mover's motion onto the still background beside it:
-    textured pixels that look the same where the camera's motion takes them are set to 0."""
+    frame's pixels, so the object shows where it is now, with no ghost where it was or will be."""
     gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
     h, w = gray.shape
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
@@ -106,24 +102,8 @@ def residual_motion(frame: np.ndarray, neighbours: Sequence[np.ndarray]) -> list
             continue
         camera_x = affine[0, 0] * xs + affine[0, 1] * ys + affine[0, 2] - xs
         camera_y = affine[1, 0] * xs + affine[1, 1] * ys + affine[1, 2] - ys
-        residual = cv2.magnitude(flow[..., 0] - camera_x, flow[..., 1] - camera_y)
-        residual[_static_texture(gray, cv2.cvtColor(other, cv2.COLOR_RGB2GRAY), affine)] = 0
-        out.append(residual)
+        out.append(cv2.magnitude(flow[..., 0] - camera_x, flow[..., 1] - camera_y))
     return out
-
-
-def _static_texture(gray: np.ndarray, other: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """Textured pixels that look the same in the neighbour where the camera's motion takes them: they
-    did not move, whatever the flow (smoothed over patches, it spreads a mover's motion onto the
-    background beside it)."""
-    h, w = gray.shape
-    seen = cv2.warpAffine(other, affine, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                          borderMode=cv2.BORDER_REPLICATE)
-    diff = cv2.GaussianBlur(cv2.absdiff(gray, seen), (5, 5), 0)
-    g = gray.astype(np.float32)
-    gradient = cv2.magnitude(cv2.Sobel(g, cv2.CV_32F, 1, 0), cv2.Sobel(g, cv2.CV_32F, 0, 1))
-    texture = cv2.GaussianBlur(gradient, (5, 5), 0)
-    return (diff < STATIC_DIFF) & (texture > STATIC_TEXTURE)
 
 
 def motion_region(residuals: Sequence[np.ndarray]) -> np.ndarray | None:
@@ -268,7 +248,7 @@ class ClassicalSegmenter(Segmenter):
                                                         interpolation=cv2.INTER_AREA)
         h, w = img.shape[:2]
         seed = max(2, round(min(h, w) / 80))
-        residuals = residual_motion(img, [cv2.resize(n.image, (w, h), interpolation=cv2.INTER_AREA)
+        residuals = _residuals(img, [cv2.resize(n.image, (w, h), interpolation=cv2.INTER_AREA)
                                      for n in neighbours[:MAX_NEIGHBOURS]])
         if box is None:
             result = self._from_clicks(img, positives, negatives, residuals, s, seed)
