@@ -35,6 +35,8 @@ MIN_SOURCES = 16  # whole patches to copy from, at least (else the displaced cop
 SEED = 0  # PatchMatch's random search is seeded: the same input gives the same fill
 
 _lock = threading.Lock()  # the native library's random generator is one global: seeded and used under it
+# (streams that make up fill at the same moment take turns)
+_warned = False  # the missing library is said once per process
 
 
 def _native():  # the PatchMatch module, or None when its library cannot be loaded here
@@ -45,6 +47,14 @@ def _native():  # the PatchMatch module, or None when its library cannot be load
     return patchmatch if patchmatch.patchmatch_available else None
 
 
+def _warn_once() -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        log.warning("PyPatchMatch's native library is not available: what no frame saw gets the displaced "
+                    "copy or Telea; reinstall PyPatchMatch (pip install --force-reinstall PyPatchMatch)")
+
+
 def made_up_fill(image: np.ndarray, hole: np.ndarray, avoid: np.ndarray | None = None) -> np.ndarray:
     """``image`` with each piece of ``hole`` made up from the pixels neither in ``hole`` nor in ``avoid``
     (see the module doc).  Only ``hole`` pixels change."""
@@ -52,8 +62,7 @@ def made_up_fill(image: np.ndarray, hole: np.ndarray, avoid: np.ndarray | None =
         return image
     native = _native()
     if native is None:
-        log.warning("PyPatchMatch's native library is not available: what no frame saw gets the displaced "
-                    "copy or Telea; reinstall PyPatchMatch (pip install --force-reinstall PyPatchMatch)")
+        _warn_once()
         return texture_fill(image, hole, avoid)
     out = image.copy()
     blocked = hole if avoid is None else hole | avoid
