@@ -388,28 +388,32 @@ class Pipeline:
         tracked = _to_correct(self.objects.get(oid), index, prompt, held.masks.get(oid))
         neighbours = [self._held[index + k].frame for k in NEIGHBOUR_OFFSETS if index + k in self._held]
         earlier = [self._held[i].frame for i in sorted(self._held, reverse=True) if i < index][:self.config.history]
+        others = _union([m for k, m in held.masks.items() if k != oid], held.frame.image.shape[:2])
         if self._prompt_thread is not None and not final:  # live: segment off the frame path, apply when done
             action.on_frame, action.prompt = held.frame, prompt
             action.segmentation = self._prompt_thread.submit(self._segment, held.frame, prompt, neighbours, earlier,
-                                                             tracked)
+                                                             tracked, others)
             return False, None
-        mask, before = self._segment(held.frame, prompt, neighbours, earlier, tracked)
+        mask, before = self._segment(held.frame, prompt, neighbours, earlier, tracked, others)
         return True, self._place(oid, held.frame, prompt, mask, before)
 
     def _segment(self, frame: Frame, prompt: FramePrompt, neighbours: list[Frame], earlier: list[Frame],
-                 tracked: Mask | None = None) -> tuple[Mask, dict[int, Mask]]:
+                 tracked: Mask | None = None, others: Mask | None = None) -> tuple[Mask, dict[int, Mask]]:
         """The prompted object's mask on ``frame`` (``tracked`` corrected, when given), and on the held frames
-        before it (see _propagate_back)."""
+        before it (see _propagate_back).  ``others``: the other objects' masks there, which a selection leaves
+        to them (see _leave_others)."""
         assert self.segmenter is not None
         t0 = time.perf_counter()
         if tracked is not None:
-            mask = self._correct(frame, prompt.clicks, tracked, neighbours)
+            mask = self._correct(frame, prompt.clicks, tracked, neighbours, others)
         else:
             mask = self.segmenter.segment(frame, list(prompt.clicks), neighbours=neighbours, box=prompt.box)
+            mask = _leave_others(mask, others, prompt)
         self.times.add("segment", time.perf_counter() - t0)
         return mask, self._propagate_back(frame, mask, earlier)
 
-    def _correct(self, frame: Frame, clicks: Sequence[Click], tracked: Mask, neighbours: list[Frame]) -> Mask:
+    def _correct(self, frame: Frame, clicks: Sequence[Click], tracked: Mask, neighbours: list[Frame],
+                 others: Mask | None = None) -> Mask:
         """``tracked`` corrected by clicks on a frame where the object is tracked but was not prompted: what the
         segmenter selects at a positive click is added where it touches the mask (a part the tracker missed) and
         replaces it where it does not (the tracker lost the object); what it selects at a negative click is cut
@@ -421,6 +425,8 @@ class Pipeline:
         for c in sorted(clicks, key=lambda c: not c.positive):
             try:
                 part = self.segmenter.segment(frame, [Click(c.x, c.y, True)], neighbours=neighbours)
+                if c.positive:
+                    part = _leave_others(part, others, FramePrompt((c,)))
             except SelectionError:
                 if c.positive:
                     continue  # nothing to add there
@@ -605,6 +611,33 @@ def _to_correct(obj: ObjectState | None, index: int, prompt: FramePrompt, tracke
     if obj is None or obj.prompt_frame == index or prompt.box is not None or tracked is None or not tracked.any():
         return None
     return tracked
+
+
+def _union(masks: Sequence[Mask], shape: tuple[int, ...]) -> Mask | None:
+    """The pixels of any of ``masks``; None when there are none."""
+    out = None
+    for m in masks:
+        if m.shape == shape[:2] and m.any():
+            out = m.copy() if out is None else out | m
+    return out
+
+
+def _leave_others(mask: Mask, others: Mask | None, prompt: FramePrompt) -> Mask:
+    """``mask`` without the pixels of the other objects (``others``) on its frame: a selection that spills onto
+    an object already tracked there does not take it from that object.  Unless the prompt points into one (its
+    positive clicks, or its box's centre without them): the user says that this object is there (a part of
+    an object, the backpack on a girl, becomes an object of its own), and the selection is kept whole; so is
+    one that nothing would be left of."""
+    if others is None or not mask.any():
+        return mask
+    points = [(c.x, c.y) for c in prompt.clicks if c.positive]
+    if not points and prompt.box is not None:
+        points = [((prompt.box[0] + prompt.box[2]) / 2, (prompt.box[1] + prompt.box[3]) / 2)]
+    h, w = others.shape
+    if any(others[min(h - 1, int(y)), min(w - 1, int(x))] for x, y in points):
+        return mask
+    left = mask & ~others
+    return left if left.any() else mask
 
 
 def _grown_by(mask: Mask, px: int) -> Mask:

@@ -427,3 +427,54 @@ def test_a_negative_click_on_a_later_frame_cuts_off_the_region_not_the_object(se
     assert not last[RIGHT].any(), "the region clicked off stayed"
     assert outs[2].masks[1][RIGHT].all()  # before the correction
     p.close()
+
+
+class Spill(Segmenter):
+    """A click left of x=20 selects LEFT (the first object); a click right of it selects LEFT, RIGHT and the
+    bridge: the second object's selection spills onto the first."""
+
+    name = "spill"
+
+    def segment(self, frame, clicks, *, neighbours=(), box=None):
+        mask = np.zeros((frame.height, frame.width), bool)
+        mask[LEFT] = True
+        if clicks[0].x >= 20:
+            mask[RIGHT] = mask[BRIDGE] = True
+        return mask
+
+
+def _spill_run(prompts, frames=8):
+    p = Pipeline(Spill(), Drift(0), Copy(), PipelineConfig(delay=4))
+    futures = [p.prompt([click], object_id=oid, frame_index=at) for click, oid, at in prompts]
+    outs = []
+    for i in range(frames):
+        outs += p.step(frame(i))
+    outs += p.flush()
+    p.close()
+    return [f.result() for f in futures], outs
+
+
+def test_a_new_object_leaves_a_tracked_object_its_pixels():
+    """A second object's selection that spills onto the first object leaves the first its pixels, on the frame
+    clicked and after it."""
+    ids, outs = _spill_run([(Click(12.0, 14.0), None, 0), (Click(29.0, 14.0), None, 0)])
+    assert ids == [1, 2]
+    for out in (outs[0], outs[-1]):
+        assert out.masks[1][LEFT].all()
+        assert out.masks[2][RIGHT].all() and not out.masks[2][LEFT].any()
+
+
+def test_a_positive_correction_leaves_the_other_objects_their_pixels():
+    """A correction of object 2 whose selection spills onto object 1 adds only what is not object 1's."""
+    ids, outs = _spill_run([(Click(12.0, 14.0), None, 0), (Click(29.0, 14.0), None, 0), (Click(30.0, 18.0), 2, 3)])
+    assert ids == [1, 2, 2]
+    assert outs[-1].masks[1][LEFT].all() and not outs[-1].masks[2][LEFT].any()
+
+
+def test_a_click_into_a_tracked_object_makes_that_part_an_object_of_its_own():
+    """A new object clicked inside a tracked one (the backpack on a girl) keeps its whole selection (which of
+    the two a pixel then goes to is the propagator's rule: the newer object's)."""
+    ids, outs = _spill_run([(Click(29.0, 14.0), None, 0), (Click(12.0, 14.0), None, 0)])
+    assert ids == [1, 2]
+    for out in (outs[0], outs[-1]):
+        assert out.masks[2][LEFT].all() and not out.masks[2][RIGHT].any()  # not cut away by object 1's mask
