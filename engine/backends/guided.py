@@ -52,6 +52,7 @@ CONTEXT = 0.5  # background around the box for that GrabCut, x the box's size pe
 MIN_SEEDED = 0.1  # a re-seeded mask is taken when larger than this x the expected area and what is left
 MAX_COAST = 50  # frames an object not found is looked for along its old motion (then it starts over)
 VELOCITY_RATE = 0.3  # how fast the smoothed velocity follows the box
+BOX_HISTORY = 64  # frames whose tracked box each object keeps (a re-seed goes back at most the held frames)
 COAST_BACK = 8  # an object lost coasts from its box and velocity of this many frames before
 KEEP_PART = 0.1  # parts of the re-seeded mask smaller than this x its largest part are dropped
 SEPARATE = 6.0  # px (flow size): the box's motion this far from the background's tells them apart ...
@@ -70,6 +71,18 @@ class _Guide:
     velocity: tuple[float, float] = (0.0, 0.0)  # the box's motion per frame, smoothed
     past: deque = field(default_factory=lambda: deque(maxlen=COAST_BACK))  # (box, velocity) of the last frames
     lost: int = 0  # frames in a row the object was not found in the box (it coasts: see coasting)
+    tracked: dict[int, TrackedBox] = field(default_factory=dict)  # frame index -> the tracker's box and score
+    # there (the last BOX_HISTORY frames)
+
+    def trusted(self, index: int, box: Box) -> Box | None:
+        """The tracker's box on frame ``index`` where it trusted it (score) and ``box`` (a mask's, re-seeded
+        there) agrees with it; else None.  A user's correction fixes the mask, not the box then: the tracker,
+        its template from the object's first frame, goes on (started again on the corrected mask, it took the
+        corrected part for the object: on bmx-trees a click's J&F with corrections fell below the one without)."""
+        tracked = self.tracked.get(index)
+        if tracked is None or tracked.score < MIN_SCORE or _box_iou(box, tracked.box) < BOX_AGREE:
+            return None
+        return tracked.box
 
     def coasting(self) -> Box:
         """Where the object would be had it kept the motion it had COAST_BACK frames ago (the tracker's box
@@ -117,6 +130,11 @@ class GuidedPropagator(Propagator):
             if box is None:
                 continue
             guide = self._guides.get(oid)
+            kept = guide.trusted(frame.index, box) if guide is not None else None
+            if kept is not None:  # a correction of a well tracked object: its tracker goes on (see trusted)
+                guide.box = kept
+                guides[oid] = guide
+                continue
             tracker = guide.tracker if guide is not None else self._make_tracker()
             tracker.start(frame.image, box)
             guides[oid] = _Guide(tracker, float(mask.sum()) / _area(box), _colour_model(frame.image, mask, box), box)
@@ -147,6 +165,9 @@ class GuidedPropagator(Propagator):
                 guide.velocity = _velocity(guide.velocity, guide.box, tracked.box)
                 guide.past.append((tracked.box, guide.velocity))
             guide.box = tracked.box
+            guide.tracked[frame.index] = tracked
+            while len(guide.tracked) > BOX_HISTORY:
+                del guide.tracked[min(guide.tracked)]
             if new is not mask:
                 changed |= int((new ^ mask).sum()) > RESEED * max(1, int(mask.sum()))
                 masks[oid] = new
