@@ -12,6 +12,8 @@ the box guides the mask, each step:
 - an object not found (a full occlusion: the tracker stays on what hid it) is also looked for where it would be
   had it kept its motion from before it disappeared; found there, the tracker starts over on it.
 A mask the guidance changed re-seeds the flow propagator on this frame, so the next step goes on from it.
+A re-seed from outside (a user's correction, another object added) keeps an object's tracker and models where
+the tracker trusted its box on that frame and the new mask agrees with it; else the tracker starts again there.
 Masks are never opened or smoothed here: thin parts inside the box stay.
 
 Memory: the flow propagator's, plus per object the tracker (fixed-size template), one colour model and the
@@ -76,9 +78,9 @@ class _Guide:
 
     def trusted(self, index: int, box: Box) -> Box | None:
         """The tracker's box on frame ``index`` where it trusted it (score) and ``box`` (a mask's, re-seeded
-        there) agrees with it; else None.  A user's correction fixes the mask, not the box then: the tracker,
-        its template from the object's first frame, goes on (started again on the corrected mask, it took the
-        corrected part for the object: on bmx-trees a click's J&F with corrections fell below the one without)."""
+        there) agrees with it; else None.  A user's correction fixes the mask, not the box then: the tracker goes
+        on with its template (started again on the corrected mask, often a part of the object, it took that
+        part for the object: on bmx-trees a click's J&F with corrections fell below the one without)."""
         tracked = self.tracked.get(index)
         if tracked is None or tracked.score < MIN_SCORE or _box_iou(box, tracked.box) < BOX_AGREE:
             return None
