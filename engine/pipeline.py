@@ -388,7 +388,7 @@ class Pipeline:
         tracked = _to_correct(self.objects.get(oid), index, prompt, held.masks.get(oid))
         neighbours = [self._held[index + k].frame for k in NEIGHBOUR_OFFSETS if index + k in self._held]
         earlier = [self._held[i].frame for i in sorted(self._held, reverse=True) if i < index][:self.config.history]
-        others = _union([m for k, m in held.masks.items() if k != oid], held.frame.image.shape[:2])
+        others = _union([m for k, m in held.masks.items() if k != oid])
         if self._prompt_thread is not None and not final:  # live: segment off the frame path, apply when done
             action.on_frame, action.prompt = held.frame, prompt
             action.segmentation = self._prompt_thread.submit(self._segment, held.frame, prompt, neighbours, earlier,
@@ -613,13 +613,9 @@ def _to_correct(obj: ObjectState | None, index: int, prompt: FramePrompt, tracke
     return tracked
 
 
-def _union(masks: Sequence[Mask], shape: tuple[int, ...]) -> Mask | None:
+def _union(masks: Sequence[Mask]) -> Mask | None:
     """The pixels of any of ``masks``; None when there are none."""
-    out = None
-    for m in masks:
-        if m.shape == shape[:2] and m.any():
-            out = m.copy() if out is None else out | m
-    return out
+    return np.logical_or.reduce(masks) if any(m.any() for m in masks) else None
 
 
 def _leave_others(mask: Mask, others: Mask | None, prompt: FramePrompt) -> Mask:
