@@ -16,6 +16,16 @@ from unseen.engine.synthetic import make_clip
 SHARED = Path(os.environ.get("UNSEEN_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def empty_weights_folder(tmp_path_factory):
+    """Every test starts from an empty weights folder, whatever the machine's ``~/.cache/unseen/weights``
+    holds: ``auto`` then resolves the same way everywhere, and a test that needs weights puts them there or
+    in a folder of its own."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("UNSEEN_WEIGHTS", str(tmp_path_factory.mktemp("no-weights")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def clip():
     """60 frames, 320x192, panning camera, one moving object (IoU/PSNR ground truth)."""
