@@ -18,6 +18,8 @@ from unseen.engine.pipeline import Pipeline, PipelineConfig
 from unseen.engine.stages import Frame, dilate_hole
 from unseen.engine.synthetic import interior_point, iou, psnr
 from unseen.server.cli import main
+from unseen.weights import store
+from support.nanotrack import nanotrack_folder
 
 pytestmark = pytest.mark.slow
 
@@ -30,15 +32,25 @@ def _masks(folder):
     return [np.array(Image.open(p).convert("L")) > 127 for p in sorted(glob.glob(str(folder / "*.png")))]
 
 
-def test_schoolgirls_one_click_removes_most_of_a_girl(shared_data, tmp_path):
-    """`unseen run schoolgirls.mp4 out.mp4 --click X,Y` on the girl at the right (id 7, her backpack 6)."""
+# the least share of her the replaced region covers on one frame.  With NanoTrack frame 48 falls to 80%: its box
+# shrinks to her upper body as she stands behind the pot, and the box's bound cuts her legs.
+LEAST_COVERED = {"classical": 0.93, "nanotrack": 0.75}
+
+
+@pytest.mark.parametrize("tracker", ["classical", "nanotrack"])
+def test_schoolgirls_one_click_removes_most_of_a_girl(shared_data, tmp_path, tracker):
+    """`unseen run schoolgirls.mp4 out.mp4 --click X,Y` on the girl at the right (id 7, her backpack 6), with the
+    default tracker (``auto``) of an empty weights folder and of one holding NanoTrack V2."""
+    weights = tmp_path / "weights"
+    if tracker == "nanotrack":
+        store.import_file("nanotrack_v2", nanotrack_folder(), weights)
     clip = shared_data / "schoolgirls"
     labels = [np.array(Image.open(p)) for p in sorted((clip / "masks").glob("*.png"))]
     her = [(lab == 7) | (lab == 6) for lab in labels]  # DAVIS labels her backpack as an object of its own
     x, y = interior_point(labels[0] == 7)
     out = tmp_path / "out.mp4"
     assert main(["-q", "run", str(clip / "schoolgirls.mp4"), str(out), "--click", f"{x},{y}",
-                 "--masks-out", str(tmp_path / "masks")]) == 0
+                 "--masks-out", str(tmp_path / "masks"), "--weights-dir", str(weights)]) == 0
     src, dst = probe(clip / "schoolgirls.mp4"), probe(out)
     assert dst["frames"] == src["frames"] == 80
     assert dst["last_pts"] * dst["time_base"] == src["last_pts"] * src["time_base"]
@@ -48,10 +60,12 @@ def test_schoolgirls_one_click_removes_most_of_a_girl(shared_data, tmp_path):
     with av.open(str(clip / "schoolgirls.mp4")) as c:
         original = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     # the replaced region (her mask with what hangs below it, dilated) covers her on every frame: measured
-    # 98.6% on average, 95.3% at worst (the mask alone: 87.5%, 79%; it misses her lower legs and shoes)
+    # 99.6% on average, 95.1% at worst; with NanoTrack 99.3%, 80% (its box jittering over her as another girl
+    # passed in front took 80% of her mask on frame 56, 90.7% on average, until the motion gate kept to panning
+    # cameras)
     holes = [dilate_hole(removal_hole(img, m), 4) for img, m in zip(original, exported)]
     covered = [(hole & h).sum() / h.sum() for hole, h in zip(holes, her)]
-    assert np.mean(covered) >= 0.98 and min(covered) >= 0.93, np.round(covered, 2)
+    assert np.mean(covered) >= 0.98 and min(covered) >= LEAST_COVERED[tracker], np.round(covered, 2)
     with av.open(str(out)) as c:
         result = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     for i in (0, 40, 79):  # where she was the picture changed; far from the hole it did not

@@ -3,8 +3,8 @@
 The flow propagator (:class:`~.classical_propagate.FlowPropagator`: DIS flow warp + GrabCut refinement) moves
 every object's mask; one NanoTrack V2 per object follows its box.  Where the tracker's score trusts the box,
 the box guides the mask, each step:
-- masked pixels that move with the background rather than with the box leave (what the warp dragged along
-  where the camera and the object move apart: the trees behind a rider);
+- on a panning camera, masked pixels that move with the background rather than with the box leave (what the
+  warp dragged along where the camera and the object move apart: the trees behind a rider);
 - the mask is bounded by the box grown by GROW x its size per side;
 - a mask lost or shrunk (too little of it in the box against the area the object had for its box, most of it
   outside the box, or its own box far from the tracker's) is re-seeded by a GrabCut in the box with the object's
@@ -59,7 +59,11 @@ COAST_BACK = 8  # an object lost coasts from its box and velocity of this many f
 KEEP_PART = 0.1  # parts of the re-seeded mask smaller than this x its largest part are dropped
 SEPARATE = 6.0  # px (flow size): the box's motion this far from the background's tells them apart ...
 BG_SHARE = 0.25  # ... and a masked pixel moving with the background (nearer it than the box, and within this x
-# their difference of it) is background the warp dragged along: it leaves the mask
+# their difference of it) is background the warp dragged along: it leaves the mask, ...
+PAN = 1.0  # ... where the background moves by this (px, flow size) or more: a panning camera.  On a still one the
+# box moving against the background is as often the tracker's jitter over a still object (schoolgirls: a girl
+# standing while another passes in front lost 80% of her mask to it), and the flow propagator's background
+# model keeps dragged background out there
 
 
 @dataclass
@@ -235,7 +239,7 @@ def _motion_gate(mask: Mask, flow: np.ndarray, scale: float, before: Box, now: B
         return mask
     bg_motion = np.median(sample, axis=0)
     gap = float(np.hypot(*(box_motion - bg_motion)))
-    if gap < SEPARATE:
+    if float(np.hypot(*bg_motion)) < PAN or gap < SEPARATE:
         return mask
     x, y, bw, bh = cv2.boundingRect(mask.astype(np.uint8))
     sx0, sy0 = int(x * scale), int(y * scale)
