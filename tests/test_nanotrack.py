@@ -157,3 +157,12 @@ def test_corrupt_weights_refused_in_one_line(weights: Path) -> None:
     with pytest.raises(BackendError, match="nanotrack_head_sim.onnx has sha256") as err:
         make("classical+nanotrack", weights)
     assert "\n" not in str(err.value) and "`unseen weights fetch nanotrack_v2`" in str(err.value)
+
+
+def test_no_opencv_warning_on_the_console(weights: Path, capfd: pytest.CaptureFixture) -> None:
+    """OpenCV's note that its new DNN engine ignores the CPU target is not printed at each tracker's start."""
+    frames, masks = scene(3)
+    level = cv2.utils.logging.getLogLevel()
+    jaccards(make("classical+nanotrack", weights), frames, masks)
+    assert "WARN" not in capfd.readouterr().err
+    assert cv2.utils.logging.getLogLevel() == level  # OpenCV's log level is given back

@@ -35,7 +35,13 @@ class NanoTracker:
         if self._tracker is None:  # the networks are read once; a new start only takes a new template
             params = cv2.TrackerNano_Params()
             params.backbone, params.neckhead = str(self._files[BACKBONE]), str(self._files[HEAD])
-            self._tracker = cv2.TrackerNano_create(params)
+            level = cv2.utils.logging.getLogLevel()
+            # OpenCV warns, on every creation, that the new DNN engine ignores the (default) CPU target: noise
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+            try:
+                self._tracker = cv2.TrackerNano_create(params)
+            finally:
+                cv2.utils.logging.setLogLevel(level)
         x0, y0, x1, y1 = box
         rect = (int(x0), int(y0), max(1, int(round(x1 - x0))), max(1, int(round(y1 - y0))))
         self._tracker.init(_bgr(image), rect)
