@@ -2,6 +2,7 @@
 weights/ hands over (checked against their sha256): one tracker follows one object's box."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import cv2
@@ -23,6 +24,9 @@ class TrackedBox:
     score: float
 
 
+_QUIET = threading.Lock()  # OpenCV's log level is global: one creation at a time lowers and restores it
+
+
 class NanoTracker:
     """One object's box tracker: :meth:`start` on a box, then :meth:`update` once per frame in order."""
 
@@ -35,13 +39,13 @@ class NanoTracker:
         if self._tracker is None:  # the networks are read once; a new start only takes a new template
             params = cv2.TrackerNano_Params()
             params.backbone, params.neckhead = str(self._files[BACKBONE]), str(self._files[HEAD])
-            level = cv2.utils.logging.getLogLevel()
-            # OpenCV warns, on every creation, that the new DNN engine ignores the (default) CPU target: noise
-            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-            try:
-                self._tracker = cv2.TrackerNano_create(params)
-            finally:
-                cv2.utils.logging.setLogLevel(level)
+            with _QUIET:  # OpenCV warns, on every creation, that its new DNN engine ignores the CPU target
+                level = cv2.utils.logging.getLogLevel()
+                cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+                try:
+                    self._tracker = cv2.TrackerNano_create(params)
+                finally:
+                    cv2.utils.logging.setLogLevel(level)
         x0, y0, x1, y1 = box
         rect = (int(x0), int(y0), max(1, int(round(x1 - x0))), max(1, int(round(y1 - y0))))
         self._tracker.init(_bgr(image), rect)
