@@ -139,9 +139,11 @@ def test_fork_is_fresh_and_independent(weights: Path) -> None:
         assert np.array_equal(original.step(Frame(t, frames[t]))[1], reference.step(Frame(t, frames[t]))[1])
 
 
-def test_auto_and_the_name_reported(weights: Path, tmp_path: Path) -> None:
-    pipeline = build_pipeline(Backends("classical", "auto", "classical"), BackendOptions(weights_dir=weights))
+def test_auto_and_the_name_reported(weights: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO", logger="unseen.backends"):
+        pipeline = build_pipeline(Backends("classical", "auto", "classical"), BackendOptions(weights_dir=weights))
     assert pipeline.describe()["backends"]["propagator"] == "classical+nanotrack (auto)"
+    assert "propagator backend: classical+nanotrack (auto)" in caplog.text and "weights fetch" not in caplog.text
     empty = BackendOptions(weights_dir=tmp_path / "empty")
     assert registry.create("propagator", "auto", empty).name == "classical (auto)"
     with pytest.raises(BackendError, match="`unseen weights import nanotrack_v2 DIR`") as err:

@@ -49,3 +49,16 @@ def test_the_choice_is_logged(caplog, tmp_path):
         backend = registry.create("inpainter", "auto", BackendOptions(weights_dir=tmp_path))
     assert backend.name == "classical (auto)"
     assert "inpainter backend: classical (auto)" in caplog.text
+
+
+@pytest.mark.parametrize("stage,name,hint", [
+    ("propagator", "auto", True),  # auto without NanoTrack's weights: says how to add them
+    ("propagator", "classical", False),  # asked for by name: nothing to suggest
+    ("inpainter", "auto", False),  # no learned guide for this stage
+])
+def test_auto_without_the_guides_weights_says_how_to_add_them(caplog, tmp_path, stage, name, hint):
+    with caplog.at_level("INFO", logger="unseen.backends"):
+        registry.create(stage, name, BackendOptions(weights_dir=tmp_path))
+    lines = [r.getMessage() for r in caplog.records if f"{stage} backend:" in r.getMessage()]
+    assert len(lines) == 1
+    assert ("`unseen weights fetch nanotrack_v2` adds NanoTrack V2" in lines[0]) is hint

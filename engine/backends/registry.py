@@ -47,6 +47,8 @@ AUTO_NEURAL: dict[str, tuple[str, list[tuple[str, str]]]] = {
 
 # What ``auto`` picks when no neural weights are present but a learned guide's are: (backend, weights name)
 AUTO_GUIDED: dict[str, tuple[str, str]] = {"propagator": ("classical+nanotrack", "nanotrack_v2")}
+GUIDES = {"nanotrack_v2": "NanoTrack V2 (a learned box tracker, 1.8 MB, Apache-2.0; it holds objects through fast "
+                          "motion and occlusion)"}  # said when ``auto`` runs without it
 
 
 class BackendError(RuntimeError):
@@ -136,5 +138,14 @@ def create(stage: str, name: str, options: BackendOptions | None = None) -> Any:
     backend = _factory(stage, kind)(variant, options)
     label = name if requested == name else f"{name} (auto)"
     backend.name = label
-    log.info("%s backend: %s", stage, label)
+    log.info("%s backend: %s%s", stage, label, _guide_hint(stage, name, requested))
     return backend
+
+
+def _guide_hint(stage: str, name: str, requested: str) -> str:
+    """Where ``auto`` ran the plain classical backend because a learned guide's weights are absent: how to add it."""
+    guided = AUTO_GUIDED.get(stage)
+    if guided is None or name != "classical" or requested == name:
+        return ""
+    return f"; `unseen weights fetch {guided[1]}` adds {GUIDES[guided[1]]} to guide it"
+
