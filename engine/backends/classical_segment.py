@@ -6,8 +6,7 @@ so that the parts of an object that moves as one go together) and marker watersh
 of several sizes and shapes, plus GrabCut seeded with the region beside the click that moves against
 the camera (from the neighbour frames; when two movers touch, the part of it around the clicked one).  A candidate is scored by the contrast along its outline, the
 colour difference between it and a ring around it, its agreement with the other candidates and, when
-something moves there, with the moving region (how much of its core the candidate holds, and how much
-of the candidate lies in it); the best one (or the moving region's segment, when
+something moves there, with the moving region; the best one (or the moving region's segment, when
 the best is a part of it) seeds a last GrabCut, whose result is taken unless it grew the seed by more
 than half (then it leaked into background of like colour).  Negative clicks
 then subtract through a GrabCut with sure background at them, and cut off at its narrowest neck the
@@ -39,7 +38,7 @@ MOTION_NOISE = 4.0  # ... and at least this many times the frame's median residu
 MOTION_MIN_AREA = 1500  # px at work size: the flow is smoothed over 8-px patches, a smaller moving region
 # is mostly that blur (a small object's region is several times the object), so it is not used
 MOTION_REACH = 0.03  # a moving region this far from the click (x the long side) is still under it
-MOTION_POWER = 2.0  # weight of a candidate's agreement with the moving region in the score, each way ...
+MOTION_POWER = 2.0  # weight of a candidate's agreement with the moving region in the score ...
 MOTION_FLOOR = 0.5  # ... which can change a score at most ((1 + floor) / floor) ** power times (a cue, not a veto)
 WHOLE_COVER, WHOLE_GROWTH, WHOLE_SCORE = 0.9, 1.4, 0.5  # a winner inside the moving object's segment (see
 # _whole_moving): the share of it that segment holds, its area at most, its score at least (x the winner's)
@@ -307,10 +306,8 @@ class ClassicalSegmenter(Segmenter):
                 contrast = _outline_contrast(candidate, grad)
                 score = (contrast * _distinctness(candidate, lab) ** DISTINCTNESS_POWER * agree
                          * candidate.mean() ** AREA_PRIOR)
-                if core is not None:  # an object moves as one: a part of it leaves some of the core out, and
-                    # the still background beside it (however alike in colour) lies outside the moving region
-                    score *= ((MOTION_FLOOR + float(candidate[core].mean()))
-                              * (MOTION_FLOOR + float(blob[candidate].mean()))) ** MOTION_POWER
+                if core is not None:  # an object moves as one: a part of it leaves some of the core out
+                    score *= (MOTION_FLOOR + float(candidate[core].mean())) ** MOTION_POWER
                 if candidate is motion_mask and contrast >= MIN_CONTRAST:
                     motion_score = score
                 if contrast >= MIN_CONTRAST and score > best_score:
