@@ -45,7 +45,7 @@ WHOLE_COVER, WHOLE_GROWTH, WHOLE_SCORE = 0.9, 1.4, 0.5  # a winner inside the mo
 MAX_FRACTION = 0.25  # a click selects an object, not most of the frame
 REFINE_GROWTH = 1.5  # the winner's re-solve may follow its outline, not grow it by more than this factor: beyond,
 # it has leaked into background of like colour (dog-walk: the wall beside the woman, 1.66x; on the DAVIS objects
-# the re-solves grew it 1.1-1.37x, and one 1.53x, a leak: its girl's J rose without it)
+# the re-solves grew it 1.1-1.37x, and one 1.53x, a leak: that schoolgirls object's J rose without it)
 MIN_CONTRAST = 4.0  # mean gradient along an outline below which there is no object to select
 CROP_MARGIN = 0.5  # GrabCut's background model: a margin this fraction of the rectangle around it
 GRABCUT_PIXELS = 40000  # larger GrabCut crops are solved downscaled to about this many pixels ...
