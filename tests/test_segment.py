@@ -153,7 +153,7 @@ def test_a_re_solve_that_grows_the_winner_by_more_than_half_is_not_taken(monkeyp
     """The winner is solved again with itself as the seed; that re-solve may follow the object's outline,
     but one that adds more than half the winner's area again has leaked into a background of like colour
     (dog-walk: the gabion wall beside the woman).  The re-solve is scripted here: the winner plus a block
-    of the background beside it ``leak`` times the winner's area."""
+    of background in the winner's rows, ``leak`` times the winner's area."""
     clip = make_clip(8, W, H, seed=5)
     frame, truth = Frame(3, clip.frames[3]), clip.masks[3]
     x, y = clip.click(3)
