@@ -145,7 +145,7 @@ def test_first_frame_j_on_blackswan(shared_data):
     by_box = seg.segment(Frame(0, frames[0]), [], neighbours=neighbours, box=given["box"].box)
     by_click = seg.segment(Frame(0, frames[0]), list(given["click"].clicks), neighbours=neighbours)
     assert iou(by_box, truth) >= 0.62  # measured 0.681 (2026-12-03)
-    assert iou(by_click, truth) >= 0.52  # measured 0.589
+    assert iou(by_click, truth) >= 0.52  # measured 0.689 (2026-12-04)
 
 
 @pytest.mark.parametrize("leak,taken", [(0.3, True), (1.2, False)])
