@@ -163,9 +163,11 @@ def test_a_re_solve_that_grows_the_winner_by_more_than_half_is_not_taken(monkeyp
     def leaking(self, img, winner, *args, **kwargs):
         solved = resolve(self, img, winner, *args, **kwargs)
         block = np.zeros_like(winner)
-        free = np.nonzero(~cv2.dilate(winner.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool).any(axis=0))[0]
+        near = cv2.dilate(winner.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+        free = np.nonzero(~near.any(axis=0))[0]  # columns clear of the winner
         rows = np.nonzero(winner.any(axis=1))[0]
         cols = free[:max(1, int(leak * winner.sum() / len(rows)))]
+        assert len(cols) < len(free)  # the block fits beside the winner
         block[rows.min():rows.max() + 1, cols] = True
         seen["winner"], seen["block"] = winner, block
         return solved | block
