@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from unseen.weights.registry import REGISTRY as WEIGHTS
+
 from ..flow import FlowCache
 
 log = logging.getLogger("unseen.backends")
@@ -47,8 +49,6 @@ AUTO_NEURAL: dict[str, tuple[str, list[tuple[str, str]]]] = {
 
 # What ``auto`` picks when no neural weights are present but a learned guide's are: (backend, weights name)
 AUTO_GUIDED: dict[str, tuple[str, str]] = {"propagator": ("classical+nanotrack", "nanotrack_v2")}
-GUIDES = {"nanotrack_v2": "NanoTrack V2 (a learned box tracker, 1.8 MB, Apache-2.0; it holds objects through fast "
-                          "motion and occlusion)"}  # said when ``auto`` runs without it
 
 
 class BackendError(RuntimeError):
@@ -147,5 +147,7 @@ def _guide_hint(stage: str, name: str, requested: str) -> str:
     guided = AUTO_GUIDED.get(stage)
     if guided is None or name != "classical" or requested == name:
         return ""
-    return f"; `unseen weights fetch {guided[1]}` adds {GUIDES[guided[1]]} to guide it"
+    entry = WEIGHTS[guided[1]]  # what the weights registry says of it: no second description to keep in step
+    return (f"; `unseen weights fetch {entry.name}` adds {entry.description}, "
+            f"{(entry.size or 0) / 1e6:.1f} MB, {entry.licence}, to guide it")
 
