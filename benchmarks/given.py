@@ -33,6 +33,7 @@ class GivenSegmenter(Segmenter):
     def __init__(self, inner: Segmenter, holes: Holes) -> None:
         self.inner, self.holes = inner, holes
         self.name = f"{inner.name} (given holes)"
+        self.device = inner.device
 
     def segment(self, frame: Frame, clicks: Sequence[Click], *, neighbours: Sequence[Frame] = (),
                 box: Box | None = None) -> Mask:
@@ -52,6 +53,7 @@ class GivenPropagator(Propagator):
     def __init__(self, inner: Propagator, holes: Holes) -> None:
         self.inner, self.holes = inner, holes
         self.name = f"{inner.name} (given holes)"
+        self.device = inner.device
 
     def seed(self, frame: Frame, masks: Mapping[int, Mask]) -> None:
         self.inner.seed(frame, masks)

@@ -98,6 +98,15 @@ class Pipeline:
         self._prompt_thread = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="unseen-prompt")
                                if self.config.segment_async else None)
 
+    @property
+    def device(self) -> str:
+        """Where the stages' work runs: the first stage not on the CPU (the runtime's worker contexts)."""
+        for stage in (self.segmenter, self.propagator, self.inpainter):
+            where = str(getattr(stage, "device", "cpu"))
+            if where != "cpu":
+                return where
+        return "cpu"
+
     # ------------------------------------------------------------------ what the emitter counts
     @property
     def frames_out(self) -> int:

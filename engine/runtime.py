@@ -95,7 +95,7 @@ class RuntimeConfig:
     mode: Mode = Mode.PIPELINED
     queue_items: int = 4  # bound of each queue between two workers (policy: block)
     threads: ThreadSettings = ThreadSettings()
-    device: str = "cpu"  # each worker's DeviceContext
+    device: str | None = None  # each worker's DeviceContext (None: where the pipeline's stages run)
     trace: bool = False  # record Chrome trace events (busy times are always kept)
 
 
@@ -168,6 +168,8 @@ class StreamSession:
         self.pipeline = pipeline
         self.phases = two_phase(pipeline)
         self.config = config or RuntimeConfig()
+        #: each worker's device context: a CUDA stream of its own when the stages run on a GPU
+        self.device = self.config.device or str(getattr(pipeline, "device", "cpu"))
         self.fanout = SinkFanout(sinks)
         self.pace = pace
         self.on_error = on_error
@@ -315,7 +317,7 @@ class StreamSession:
     # ------------------------------------------------------------------ workers
     def _guard(self, worker: str, loop: Callable[[DeviceContext], None]) -> None:
         try:
-            with DeviceContext(self.config.device) as device:
+            with DeviceContext(self.device) as device:
                 loop(device)
         except BaseException as exc:  # noqa: BLE001 - the run reports it; the other workers stop
             if self.error is None:

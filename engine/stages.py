@@ -62,6 +62,8 @@ class Segmenter(abc.ABC):
     """Frame + prompts (clicks and/or a box) -> mask of one object."""
 
     name: str = "segmenter"
+    #: where its work runs ("cpu", "cuda", "cuda:1"): the stream runtime gives its worker a context there
+    device: str = "cpu"
 
     @abc.abstractmethod
     def segment(self, frame: Frame, clicks: Sequence[Click], *, neighbours: Sequence[Frame] = (),
@@ -87,6 +89,8 @@ class Propagator(abc.ABC):
     """
 
     name: str = "propagator"
+    #: where its work runs ("cpu", "cuda", "cuda:1"): the stream runtime gives its worker a context there
+    device: str = "cpu"
 
     @abc.abstractmethod
     def seed(self, frame: Frame, masks: Mapping[int, Mask]) -> None:
@@ -163,6 +167,8 @@ class Inpainter(abc.ABC):
     """Fills the hole of a frame from its window of neighbours and past references."""
 
     name: str = "inpainter"
+    #: where its work runs ("cpu", "cuda", "cuda:1"): the stream runtime gives its worker a context there
+    device: str = "cpu"
     #: frames after the target the inpainter wants to see (its share of the fixed delay)
     future: int = 0
     #: frames before the target it wants to see

@@ -438,6 +438,32 @@ def test_a_step_only_pipeline_runs_through_the_same_runtime():
     assert [o.frame.index for o in sink.outputs] == list(range(5))
 
 
+class OnDevice:
+    def __init__(self, device) -> None:
+        self.device = device
+
+
+@pytest.mark.parametrize("stages, config, expected", [
+    (("cpu", "cpu", "cpu"), None, "cpu"),
+    ((None, "cpu", "cuda:1"), None, "cuda:1"),  # a pipeline without a segmenter (given masks)
+    (("cuda", "cuda", "cuda"), None, "cuda"),
+    (("cuda", "cuda", "cuda"), "cpu", "cpu"),  # the config's device, when given, wins
+])
+def test_the_workers_run_where_the_pipelines_stages_run(stages, config, expected):
+    """Each worker's device context follows the stages' device (a CUDA stream per worker on a GPU) unless
+    the runtime's config names one: every entry point (file, live, API, benchmark) gets it without saying."""
+    pipeline = build_pipeline(CLASSICAL, BackendOptions(), PipelineConfig())
+    for attr, device in zip(("segmenter", "propagator", "inpainter"), stages):
+        setattr(pipeline, attr, None if device is None else OnDevice(device))
+    session = StreamSession([], pipeline, [], config=RuntimeConfig(device=config))
+    assert session.device == expected
+
+
+def test_classical_stages_run_on_the_cpu():
+    pipeline = build_pipeline(CLASSICAL, BackendOptions(), PipelineConfig())
+    assert pipeline.device == "cpu" and StreamSession([], pipeline, []).device == "cpu"
+
+
 def test_the_cuda_device_context_runs_on_its_own_stream():
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
