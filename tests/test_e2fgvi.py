@@ -239,6 +239,27 @@ def test_backend_crop_mode_large_frame() -> None:
         np.testing.assert_array_equal(out[t][~hole], frames[t][~hole])
 
 
+class _NanUnderAutocast(_Stub):
+    """Predicts NaN where autocast is on (as bf16 did on CUDA on real holes), the stub's constant in fp32."""
+
+    def forward(self, x: torch.Tensor, n: int):
+        out, _ = super().forward(x, n)
+        return (out * float("nan") if torch.is_autocast_enabled(x.device.type) else out), None
+
+
+@pytest.mark.parametrize("precision, runs, reruns", [("fp32", 1, 0), ("bf16", 2, 1)])
+def test_a_non_finite_reduced_precision_window_runs_again_in_fp32(caplog, precision, runs, reruns) -> None:
+    frames, holes = _clip(1, 60, 108, seed=4)
+    stub = _NanUnderAutocast()
+    inp = _backend(stub, True, precision=precision, future=0, past=0)
+    with caplog.at_level("WARNING", logger="unseen.e2fgvi"):
+        out = _stream(inp, frames, holes, ref_stride=10)[0]
+    hole = dilate_hole(holes[0], 4)
+    assert (out[hole] == _Stub.value).all()  # the fp32 prediction, never a cast NaN
+    assert len(stub.calls) == runs and inp.fp32_reruns == reruns
+    assert ("non-finite values" in caplog.text) == bool(reruns)
+
+
 def test_backend_base_runs_at_432x240() -> None:
     frames, holes = _clip(3, 120, 216, seed=3)
     stub = _Stub()

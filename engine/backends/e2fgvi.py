@@ -139,6 +139,8 @@ class E2FGVIInpainter(Inpainter):
         #: context kept around the holes in crop mode, as a fraction of the holes' extent
         self.crop_margin = float(extra.get("crop_margin", 0.5))
         self._merged: dict[int, _Merged] = {}
+        #: windows whose reduced-precision prediction was not finite and were run again in fp32
+        self.fp32_reruns = 0
 
     def reset(self) -> None:
         self._merged.clear()
@@ -195,6 +197,14 @@ class E2FGVIInpainter(Inpainter):
         crops = np.stack([self._resize(im[y0:y1, x0:x1], size, cv2.INTER_AREA) for im in images])
         crop_holes = np.stack([self._resize_mask(hl[y0:y1, x0:x1], size) for hl in holes])
         preds = predict(self.model, crops, crop_holes, len(local), self.device, self.amp)
+        if self.amp is not None and not np.isfinite(preds).all():
+            # seen with bf16 on CUDA on real holes: the window runs again in fp32 rather than paste garbage
+            self.fp32_reruns += 1
+            if self.fp32_reruns == 1:
+                log.warning("e2fgvi: %s gave non-finite values on a %dx%d window; such windows run again in "
+                            "fp32 (use --precision fp32 to skip the reduced-precision try)",
+                            str(self.amp).removeprefix("torch."), size[0], size[1])
+            preds = predict(self.model, crops, crop_holes, len(local), self.device, None)
 
         for e, hole, pred in zip(local, holes, preds):
             if not hole.any():
