@@ -53,6 +53,7 @@ from unseen.engine.stages import Frame
 from . import report
 from .common import Context
 from .given import GivenPropagator, GivenSegmenter, Holes
+from .gpu_busy import GpuBusy
 from .data import Clip
 
 log = logging.getLogger("unseen.benchmarks")
@@ -214,7 +215,8 @@ def measure(ctx: Context, backends: Backends | None, opts, path: Path, frames: i
     session = StreamSession(source, pipeline, [FileSink(out_path, info), probe],
                             config=RuntimeConfig(mode=mode, threads=threads(ctx), trace=traces is not None))
     try:
-        result = session.run()
+        with GpuBusy.on(ctx.device) as busy:
+            result = session.run()
     finally:
         out_path.unlink(missing_ok=True)
     if traces is not None:
@@ -249,6 +251,8 @@ def measure(ctx: Context, backends: Backends | None, opts, path: Path, frames: i
                     for name, w in workers.items()},
         "queue_high_water": result.queue_high_water, "queue_items": RuntimeConfig().queue_items,
         "threads": session.threads,
+        "device_context": session.device,  # where the workers' device contexts are (a CUDA stream each there)
+        "gpu_busy_pct": busy.percent,  # NVML utilisation, mean of samples over the run (None: CPU, no NVML)
         "hole_fraction": float(sum(h.mean() for h in holes) / len(holes)) if holes else 0.0,
         "masks": "none (pass-through)" if backends is None else
                  "given (the classical run's holes at this size)" if given is not None else
@@ -496,21 +500,22 @@ def run(ctx: Context) -> dict:
 
 
 HEADERS = ["backends", "size", "frames", "hole %", "decode", "segment/click", "propagate", "inpaint", "encode",
-           "fps", "delay", "peak RSS"]
+           "fps", "delay", "peak RSS", "GPU busy"]
 
 
 def rows(result: dict) -> list[list]:
     out = []
     for r in result["runs"]:
         if "error" in r:
-            out.append([r["label"], r["size"], "-", "-", "-", "-", "-", "-", "-", "failed", "-", "-"])
+            out.append([r["label"], r["size"], "-", "-", "-", "-", "-", "-", "-", "failed", "-", "-", "-"])
             continue
         ms = r["ms"]
         out.append([r["label"], r["size"], r["frames"], report.fmt(100 * r.get("hole_fraction", 0.0), 1),
                     report.fmt(ms["decode"], 1),
                     report.fmt(ms["segment_per_click"], 0), report.fmt(ms["propagate"], 1),
                     report.fmt(ms["inpaint"], 1), report.fmt(ms["encode"], 1), report.fmt(r["fps"], 2),
-                    f"{r['delay_frames']} fr / {report.fmt(r['delay_s'], 2)} s", f"{r['peak_rss_mb']:.0f} MiB"])
+                    f"{r['delay_frames']} fr / {report.fmt(r['delay_s'], 2)} s", f"{r['peak_rss_mb']:.0f} MiB",
+                    "-" if r.get("gpu_busy_pct") is None else f"{r['gpu_busy_pct']:.0f}%"])
     return out
 
 

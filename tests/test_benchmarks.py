@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from pathlib import Path
 
 import cv2
@@ -11,6 +12,7 @@ import pytest
 from PIL import Image
 
 from unseen.benchmarks import commands, data, metrics
+from unseen.benchmarks.gpu_busy import GpuBusy
 from unseen.engine.synthetic import make_clip
 
 
@@ -281,3 +283,29 @@ def test_unseen_bench_command_is_registered():
 
     args = cli.build_parser().parse_args(["bench", "track", "--quick", "--data", "x"])
     assert args.suites == ["track"] and args.quick and args.func is commands.cmd_bench
+
+
+def test_gpu_busy_averages_the_samples_taken_during_the_run():
+    values, enough = [20.0, 40.0, 90.0], threading.Event()
+    sampler = None
+
+    def read() -> float:
+        i = read.calls
+        read.calls += 1
+        if i < len(values):
+            return values[i]
+        enough.set()  # the run ends while this read is in flight: its value is not counted
+        sampler.stopped.wait(10)
+        return 1000.0
+    read.calls = 0
+
+    sampler = GpuBusy(read, period=0)
+    with sampler:
+        assert enough.wait(10)
+    assert sampler.samples == values and sampler.percent == 50.0
+
+
+def test_gpu_busy_samples_nothing_on_the_cpu():
+    with GpuBusy.on("cpu") as busy:
+        pass
+    assert busy.read is None and busy.samples == [] and busy.percent is None
