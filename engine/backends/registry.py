@@ -150,4 +150,3 @@ def _guide_hint(stage: str, name: str, requested: str) -> str:
     entry = WEIGHTS[guided[1]]  # what the weights registry says of it: no second description to keep in step
     return (f"; `unseen weights fetch {entry.name}` adds {entry.description}, "
             f"{(entry.size or 0) / 1e6:.1f} MB, {entry.licence}, to guide it")
-
