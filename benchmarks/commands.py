@@ -33,8 +33,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--propagator", default="classical", help="propagator backend (default classical)")
     p.add_argument("--inpainter", default="classical", help="inpainter backend (default classical)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] for the neural backends")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
-                   help="neural backends: autocast precision on CUDA (default fp32)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "fp16", "bf16"],
+                   help="neural backends: fp16/bf16 autocast, tf32 on CUDA (default fp32)")
     p.add_argument("--weights-dir", type=Path, default=None, help="weights folder (default $UNSEEN_WEIGHTS)")
     p.add_argument("--frames", type=int, default=None, help="cap frames per clip (overrides the suite's default)")
     p.add_argument("--no-neural", dest="neural", action="store_false",

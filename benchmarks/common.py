@@ -31,7 +31,7 @@ class Context:
     quick: bool = False
     backends: Backends = field(default_factory=lambda: Backends("classical", "classical", "classical"))
     device: str = "cpu"
-    precision: str = "fp32"  # neural backends: fp32, or fp16/bf16 autocast on CUDA
+    precision: str = "fp32"  # neural backends: fp32, tf32 on CUDA, or fp16/bf16 autocast
     weights_dir: Path | None = None
     frames: int | None = None  # cap on frames per clip (overrides the suite's default)
     neural: bool = True  # speed: also time the neural backends (random weights) where they import

@@ -92,8 +92,9 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--propagator", default="auto", help="auto | classical | aot:<variant>, e.g. aot:r50_deaotl")
     g.add_argument("--inpainter", default="auto", help="auto | classical | e2fgvi:hq | e2fgvi:e2fgvi")
     g.add_argument("--device", default="cpu", help="cpu or cuda[:N] for the neural backends")
-    g.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
-                   help="autocast of the neural stages (CUDA; on CPU too, slower)")
+    g.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "fp16", "bf16"],
+                   help="neural stages: fp16/bf16 autocast (CUDA; on CPU too, slower); tf32: TF32 tensor cores "
+                        "for fp32 on CUDA (process-wide; fp32 on CPU)")
     g.add_argument("--compile", default="none", choices=["none", "torch", "tensorrt"],
                    help="torch.compile or torch-tensorrt for the neural backends (tensorrt: untested here)")
     g.add_argument("--weights-dir", type=Path, default=None, help="weights folder (default $UNSEEN_WEIGHTS)")

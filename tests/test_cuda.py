@@ -115,7 +115,7 @@ def test_sam_cuda_matches_cpu() -> None:
         assert mask.shape == clip.frames[0].shape[:2]
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
 def test_neural_pipeline_on_cuda_keeps_every_frame(tmp_path, precision: str) -> None:
     """`unseen run` with SAM ViT-B, DeAOT-L (R50) and E2FGVI-HQ on CUDA: every frame out, in order."""
     from unseen.engine.media import probe

@@ -15,14 +15,15 @@ import torch
 
 from unseen.engine.backends.aot import AOTPropagator
 from unseen.engine.backends.e2fgvi import predict
-from unseen.engine.backends.neural import compile_module, precision_dtype
+from unseen.engine.backends.neural import compile_module, stage_precision
 from unseen.engine.backends.registry import BackendError
 from unseen.engine.models.aot import build_aot
 from unseen.engine.models.e2fgvi import build_e2fgvi
 from unseen.engine.stages import Frame
 
 # fp16 on CPU is no path anyone runs (its kernels there take minutes for what bf16 does in seconds)
-CASES = [("cpu", "bf16")] + ([("cuda", "bf16"), ("cuda", "fp16")] if torch.cuda.is_available() else [])
+CASES = [("cpu", "bf16")] + ([("cuda", "bf16"), ("cuda", "fp16"), ("cuda", "tf32")] if torch.cuda.is_available()
+                             else [])
 LOGIT_BOUND = 0.02  # of the logits' range
 FILL_PSNR = 40.0  # dB against fp32
 H, W = 96, 128
@@ -39,6 +40,15 @@ def _scene(n: int, h: int = H, w: int = W) -> tuple[list[np.ndarray], np.ndarray
     mask = np.zeros((h, w), bool)
     mask[h // 3:2 * h // 3, w // 6:w // 6 + h // 3] = True
     return frames, mask
+
+
+@pytest.fixture(autouse=True)
+def _tf32_restored():
+    """tf32 is a process-wide switch: each test leaves it as it found it."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +82,7 @@ def test_e2fgvi_fill_is_40_db_of_fp32(device: str, precision: str) -> None:
     holes = np.stack([np.roll(mask, 4 * i, axis=1) for i in range(5)])
     stack = np.stack(frames)
     full = predict(model, stack, holes, 3, device)
-    low = predict(model, stack, holes, 3, device, precision_dtype(precision))
+    low = predict(model, stack, holes, 3, device, stage_precision(precision, device))
     region = holes[:3]
     mse = float(((full - low)[region] ** 2).mean())
     assert mse > 0, "the reduced precision did not run"
@@ -81,8 +91,21 @@ def test_e2fgvi_fill_is_40_db_of_fp32(device: str, precision: str) -> None:
 
 
 def test_unknown_precision_is_refused_in_one_line() -> None:
-    with pytest.raises(BackendError, match="unknown precision 'int4'; use one of fp32, fp16, bf16"):
-        precision_dtype("int4")
+    with pytest.raises(BackendError, match="unknown precision 'int4'; use one of fp32, tf32, fp16, bf16"):
+        stage_precision("int4", "cpu")
+
+
+def test_tf32_is_fp32_on_cpu(aot_model) -> None:
+    """CPUs have no TF32: the tf32 precision computes exactly what fp32 does there, and leaves CUDA's
+    process-wide switch alone."""
+    frames, mask = _scene(2)
+    logits = []
+    for p in ("fp32", "tf32"):
+        prop = AOTPropagator(aot_model, device="cpu", precision=p, memory_cap=3)
+        prop.seed(Frame(0, frames[0]), {1: mask})
+        logits.append(prop.step_with_logits(Frame(1, frames[1]))[1])
+    assert torch.equal(logits[0], logits[1])
+    assert not torch.backends.cuda.matmul.allow_tf32
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..models.aot import AOT, aot_config, aot_input_size, build_aot
 from ..models.aot_memory import AOTInference
 from ..stages import Frame, Mask, Propagator
-from .neural import MODELS, autocast, compile_module, load_weights, model_key, precision_dtype
+from .neural import MODELS, autocast, compile_module, load_weights, model_key, stage_precision
 from .registry import BackendError, BackendOptions
 
 DEFAULT_VARIANT = "r50_deaotl"
@@ -48,7 +48,7 @@ class AOTPropagator(Propagator):
         self._settings = dict(device=device, precision=precision, memory_cap=memory_cap, memory_gap=memory_gap,
                               max_references=max_references)
         self.variant = model.cfg.name
-        self.autocast_dtype = precision_dtype(precision)
+        self.autocast_dtype = stage_precision(precision, device)
         self.engine = AOTInference(self.model, long_term_gap=memory_gap, memory_cap=memory_cap,
                                    max_references=max_references)
         self._slots: dict[int, int] = {}  # session object id -> identity slot 1..10

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..models.e2fgvi import E2FGVI_SIZE, PAD_MULTIPLE, build_e2fgvi
 from ..stages import Image, Inpainter, InpaintRequest, Mask, dilate_hole
-from .neural import MODELS, autocast, compile_module, load_weights, model_key, precision_dtype
+from .neural import MODELS, autocast, compile_module, load_weights, model_key, stage_precision
 from .registry import BackendError, BackendOptions
 
 log = logging.getLogger("unseen.e2fgvi")
@@ -129,7 +129,7 @@ class E2FGVIInpainter(Inpainter):
         self.model = model
         self.hq = hq
         self.device = torch.device(options.device)
-        self.amp = precision_dtype(options.precision)
+        self.amp = stage_precision(options.precision, options.device)
         self.future, self.past, self.dilation = options.future, options.past, options.dilation
         self.ref_stride = options.ref_stride
         self.neighbor_stride = int(extra.get("neighbor_stride", max(1, min(5, options.future))))

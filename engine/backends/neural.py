@@ -3,6 +3,7 @@ model per device for every stream of the process."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import weakref
 from typing import Callable, Hashable
@@ -13,14 +14,31 @@ from torch import nn
 from .registry import BackendError, BackendOptions
 
 
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+log = logging.getLogger("unseen.neural")
+
+#: autocast dtype of each precision; tf32 keeps fp32 tensors and lets CUDA run their matrix products and
+#: convolutions on TF32 tensor cores (10-bit mantissa inputs, fp32 accumulation)
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "tf32": None, "fp16": torch.float16,
+                                             "bf16": torch.bfloat16}
 
 
 def precision_dtype(precision: str) -> torch.dtype | None:
-    """The autocast dtype of a ``precision`` option (None: full precision)."""
+    """The autocast dtype of a ``precision`` option (None: fp32 tensors)."""
     if precision not in PRECISIONS:
         raise BackendError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     return PRECISIONS[precision]
+
+
+def stage_precision(precision: str, device: str | torch.device) -> torch.dtype | None:
+    """:func:`precision_dtype`, and for ``tf32`` on CUDA TF32 switched on.  torch's TF32 switch is
+    process-wide: once a stage asks for it, every CUDA fp32 matrix product and convolution of the process
+    runs in TF32 (cuDNN's convolutions already do by default).  On CPU tf32 is plain fp32."""
+    dtype = precision_dtype(precision)
+    if precision == "tf32" and torch.device(device).type == "cuda" and not torch.backends.cuda.matmul.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        log.info("tf32: CUDA fp32 matrix products and convolutions of this process run on TF32 tensor cores")
+    return dtype
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

@@ -61,7 +61,7 @@ class BackendOptions:
 
     device: str = "cpu"
     weights_dir: Path | None = None
-    precision: str = "fp32"  # fp32 | fp16 | bf16 (autocast on CUDA only)
+    precision: str = "fp32"  # fp32 | tf32 (CUDA only) | fp16 | bf16 (autocast)
     compile: str = "none"  # none | torch | tensorrt
     memory_cap: int = 8  # propagator: long-term memory frames kept (reference frames included)
     memory_gap: int = 5  # propagator: add a long-term memory every `gap` frames

@@ -23,7 +23,7 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from ..stages import Box, Click, Frame, Mask, Segmenter, SelectionError
-from .neural import MODELS, autocast, compile_module, load_weights, model_key, precision_dtype
+from .neural import MODELS, autocast, compile_module, load_weights, model_key, stage_precision
 from .registry import BackendError, BackendOptions
 
 VARIANTS = ("vit_h", "vit_l", "vit_b")
@@ -82,7 +82,7 @@ class SamSegmenter(Segmenter):
         self.box = box
         self.cache_frames = max(1, int(cache_frames))
         self.encoder_runs = 0  # image-encoder passes so far (for metrics and tests)
-        self.autocast_dtype = precision_dtype(precision)
+        self.autocast_dtype = stage_precision(precision, device)
         self._cache: OrderedDict[int, _Embedding] = OrderedDict()
 
     def _autocast(self) -> contextlib.AbstractContextManager:
