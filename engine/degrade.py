@@ -165,6 +165,9 @@ class StaleMasks:
     area_cap: float = AREA_CAP
     margin: int = MARGIN
     tracks: dict[int, Track] = field(default_factory=dict)
+    #: the largest stale mask made so far over its tracked mask's area (0 before the first): every frame's,
+    #: for the live figure "no mask over 2x the tracked area" (a stale mask later re-tracked counts too)
+    largest_growth: float = 0.0
 
     def tracked(self, index: int, masks: dict[int, Mask]) -> None:
         """Masks the propagator produced on frame ``index``; objects not in them are forgotten."""
@@ -207,7 +210,9 @@ class StaleMasks:
         else:
             shift, spread = track.velocity * k, track.spread
         moved = shifted(track.mask, int(round(shift[0])), int(round(shift[1])))
-        return grown(moved, spread * k + self.margin, int(self.area_cap * track.area))
+        out = grown(moved, spread * k + self.margin, int(self.area_cap * track.area))
+        self.largest_growth = max(self.largest_growth, int(out.sum()) / max(1, track.area))
+        return out
 
 
 def shifted(mask: Mask, dx: int, dy: int) -> Mask:

@@ -577,6 +577,7 @@ class Pipeline:
             "degraded": self.degraded,
             "propagation_skipped": self.propagation_skipped,
             "degradation": self.degradation.as_dict(),
+            "stale_area_over_tracked_max": round(self._stale.largest_growth, 4),
             "held_frames": len(self._held),
             "references": self.references,
             "backends": {

@@ -730,6 +730,7 @@ class LiveStream:
             "skipped": self.skipped,
             "degraded": desc.get("degraded", 0),
             "degradation": desc.get("degradation", {level.key: 0 for level in DEGRADED_LEVELS}),
+            "stale_area_over_tracked_max": desc.get("stale_area_over_tracked_max", 0.0),
             "queue_policy": self.queue.policy.value,
             "reconnects": self.reconnects,
             "viewers": len(self.viewers),

@@ -124,14 +124,20 @@ def test_stale_masks_cover_a_moving_object_within_the_area_cap(width):
     assert {C, R, S} <= set(levels)
     assert sum(o.tracking is S for o in outs) >= 10
     tracked = sorted(propagator.areas)
+    growth = []
     for o in outs:
         i, mask = o.frame.index, o.masks[1]
         last = max(t for t in tracked if t <= i)  # the last frame the propagator actually ran on
         assert mask.sum() <= AREA_CAP * propagator.areas[last] + 1, (i, o.tracking, int(mask.sum()))
+        if o.tracking is S:
+            growth.append(mask.sum() / propagator.areas[last])
         coverage = (mask & clip.masks[i]).sum() / clip.masks[i].sum()
         assert coverage >= 0.95, (i, o.tracking, round(float(coverage), 3))
         if o.tracking is S:  # what the viewer gets: the blur covers the object
             assert not np.array_equal(o.image[clip.masks[i]], clip.frames[i][clip.masks[i]])
+    # the largest growth the stream reports bounds every stale mask sent (it counts those re-tracked later too)
+    reported = pipeline.describe()["stale_area_over_tracked_max"]
+    assert 1.0 < max(growth) <= reported + 1e-4 and reported <= AREA_CAP + 1e-4
     counts = pipeline.describe()["degradation"]
     assert counts["stale_masks"] == sum(o.tracking is S for o in outs) == pipeline.propagation_skipped
     assert counts["reduced_tracking"] == sum(o.tracking is R for o in outs)
@@ -146,10 +152,12 @@ def test_a_stale_mask_starts_from_the_tracked_one_and_never_compounds(k):
     stale = StaleMasks()
     for index, dx in ((0, 0), (1, 3), (2, 6)):  # 3 px/frame to the right
         stale.tracked(index, {1: np.roll(mask, dx, axis=1)})
+    assert stale.largest_growth == 0.0  # no stale mask made yet
     predicted = stale.predict(2 + k, [1])[1]
     xs = np.nonzero(predicted.any(axis=0))[0]
     assert abs((xs.min() + xs.max()) / 2 - (29.5 + 6 + 3 * k)) <= 1  # moved by k x its velocity
     assert predicted.sum() <= AREA_CAP * mask.sum()
+    assert stale.largest_growth == predicted.sum() / mask.sum()
 
 
 # ------------------------------------------------------------------------------ counters
@@ -177,6 +185,7 @@ def test_degradation_counts_reach_describe_and_metrics():
             text = await (await c.get("/metrics")).text()
             for level, n in state["degradation"].items():
                 assert n > 0 and _metric(text, level) > 0, level
+            assert 1.0 <= state["stale_area_over_tracked_max"] <= AREA_CAP + 1e-4  # stale masks were made
     run(body())
 
 

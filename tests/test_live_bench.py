@@ -31,3 +31,25 @@ def test_outside_mad(case, expected):
         output = output.astype(np.uint8)
         expected = float(np.abs(output.astype(int) - source.astype(int)).mean())
     assert outside_mad(output, source) == pytest.approx(expected, abs=1e-6)
+
+
+def _sample(t: float, area: int):
+    from unseen.benchmarks.live import Sample
+
+    return Sample(t, int(25 * t), int(25 * t), 0, 0, {}, area, 25.0, 5)
+
+
+def test_summary_reports_the_stale_growth_of_every_frame_beside_the_sampled_areas():
+    """The per-frame figure comes from the stream (largest stale mask over its tracked mask); the sampled
+    one divides the largest sample by their median, so a bent-over start counts there and not here."""
+    from unseen.benchmarks.live import summarise
+
+    samples = [_sample(1, 30_000), _sample(2, 16_000), _sample(3, 15_000), _sample(4, 14_000)]
+    final = {"frames_in": 100, "frames_out": 98, "dropped": 0, "degraded": 10, "delay_frames": 5, "rate": 25.0,
+             "degradation": {"cheap_fill": 6, "reduced_tracking": 2, "stale_masks": 2},
+             "stale_area_over_tracked_max": 1.41}
+    r = summarise(samples, final, [1.0, 2.0], 2, 0, 2, 4.0)
+    assert r.stale_area_over_tracked_max == 1.41
+    assert r.area_over_median_max == pytest.approx(30_000 / 15_500, abs=1e-3)
+    assert r.propagated_fraction == pytest.approx(1 - 2 / 96, abs=1e-4)
+    assert (r.outside_mad_mean, r.outside_mad_max) == (1.5, 2.0)
