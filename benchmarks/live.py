@@ -89,6 +89,7 @@ class LiveResult:
     area_median: float | None
     area_over_median_max: float | None
     stale_area_over_tracked_max: float | None
+    stage_ms: dict  # mean ms per call of each stage over the run (the stream's own figures)
     recorded_frames: int
     outside_mad_mean: float | None
     outside_mad_max: float | None
@@ -216,7 +217,7 @@ def summarise(samples: list[Sample], final: dict, mads: list[float], click_frame
         fps_median=float(np.median([s.fps for s in samples])) if samples else 0.0, click_frame=click_frame,
         frames_after_click=after, propagated_fraction=round(1 - stale / after, 4) if after > 0 else None,
         area_median=median, area_over_median_max=round(max(areas) / median, 3) if areas and median else None,
-        stale_area_over_tracked_max=final.get("stale_area_over_tracked_max"),
+        stale_area_over_tracked_max=final.get("stale_area_over_tracked_max"), stage_ms=final.get("stage_ms", {}),
         recorded_frames=recorded, outside_mad_mean=round(float(np.mean(mads)), 3) if mads else None,
         outside_mad_max=round(float(np.max(mads)), 3) if mads else None, unhandled_errors=errors, samples=samples)
 
@@ -284,6 +285,7 @@ def _table(r: LiveResult, size: tuple[int, int]) -> str:
          f"{report.fmt(r.outside_mad_mean)} / {report.fmt(r.outside_mad_max)}"],
         ["delay (frames; seconds)", f"{r.delay_frames}; {r.delay_seconds}"],
         ["output fps (median)", report.fmt(r.fps_median)],
+        ["stage ms per call (mean)", ", ".join(f"{k} {v:g}" for k, v in r.stage_ms.items())],
         ["unhandled errors in the log", str(r.unhandled_errors)],
     ]
     return report.table([f"live ({size[0]}x{size[1]}, {FPS} fps, RTSP relay)", "result"], rows)

@@ -47,9 +47,9 @@ def test_summary_reports_the_stale_growth_of_every_frame_beside_the_sampled_area
     samples = [_sample(1, 30_000), _sample(2, 16_000), _sample(3, 15_000), _sample(4, 14_000)]
     final = {"frames_in": 100, "frames_out": 98, "dropped": 0, "degraded": 10, "delay_frames": 5, "rate": 25.0,
              "degradation": {"cheap_fill": 6, "reduced_tracking": 2, "stale_masks": 2},
-             "stale_area_over_tracked_max": 1.41}
+             "stale_area_over_tracked_max": 1.41, "stage_ms": {"propagate": 30.5, "inpaint": 12.0}}
     r = summarise(samples, final, [1.0, 2.0], 2, 0, 2, 4.0)
-    assert r.stale_area_over_tracked_max == 1.41
+    assert r.stale_area_over_tracked_max == 1.41 and r.stage_ms == {"propagate": 30.5, "inpaint": 12.0}
     assert r.area_over_median_max == pytest.approx(30_000 / 15_500, abs=1e-3)
     assert r.propagated_fraction == pytest.approx(1 - 2 / 96, abs=1e-4)
     assert (r.outside_mad_mean, r.outside_mad_max) == (1.5, 2.0)
