@@ -3,12 +3,19 @@
 A :class:`Held` frame (its masks, its hole, how its masks were made) is never changed: a change
 replaces it (and its :class:`~unseen.engine.stages.WindowEntry` when the hole changed, with the next
 revision), so a snapshot of the store (a dict of entries) stays exactly what it was when taken.
+
+The holes are built when first asked for, not when a frame is added: the tracker only records what each
+hole is made of (the masks and the removed objects, the neighbours whose missed parts it takes, the entry
+it replaces), and the emitter, which asks, builds them on its own worker.  Each is built once, and an entry
+whose hole comes out the same as the one it replaces is that one (same object, same revision), so the
+entries are exactly those built eagerly would be.
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping
 
@@ -21,19 +28,81 @@ from .stages import Frame, Image, Mask, WindowEntry
 log = logging.getLogger("unseen.pipeline")
 
 
+class HoleParts:
+    """A frame's own hole and, of it, what its masks missed: built once, by whoever asks first."""
+
+    def __init__(self, builder: "HoleBuilder", masks: Mapping[int, Mask], image: Image,
+                 removed: frozenset[int]) -> None:
+        self._args: tuple | None = (builder, masks, image, removed)
+        self._parts: tuple[Mask, Mask] | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> tuple[Mask, Mask]:
+        with self._lock:
+            if self._parts is None:
+                assert self._args is not None
+                builder, masks, image, removed = self._args
+                self._parts = builder.build(masks, image, removed.__contains__)
+                self._args = None  # the frame and masks stay with the Held, not here
+            return self._parts
+
+
+class WindowCell:
+    """A held frame's :class:`WindowEntry`, made once when first asked for: its own hole with what its
+    neighbours' masks missed, or the entry it replaces (``before``) itself when that hole is the same."""
+
+    def __init__(self, frame: Frame, own: HoleParts, near: tuple[HoleParts, ...] = (),
+                 before: "WindowCell | None" = None) -> None:
+        self._args: tuple | None = (frame, own, near, before)
+        self._entry: WindowEntry | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> WindowEntry:
+        with self._lock:  # only older cells and hole parts are asked from here: no lock cycle
+            if self._entry is None:
+                assert self._args is not None
+                frame, own, near, before = self._args
+                hole = own.get()[0]
+                for parts in near:
+                    missed = parts.get()[1]
+                    if missed.any():
+                        hole = hole | missed
+                previous = before.get() if before is not None else None
+                if previous is not None and np.array_equal(hole, previous.hole):
+                    self._entry = previous
+                else:
+                    self._entry = WindowEntry(frame, hole, previous.revision + 1 if previous is not None else 0)
+                self._args = None  # the chain of replaced cells ends here
+            return self._entry
+
+
 @dataclass(frozen=True)
 class Held:
     """A frame the pipeline still holds, with its masks (all objects)."""
 
     frame: Frame
     masks: Mapping[int, Mask]
-    window: WindowEntry  # the frame and its hole, as the inpainter sees it
-    own: Mask  # the removed objects' masks with what hangs below them and the rims they missed, in this frame
-    missed: Mask  # of it, what the masks missed (feet, shadows, rims): the frames next to this one remove it too
+    parts: HoleParts  # its own hole and what its masks missed
+    cell: WindowCell  # its window entry
     tracking: Level = Level.FULL  # how its masks were made (see engine/degrade.py)
 
+    @property
+    def window(self) -> WindowEntry:
+        """The frame and its hole, as the inpainter sees it (built on first use)."""
+        return self.cell.get()
 
-Reference = tuple[WindowEntry, frozenset]  # a past reference frame and the objects its masks were tracked for
+    @property
+    def own(self) -> Mask:
+        """The removed objects' masks with what hangs below them and the rims they missed, in this frame."""
+        return self.parts.get()[0]
+
+    @property
+    def missed(self) -> Mask:
+        """Of ``own``, what the masks missed (feet, shadows, rims): the frames next to this one remove it too."""
+        return self.parts.get()[1]
+
+
+Reference = tuple[Held, frozenset]  # a past reference frame and the objects its masks were tracked for
 
 
 class HoleBuilder:
@@ -91,17 +160,20 @@ class FrameStore:
         return {i: self._held[i] for i in range(first, last + 1) if i in self._held}
 
     # changes
+    def _parts(self, masks: Mapping[int, Mask], image: Image, removes: Callable[[int], bool]) -> HoleParts:
+        # which objects are removed is decided now (an effect changed later makes new parts), the rest later
+        return HoleParts(self.holes, masks, image, frozenset(oid for oid in masks if removes(oid)))
+
     def add(self, frame: Frame, masks: Mapping[int, Mask], tracking: Level, removes: Callable[[int], bool]) -> None:
-        own, missed = self.holes.build(masks, frame.image, removes)
-        self._held[frame.index] = Held(frame, masks, WindowEntry(frame, own), own, missed, tracking)
+        parts = self._parts(masks, frame.image, removes)
+        self._held[frame.index] = Held(frame, masks, parts, WindowCell(frame, parts), tracking)
         self.update_hole(frame.index)
         self.update_hole(frame.index - 1)
 
     def set_masks(self, index: int, masks: Mapping[int, Mask], removes: Callable[[int], bool],
                   tracking: Level | None = None) -> None:
         held = self._held[index]
-        own, missed = self.holes.build(masks, held.frame.image, removes)
-        self._held[index] = dataclasses.replace(held, masks=masks, own=own, missed=missed,
+        self._held[index] = dataclasses.replace(held, masks=masks, parts=self._parts(masks, held.frame.image, removes),
                                                 tracking=held.tracking if tracking is None else tracking)
         for i in (index - 1, index, index + 1):
             self.update_hole(i)
@@ -113,17 +185,12 @@ class FrameStore:
         held = self._held.get(index)
         if held is None:
             return
-        hole = held.own
-        for near in (self._held.get(index - 1), self._held.get(index + 1)):
-            if near is not None and near.missed.any():
-                hole = hole | near.missed
-        if not np.array_equal(hole, held.window.hole):
-            window = WindowEntry(held.frame, hole, held.window.revision + 1)
-            self._held[index] = dataclasses.replace(held, window=window)
+        near = tuple(n.parts for n in (self._held.get(index - 1), self._held.get(index + 1)) if n is not None)
+        self._held[index] = dataclasses.replace(held, cell=WindowCell(held.frame, held.parts, near, held.cell))
 
     def drop_before(self, keep_from: int) -> None:
         """Forget the frames before ``keep_from``; every ``ref_stride``-th becomes a reference."""
         for index in [i for i in self._held if i < keep_from]:
             held = self._held.pop(index)
             if self.ref_stride > 0 and index % self.ref_stride == 0 and self.references.maxlen:
-                self.references.append((held.window, frozenset(held.masks)))
+                self.references.append((held, frozenset(held.masks)))

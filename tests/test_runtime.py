@@ -92,6 +92,25 @@ def test_pipelined_output_equals_sequential_on_a_real_clip(shared_data):
     assert_identical(seq, pip)
 
 
+def test_the_holes_are_built_on_the_emit_worker_not_the_tracker(clip, monkeypatch):
+    """The band under a removed object and its missed rim (engine/holes.py) cost the tracker, the slowest
+    worker, about a quarter of its step: pipelined, they are built when the emitter first asks for a
+    frame's hole, on its own worker, with the same output (the test above)."""
+    import unseen.engine.window as window
+
+    threads: list[str] = []
+    build = window.below_object
+
+    def spy(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(window, "below_object", spy)
+    outputs = run_mode(clip.frames[:30], Mode.PIPELINED, clip.click(0), delay=5)
+    assert sum(bool(o.masks.get(1, np.zeros(1)).any()) for o in outputs) >= 25
+    assert len(threads) >= 25 and {t.split("-")[1] for t in threads} == {"emit"}, sorted(set(threads))
+
+
 # ------------------------------------------------------------------------------ stubs
 class StubPhases:
     """A two-phase pipeline with a delay of ``delay`` frames; ``emit`` may wait on ``emit_gate``."""
