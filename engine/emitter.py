@@ -90,7 +90,7 @@ class Emitter:
             target=index,
             entries={i: h.window for i, h in job.held.items()
                      if i >= index - past and (i == index or removed <= h.masks.keys())},
-            references=[ref.window for ref, tracked in job.references if removed <= tracked],
+            references=[cell.get() for cell, tracked in job.references if removed <= tracked],
             completed={i: img for i, (img, entry) in self._completed.items()
                        if i >= index - past and i in job.held and job.held[i].window is entry},
         )

@@ -102,7 +102,7 @@ class Held:
         return self.parts.get()[1]
 
 
-Reference = tuple[Held, frozenset]  # a past reference frame and the objects its masks were tracked for
+Reference = tuple[WindowCell, frozenset]  # a past reference frame's entry, the objects its masks were tracked for
 
 
 class HoleBuilder:
@@ -173,7 +173,8 @@ class FrameStore:
     def set_masks(self, index: int, masks: Mapping[int, Mask], removes: Callable[[int], bool],
                   tracking: Level | None = None) -> None:
         held = self._held[index]
-        self._held[index] = dataclasses.replace(held, masks=masks, parts=self._parts(masks, held.frame.image, removes),
+        parts = self._parts(masks, held.frame.image, removes)
+        self._held[index] = dataclasses.replace(held, masks=masks, parts=parts,
                                                 tracking=held.tracking if tracking is None else tracking)
         for i in (index - 1, index, index + 1):
             self.update_hole(i)
@@ -193,4 +194,4 @@ class FrameStore:
         for index in [i for i in self._held if i < keep_from]:
             held = self._held.pop(index)
             if self.ref_stride > 0 and index % self.ref_stride == 0 and self.references.maxlen:
-                self.references.append((held, frozenset(held.masks)))
+                self.references.append((held.cell, frozenset(held.masks)))

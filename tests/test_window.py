@@ -95,8 +95,10 @@ def test_an_object_no_longer_removed_leaves_the_hole_when_its_masks_are_set_agai
     assert not store[0].own.any() and store[0].window.hole[6:7].any()  # only frame 1's feet stay
 
 
-def test_references_keep_their_frames_and_give_their_entries_when_asked():
+def test_references_keep_their_entries_at_the_stride():
     store = store_with(6, CountingHoles())
+    entries = {i: store[i].window for i in range(6)}
     store.drop_before(5)
-    assert [held.frame.index for held, _ in store.references] == [2, 4]  # two kept, at the stride
-    assert all(held.window.hole.any() for held, _ in store.references)
+    kept = [cell.get() for cell, _ in store.references]
+    assert len(kept) == 2 and kept[0] is entries[2] and kept[1] is entries[4]  # two kept, at the stride
+    assert [tracked for _, tracked in store.references] == [frozenset({1})] * 2
