@@ -1,7 +1,7 @@
 """The engine's core: one stream's tracker, and the per-frame step shared by every runner.
 
 A frame goes through two phases.  :meth:`Pipeline.track` takes the next input frame (propagate
-every object, build its hole, apply the prompts due) and returns an :class:`EmitJob` for the frame
+every object, record what its hole is made of, apply the prompts due) and returns an :class:`EmitJob` for the frame
 that leaves the fixed delay line now: an immutable snapshot of the frames around it.
 :meth:`Pipeline.emit` completes that frame (inpaint, effects; engine/emitter.py).  The runtime
 (engine/runtime.py) may run the two on different threads; :meth:`Pipeline.step` runs them one after
@@ -201,7 +201,8 @@ class Pipeline:
             self.inpainter.prepare(frame, before)  # computes what it needs itself)
 
     def track(self, frame: Frame, *, hurry: bool | Level = False) -> list[EmitJob]:
-        """Phase one: the masks and hole of the next frame, the prompts due; the job of the frame leaving."""
+        """Phase one: the masks of the next frame (its hole is built when the emitter first reads it), the
+        prompts due; the job of the frame leaving."""
         level = hurry if isinstance(hurry, Level) else Level.STALE_MASKS if hurry else Level.FULL
         self._cheap_fill = level >= Level.CHEAP_FILL
         if self._size is None:

@@ -10,9 +10,9 @@ Modes (:class:`Mode`):
 * ``sequential``: one thread decodes, tracks, emits and writes each frame in turn (the sum of the
   stages sets the rate);
 * ``pipelined``: decode (then prepare: the pipeline's mask-free work on the frame, such as its optical
-  flows; a live stream behind only notes it), track (propagate frame t and build its hole), emit (inpaint
-  frame t-D and composite) and write (the sinks) each run on their own worker, joined by bounded queues (policy
-  *block*: back-pressure), so the slowest stage sets the rate.  The tracker hands the emitter an
+  flows; a live stream behind only notes it), track (propagate frame t), emit (build the holes it reads,
+  inpaint frame t-D and composite) and write (the sinks) each run on their own worker, joined by bounded
+  queues (policy *block*: back-pressure), so the slowest stage sets the rate.  The tracker hands the emitter an
   immutable snapshot (:class:`~unseen.engine.emitter.EmitJob`) taken where the sequential order
   would emit, so the output is the same (for prompts given up front; a live prompt lands on the
   frame the tracker is at when it arrives).

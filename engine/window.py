@@ -91,16 +91,6 @@ class Held:
         """The frame and its hole, as the inpainter sees it (built on first use)."""
         return self.cell.get()
 
-    @property
-    def own(self) -> Mask:
-        """The removed objects' masks with what hangs below them and the rims they missed, in this frame."""
-        return self.parts.get()[0]
-
-    @property
-    def missed(self) -> Mask:
-        """Of ``own``, what the masks missed (feet, shadows, rims): the frames next to this one remove it too."""
-        return self.parts.get()[1]
-
 
 Reference = tuple[WindowCell, frozenset]  # a past reference frame's entry, the objects its masks were tracked for
 

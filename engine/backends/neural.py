@@ -22,18 +22,14 @@ PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "tf32": None, "fp16":
                                              "bf16": torch.bfloat16}
 
 
-def precision_dtype(precision: str) -> torch.dtype | None:
-    """The autocast dtype of a ``precision`` option (None: fp32 tensors)."""
+def stage_precision(precision: str, device: str | torch.device) -> torch.dtype | None:
+    """The autocast dtype of a ``precision`` option (None: fp32 tensors), and for ``tf32`` on CUDA TF32
+    switched on.  torch's TF32 switch is process-wide: once a stage asks for it, every CUDA fp32 matrix
+    product and convolution of the process runs in TF32 (cuDNN's convolutions already do by default).  On
+    CPU tf32 is plain fp32."""
     if precision not in PRECISIONS:
         raise BackendError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-    return PRECISIONS[precision]
-
-
-def stage_precision(precision: str, device: str | torch.device) -> torch.dtype | None:
-    """:func:`precision_dtype`, and for ``tf32`` on CUDA TF32 switched on.  torch's TF32 switch is
-    process-wide: once a stage asks for it, every CUDA fp32 matrix product and convolution of the process
-    runs in TF32 (cuDNN's convolutions already do by default).  On CPU tf32 is plain fp32."""
-    dtype = precision_dtype(precision)
+    dtype = PRECISIONS[precision]
     if precision == "tf32" and torch.device(device).type == "cuda" and not torch.backends.cuda.matmul.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
