@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
-from .degrade import Level
+from .degrade import LadderConfig, Level
 from .media import MediaError, Truncation
 from .pipeline import OutputFrame
 from .stages import Frame
@@ -47,8 +47,10 @@ __all__ = ["BoundedQueue", "CloseReport", "DeviceContext", "Mode", "Policy", "Qu
 log = logging.getLogger("unseen.runtime")
 
 STAGES = ("decode", "track", "emit", "write")
-PREPARE_BACKLOG = 2  # a paced (live) stream's frames are prepared ahead only while fewer than this many wait
-# (the ladder's first level): behind, the next steps skip or cut what preparing computes (their flows)
+PREPARE_BACKLOG = LadderConfig().stale_masks.enter  # a paced (live) stream's frames are prepared ahead only
+# while fewer than this many wait: the cheap fill and the reduced step still read the propagator's flow, so
+# preparing it on the decoding worker keeps it off the tracker (the serial stage) until the stale-mask
+# level, whose steps read no flow (at 2, the first level's threshold: 432x240 live 72% -> 26% degraded)
 SINK_CLOSE_SHARE = 0.2  # of close()'s timeout, kept (up to 1 s) for the sinks after the workers
 
 

@@ -405,21 +405,28 @@ def test_each_frame_is_prepared_before_it_is_tracked_on_the_decoding_worker(mode
 
 @pytest.mark.parametrize("mode", list(Mode))
 def test_a_live_stream_behind_only_notes_the_frames_it_would_prepare(mode):
-    """Paced (live): with PREPARE_BACKLOG or more frames waiting, the next steps skip or cut what preparing
-    computes, so frames are only noted; a file (no pace) prepares every frame."""
-    from unseen.engine.degrade import Level
+    """Paced (live): with PREPARE_BACKLOG or more frames waiting (the stale-mask level, whose steps read no
+    flow) frames are only noted; with fewer they are prepared, so the cheap fill and the reduced step find
+    their flows computed off the tracker; a file (no pace) prepares every frame."""
+    from unseen.engine.degrade import LadderConfig, Level
     from unseen.engine.runtime import PREPARE_BACKLOG
 
-    source = QueueSource(16)
-    for i in range(6):  # queued before the session starts: the first frame decoded has 5 behind it
+    assert PREPARE_BACKLOG == LadderConfig().stale_masks.enter > LadderConfig().reduced_tracking.enter
+    config = RuntimeConfig(mode=mode)
+    n = PREPARE_BACKLOG + config.queue_items + 2
+    source = QueueSource(2 * n)
+    for i in range(n):  # queued before the session starts: frame i is decoded with n - 1 - i behind it in the source
         source.push(Frame(-1, np.zeros((4, 4, 3), np.uint8), pts=i))
     source.close()
     phases = PreparingPhases()
-    StreamSession(source, phases, [ListSink()], config=RuntimeConfig(mode=mode), pace=lambda backlog: Level.FULL).run()
-    assert len(phases.work) == 6 and phases.tracked_unprepared == []
-    # frame i is decoded with at least 5 - i still in the source: the first ones wait behind PREPARE_BACKLOG or more
-    behind = [i for i in range(6) if 5 - i >= PREPARE_BACKLOG]
+    StreamSession(source, phases, [ListSink()], config=config, pace=lambda backlog: Level.FULL).run()
+    assert len(phases.work) == n and phases.tracked_unprepared == []
+    behind = [i for i in range(n) if n - 1 - i >= PREPARE_BACKLOG]  # at least that many waiting
+    # fewer waiting, even counting a full queue between the decoding worker and the tracker
+    clear = [i for i in range(n) if n - 1 - i + config.queue_items < PREPARE_BACKLOG]
+    assert behind and clear
     assert [phases.work[i] for i in behind] == [False] * len(behind)
+    assert [phases.work[i] for i in clear] == [True] * len(clear)
     phases = PreparingPhases()  # a file: every frame
     StreamSession(CountingSource(6), phases, [ListSink()], config=RuntimeConfig(mode=mode)).run()
     assert phases.work == [True] * 6
