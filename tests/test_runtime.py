@@ -3,6 +3,7 @@ slow sink and a slow stage, close() never flushes while a worker runs, and its p
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from fractions import Fraction
@@ -433,12 +434,32 @@ def test_a_live_stream_behind_only_notes_the_frames_it_would_prepare(mode):
 
 
 def test_thread_settings_are_applied_and_stated():
-    before = cv2.getNumThreads()
+    before, switch = cv2.getNumThreads(), sys.getswitchinterval()
     try:
-        state = ThreadSettings(opencv=1).apply()
+        state = ThreadSettings(opencv=1, switch_interval=0.002).apply()
         assert state["opencv"] == cv2.getNumThreads() == 1
+        assert state["switch_interval_ms"] == 2.0 and sys.getswitchinterval() == pytest.approx(0.002)
+        sys.setswitchinterval(0.004)
+        state = ThreadSettings(switch_interval=None).apply()  # None: left as it is
+        assert state["switch_interval_ms"] == 4.0 and state["opencv"] == 1
     finally:
         cv2.setNumThreads(before)
+        sys.setswitchinterval(switch)
+
+
+def test_a_session_runs_with_the_stated_switch_interval():
+    """Every stream applies the default settings: the GIL switch interval the tracker is tuned for."""
+    from unseen.engine.streams import SWITCH_INTERVAL
+
+    switch = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        session = StreamSession(CountingSource(3), StubPhases(), [ListSink()])
+        session.run()
+        assert session.threads["switch_interval_ms"] == SWITCH_INTERVAL * 1000
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL)
+    finally:
+        sys.setswitchinterval(switch)
 
 
 def test_the_cpu_device_context_is_a_no_op_on_the_same_path():
