@@ -516,7 +516,57 @@ class _GrabCut:
             trimap[trimap == cv2.GC_PR_FGD] = cv2.GC_PR_BGD
 
 
-def test_a_refinement_rejected_again_and_again_is_tried_less_often_until_one_is_taken(clip, monkeypatch):
+def _backoff_schedule(frames: int, taken_from: int | None = None) -> list[bool]:
+    """The frames (1..frames) on which the refinement is due by the stated rule: every frame until
+    REFINE_BACKOFF tries in a row were rejected, then after REFINE_EVERY frames, doubling after each try
+    rejected there up to REFINE_EVERY_MAX; every frame again once a try (from frame ``taken_from`` on) is taken."""
+    from unseen.engine.backends import classical_propagate as cp
+
+    due, rejected, gap, since = [], 0, cp.REFINE_EVERY, 0
+    for i in range(1, frames + 1):
+        since += 1
+        d = rejected < cp.REFINE_BACKOFF or since >= gap
+        due.append(d)
+        if not d:
+            continue
+        since = 0
+        if taken_from is not None and i >= taken_from:
+            rejected, gap = 0, cp.REFINE_EVERY
+        else:
+            rejected += 1
+            if rejected > cp.REFINE_BACKOFF:
+                gap = min(2 * gap, cp.REFINE_EVERY_MAX)
+    return due
+
+
+def test_the_backoff_schedule_doubles_up_to_its_cap_and_restarts_when_a_try_is_taken():
+    from unseen.engine.backends import classical_propagate as cp
+
+    due = _backoff_schedule(400)
+    tried = [i + 1 for i, d in enumerate(due) if d]
+    gaps = [b - a for a, b in zip(tried, tried[1:])]
+    n = cp.REFINE_BACKOFF
+    assert tried[:n] == list(range(1, n + 1))
+    assert gaps[n - 1:n + 3] == [cp.REFINE_EVERY, 2 * cp.REFINE_EVERY, 4 * cp.REFINE_EVERY, 8 * cp.REFINE_EVERY]
+    assert max(gaps) == cp.REFINE_EVERY_MAX and gaps[-1] == cp.REFINE_EVERY_MAX
+    again = _backoff_schedule(200, taken_from=100)
+    first = next(i for i in range(99, 200) if again[i])  # the first try from frame 100 on is taken ...
+    assert all(again[first:])  # ... and every frame is tried again
+
+
+@pytest.mark.parametrize("taken_from", [None, 60])
+def test_refine_backoff_follows_the_schedule(taken_from):
+    from unseen.engine.backends.classical_propagate import RefineBackoff
+
+    backoff, due = RefineBackoff(), []
+    for i in range(1, 201):
+        due.append(backoff.due(1))
+        if due[-1]:
+            backoff.record(1, taken=taken_from is not None and i >= taken_from)
+    assert due == _backoff_schedule(200, taken_from)
+
+
+def test_a_refinement_rejected_again_and_again_is_tried_less_often(clip, monkeypatch):
     from unseen.engine.backends import classical_propagate as cp
 
     grabcut = _GrabCut()
@@ -524,24 +574,13 @@ def test_a_refinement_rejected_again_and_again_is_tried_less_often_until_one_is_
     prop = FlowPropagator()
     prop.seed(Frame(0, clip.frames[0]), {1: clip.masks[0]})
     tried = []
-    for i in range(1, 20):
+    for i in range(1, len(clip.frames)):
         before = grabcut.calls
         prop.step(Frame(i, clip.frames[i]))
-        tried.append(grabcut.calls - before)
-    # the first REFINE_BACKOFF are tried, then one frame in REFINE_EVERY
-    assert tried[:cp.REFINE_BACKOFF] == [1] * cp.REFINE_BACKOFF
-    rest = tried[cp.REFINE_BACKOFF:]
-    assert rest == ([0] * (cp.REFINE_EVERY - 1) + [1]) * (len(rest) // cp.REFINE_EVERY) + [0] * (len(rest) % cp.REFINE_EVERY)
-    grabcut.agree = True  # the next try is taken: every frame is tried again
-    tried = []
-    for i in range(20, 30):
-        before = grabcut.calls
-        prop.step(Frame(i, clip.frames[i]))
-        tried.append(grabcut.calls - before)
-    first = tried.index(1)
-    assert first < cp.REFINE_EVERY and tried[first:] == [1] * (len(tried) - first)
-    grabcut.agree = False  # a new reference starts the count again
-    prop.seed(Frame(30, clip.frames[30]), {1: clip.masks[30]})
+        tried.append(grabcut.calls - before == 1)
+    assert tried == _backoff_schedule(len(clip.frames) - 1)
+    assert sum(tried) < cp.REFINE_BACKOFF + len(tried) // cp.REFINE_EVERY  # fewer than at a fixed interval
+    prop.seed(Frame(30, clip.frames[30]), {1: clip.masks[30]})  # a new reference starts the count again
     before = grabcut.calls
     for i in range(31, 31 + cp.REFINE_BACKOFF):
         prop.step(Frame(i, clip.frames[i]))
@@ -553,12 +592,12 @@ def test_refine_backoff_counts_each_object_on_its_own():
 
     backoff = RefineBackoff()
     due = {1: [], 2: []}
-    for _ in range(REFINE_BACKOFF + 2 * REFINE_EVERY):
+    for _ in range(REFINE_BACKOFF + 3 * REFINE_EVERY):
         for oid in (1, 2):
             due[oid].append(backoff.due(oid))
             if due[oid][-1]:
                 backoff.record(oid, taken=oid == 2)  # object 1's refinements are all rejected, 2's taken
     assert all(due[2])
-    assert due[1] == [True] * REFINE_BACKOFF + ([False] * (REFINE_EVERY - 1) + [True]) * 2
+    assert due[1] == _backoff_schedule(REFINE_BACKOFF + 3 * REFINE_EVERY)
     backoff.clear()
     assert backoff.due(1)

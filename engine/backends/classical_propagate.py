@@ -38,9 +38,11 @@ REFINE_SIZE = 256  # long side of the region the refinement runs at (192 and 224
 # first mask runs away, IoU 0.64 / 0.68 against 0.90)
 REFINE_ITERATIONS = 1  # GrabCut's: a second one changed 0.01% of the pixels and track J&F by 0.002, for 45% more
 REFINE_BACKOFF = 3  # refinements of an object rejected in a row (below) after which it is tried ...
-REFINE_EVERY = 4  # ... only every this many frames, until one is taken again: on most clips the colour
-# models keep disagreeing with the motion (DAVIS from the true first masks: bmx-trees, drift-chicane and
-# schoolgirls rejected on every frame, blackswan on 2 of 39), and GrabCut is most of a step's time
+REFINE_EVERY = 4  # ... only every this many frames at first, twice as many after each try rejected there ...
+REFINE_EVERY_MAX = 32  # ... up to this many, until one is taken again: on most clips the colour models keep
+# disagreeing with the motion (DAVIS from the true first masks: bmx-trees, drift-chicane and schoolgirls
+# rejected on every frame, blackswan on 2 of 39; dog-walk, the woman clicked: every try after frame 22), and
+# a GrabCut costs more than the rest of a step (dog-walk 432x240: 31 ms against 12)
 MIN_AGREEMENT = 0.8  # IoU the refined mask must keep with the warped one to be used ...
 MAX_GROWTH = 1.1  # ... and the area ratio it may change by in one frame ...
 MAX_DRIFT = 1.3  # ... and by against the object's slowly adapting area (seeded on the reference frame)
@@ -75,11 +77,13 @@ def _channel_max(image: np.ndarray) -> np.ndarray:
 class _Tries:
     rejected: int = 0  # refinements rejected in a row
     untried: int = 0  # frames since the refinement was last tried
+    every: int = REFINE_EVERY  # frames between tries once backing off
 
 
 class RefineBackoff:
     """When each object's GrabCut refinement is tried: on every frame until REFINE_BACKOFF of them in a row
-    were rejected, then every REFINE_EVERY frames until one is taken."""
+    were rejected, then every REFINE_EVERY frames, twice as many after each of those tries that is rejected
+    (up to REFINE_EVERY_MAX), until one is taken."""
 
     def __init__(self) -> None:
         self._tries: dict[int, _Tries] = {}  # object id -> its record
@@ -88,7 +92,7 @@ class RefineBackoff:
         """Whether object ``oid`` is refined on this frame (called once a frame per object)."""
         tries = self._tries.setdefault(oid, _Tries())
         tries.untried += 1
-        due = tries.rejected < REFINE_BACKOFF or tries.untried >= REFINE_EVERY
+        due = tries.rejected < REFINE_BACKOFF or tries.untried >= tries.every
         if due:
             tries.untried = 0
         return due
@@ -96,7 +100,12 @@ class RefineBackoff:
     def record(self, oid: int, *, taken: bool) -> None:
         """The outcome of a refinement of ``oid`` that was tried."""
         tries = self._tries.setdefault(oid, _Tries())
-        tries.rejected = 0 if taken else tries.rejected + 1
+        if taken:
+            tries.rejected, tries.every = 0, REFINE_EVERY
+            return
+        tries.rejected += 1
+        if tries.rejected > REFINE_BACKOFF:  # a try while backing off, rejected too
+            tries.every = min(2 * tries.every, REFINE_EVERY_MAX)
 
     def clear(self) -> None:
         self._tries.clear()
