@@ -187,6 +187,14 @@ class Pipeline:
         """Phase two: complete the job's frame.  Jobs must be emitted in order, one thread at a time."""
         return self.emitter.emit(job)
 
+    def ahead(self, job: EmitJob) -> None:
+        """What emitting ``job`` would build first, built now: each held frame's hole parts (the band under
+        each removed object, its missed rim).  The runtime's tracker calls it while the emitter is the
+        slower worker (the queue between them is full) instead of waiting.  Changes no result: each part
+        is built once, by whichever worker asks first."""
+        for held in job.held.values():
+            held.parts.get()
+
     def prepare(self, frame: Frame, *, work: bool = True) -> None:
         """Phase zero (any one thread, in frame order, before :meth:`track` of the frame): the stages' mask-free
         work on it (see :meth:`Propagator.prepare`).  Changes no result, only which worker does the work."""

@@ -12,7 +12,8 @@ Modes (:class:`Mode`):
 * ``pipelined``: decode (then prepare: the pipeline's mask-free work on the frame, such as its optical
   flows; a live stream behind only notes it), track (propagate frame t), emit (build the holes it reads,
   inpaint frame t-D and composite) and write (the sinks) each run on their own worker, joined by bounded
-  queues (policy *block*: back-pressure), so the slowest stage sets the rate.  The tracker hands the emitter an
+  queues (policy *block*: back-pressure), so the slowest stage sets the rate.  While the emitter is behind
+  (its queue full), the tracker builds the holes of the job it hands over instead of waiting.  The tracker hands the emitter an
   immutable snapshot (:class:`~unseen.engine.emitter.EmitJob`) taken where the sequential order
   would emit, so the output is the same (for prompts given up front; a live prompt lands on the
   frame the tracker is at when it arrives).
@@ -384,6 +385,7 @@ class StreamSession:
                     self._count_unprocessed(1)  # intake stopped meanwhile: not processed
                     break
                 for job in self._track_one(frame, device):
+                    self._ahead(job)
                     self.jobs.put(job)
             if not (self._abandoned or self._no_flush) and self.error is None:
                 for job in self._finish(device):
@@ -409,6 +411,15 @@ class StreamSession:
         if self.progress is not None:
             self.progress(1)
         return jobs
+
+    def _ahead(self, job: Any) -> None:
+        """The emitter is behind (its queue is full): rather than wait, the tracker does the work of ``job``
+        that either worker may do (the pipeline's optional ``ahead``), which the emitter then finds done."""
+        ahead = getattr(self.phases, "ahead", None)
+        if ahead is None or len(self.jobs) < self.jobs.maxlen:
+            return
+        with self.tracer.span("track", "ahead"):
+            ahead(job)
 
     def _finish(self, device: DeviceContext) -> list[Any]:
         if self.strict:

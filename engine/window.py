@@ -6,7 +6,8 @@ revision), so a snapshot of the store (a dict of entries) stays exactly what it 
 
 The holes are built when first asked for, not when a frame is added: the tracker only records what each
 hole is made of (the masks and the removed objects, the neighbours whose missed parts it takes, the entry
-it replaces), and the emitter, which asks, builds them on its own worker.  Each is built once, and an entry
+it replaces), and the emitter, which asks, builds them on its own worker (or the tracker, when the emitter is
+behind: ``Pipeline.ahead``).  Each is built once, by whichever asks first, and an entry
 whose hole comes out the same as the one it replaces is that one (same object, same revision), so the
 entries are exactly those built eagerly would be.
 """

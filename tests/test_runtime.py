@@ -93,23 +93,75 @@ def test_pipelined_output_equals_sequential_on_a_real_clip(shared_data):
     assert_identical(seq, pip)
 
 
-def test_the_holes_are_built_on_the_emit_worker_not_the_tracker(clip, monkeypatch):
-    """The band under a removed object and its missed rim (engine/holes.py) cost the tracker, the slowest
-    worker, about a quarter of its step: pipelined, they are built when the emitter first asks for a
-    frame's hole, on its own worker, with the same output (the test above)."""
+def _band_threads(monkeypatch) -> list[str]:
+    """The workers the band under an object (engine/holes.py) is searched on, one entry per search."""
     import unseen.engine.window as window
 
     threads: list[str] = []
     build = window.below_object
 
     def spy(*args, **kwargs):
-        threads.append(threading.current_thread().name)
+        threads.append(threading.current_thread().name.split("-")[1])
         return build(*args, **kwargs)
 
     monkeypatch.setattr(window, "below_object", spy)
+    return threads
+
+
+def test_the_holes_are_built_on_the_emit_worker_while_it_keeps_up(clip, monkeypatch):
+    """The band under a removed object and its missed rim cost a quarter of a tracked step: pipelined, they
+    are built when the emitter first asks for a frame's hole, on its own worker (the same output: the
+    tests above).  Here the tracker never runs more than two jobs ahead, so the queue between them never
+    fills and the tracker never builds one."""
+    from unseen.engine.pipeline import Pipeline
+
+    threads = _band_threads(monkeypatch)
+    in_flight = threading.Semaphore(2)
+    track, emit = Pipeline.track, Pipeline.emit
+
+    def paced_track(self, frame, **kwargs):
+        jobs = track(self, frame, **kwargs)
+        for _ in jobs:
+            assert in_flight.acquire(timeout=30)
+        return jobs
+
+    def counted_emit(self, job):
+        out = emit(self, job)
+        in_flight.release()
+        return out
+
+    monkeypatch.setattr(Pipeline, "track", paced_track)
+    monkeypatch.setattr(Pipeline, "emit", counted_emit)
     outputs = run_mode(clip.frames[:30], Mode.PIPELINED, clip.click(0), delay=5)
     assert sum(bool(o.masks.get(1, np.zeros(1)).any()) for o in outputs) >= 25
-    assert len(threads) >= 25 and {t.split("-")[1] for t in threads} == {"emit"}, sorted(set(threads))
+    assert len(threads) >= 25 and set(threads) == {"emit"}, sorted(set(threads))
+
+
+def test_the_tracker_builds_the_holes_while_the_emitter_is_behind(clip, monkeypatch):
+    """The emitter held back until the queue between it and the tracker is full: the tracker builds the
+    holes of the job it would wait to hand over (``Pipeline.ahead``), and the output is still exactly the
+    sequential one."""
+    from unseen.engine.pipeline import Pipeline
+
+    click = clip.click(0)
+    seq = run_mode(clip.frames[:30], Mode.SEQUENTIAL, click, delay=5)
+    threads = _band_threads(monkeypatch)
+    release = threading.Event()
+    ahead, emit = Pipeline.ahead, Pipeline.emit
+
+    def ahead_then_release(self, job):
+        ahead(self, job)
+        release.set()  # the emitter goes on once the tracker has built one job's holes
+
+    def held_emit(self, job):
+        assert release.wait(30), "the tracker never built a job's holes ahead"
+        return emit(self, job)
+
+    monkeypatch.setattr(Pipeline, "ahead", ahead_then_release)
+    monkeypatch.setattr(Pipeline, "emit", held_emit)
+    pip = run_mode(clip.frames[:30], Mode.PIPELINED, click, delay=5)
+    assert_identical(seq, pip)
+    assert "track" in threads, sorted(set(threads))
 
 
 # ------------------------------------------------------------------------------ stubs
