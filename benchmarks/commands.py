@@ -54,7 +54,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resolutions", type=lambda s: [_size(x) for x in s.split(",") if x], default=None,
                    help="speed: comma-separated sizes (default 432x240,854x480,1280x720)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="speed: OpenCV and torch threads in every mode (default: the libraries' own, one per core)")
+                   help="speed: OpenCV and torch threads in every mode (default: the runtime's, OpenCV on one thread)")
     p.add_argument("--trace", type=Path, default=None, metavar="FILE",
                    help="speed: write a Chrome trace (chrome://tracing, Perfetto) of every run's stage workers")
 

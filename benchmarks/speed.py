@@ -98,8 +98,8 @@ def scaled(ctx: Context, clip: Clip, size: tuple[int, int], frames: int | None) 
 
 
 def threads(ctx: Context) -> ThreadSettings:
-    """The same in every mode: ``--threads N``, else the libraries' defaults (OpenCV: one per core)."""
-    return ThreadSettings(opencv=ctx.threads, torch=ctx.threads)
+    """The same in every mode: ``--threads N`` for OpenCV and torch, else the runtime's defaults."""
+    return ThreadSettings() if ctx.threads is None else ThreadSettings(opencv=ctx.threads, torch=ctx.threads)
 
 
 class PassThrough:

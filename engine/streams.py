@@ -215,12 +215,16 @@ class SinkFanout:
 
 # ----------------------------------------------------------------------------- settings, devices, traces
 SWITCH_INTERVAL = 0.001  # s: Python's GIL switch interval while a stream runs (ThreadSettings)
+OPENCV_THREADS = 1  # OpenCV's threads per call: the runtime's workers are the parallelism, and OpenCV's own pool
+# on top of them slowed the pipelined run (dog-walk 854x480, the woman clicked, alternated: 15.09 / 14.54 s at
+# one thread, 15.26 / 15.30 s at two on a 2-core machine); both modes use it, so --sequential runs the stages
+# one after the other on one thread
 
 
 @dataclass(frozen=True)
 class ThreadSettings:
     """Library thread pools and Python's GIL switch interval, the same for every mode (None: leave the
-    library's or Python's default).
+    library's or Python's setting as it is; OpenCV's is process-wide, as torch's and the interval are).
 
     The switch interval is how long a thread running Python code keeps the GIL while another waits for it
     (Python's default: 5 ms).  The tracker is the serial stage, and each of its OpenCV and numpy calls gives
@@ -228,7 +232,7 @@ class ThreadSettings:
     432x240 gave the cheap fill to 283 frames a minute on average over five runs, against 461 over three at
     5 ms, and a tracked step took 1.5 ms less.  It is process-wide (every stream of a server shares it)."""
 
-    opencv: int | None = None
+    opencv: int | None = OPENCV_THREADS
     torch: int | None = None
     switch_interval: float | None = SWITCH_INTERVAL
 

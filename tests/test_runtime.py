@@ -499,19 +499,24 @@ def test_thread_settings_are_applied_and_stated():
         sys.setswitchinterval(switch)
 
 
-def test_a_session_runs_with_the_stated_switch_interval():
-    """Every stream applies the default settings: the GIL switch interval the tracker is tuned for."""
-    from unseen.engine.streams import SWITCH_INTERVAL
+def test_a_session_runs_with_the_stated_thread_settings():
+    """Every stream applies the default settings: the GIL switch interval the tracker is tuned for, and
+    OpenCV on one thread per call (the workers are the parallelism), in both modes."""
+    from unseen.engine.streams import OPENCV_THREADS, SWITCH_INTERVAL
 
-    switch = sys.getswitchinterval()
+    switch, cv_threads = sys.getswitchinterval(), cv2.getNumThreads()
     try:
-        sys.setswitchinterval(0.005)
-        session = StreamSession(CountingSource(3), StubPhases(), [ListSink()])
-        session.run()
-        assert session.threads["switch_interval_ms"] == SWITCH_INTERVAL * 1000
-        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL)
+        for mode in Mode:
+            sys.setswitchinterval(0.005)
+            cv2.setNumThreads(2)
+            session = StreamSession(CountingSource(3), StubPhases(), [ListSink()], config=RuntimeConfig(mode=mode))
+            session.run()
+            assert session.threads["switch_interval_ms"] == SWITCH_INTERVAL * 1000
+            assert session.threads["opencv"] == OPENCV_THREADS == cv2.getNumThreads() == 1
+            assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL)
     finally:
         sys.setswitchinterval(switch)
+        cv2.setNumThreads(cv_threads)
 
 
 def test_the_cpu_device_context_is_a_no_op_on_the_same_path():
