@@ -174,6 +174,10 @@ class StaleMasks:
         self.tracks = {oid: self._update(self.tracks.get(oid), index, m) for oid, m in masks.items()
                        if geometry(m) is not None}
 
+    def forget(self) -> None:
+        """Every object's track: the next frame does not continue the last tracked one (a break in the source)."""
+        self.tracks = {}
+
     def covers(self, objects) -> bool:
         """Whether every object in ``objects`` has a tracked mask to predict from."""
         return all(oid in self.tracks for oid in objects)

@@ -85,6 +85,7 @@ class Pipeline:
         self.frames_in = 0
         self.propagation_skipped = 0
         self._stale = StaleMasks()  # each object's last tracked mask and motion (stale masks)
+        self._epoch = 0  # the source's run of the last frame tracked (Frame.epoch)
         given = given_masks is not None
         holes = HoleBuilder(0.0 if given else self.config.hole_below, 0.0 if given else self.config.hole_edge)
         self._held = FrameStore(holes, self.config.ref_count, self.config.ref_stride)
@@ -222,6 +223,9 @@ class Pipeline:
             frame.index = self._head + 1  # the pipeline's own clock: strictly consecutive
         self._head = frame.index
         self.frames_in += 1
+        if frame.epoch != self._epoch:  # the source broke off: no motion carries a mask over, so the first
+            self._stale.forget()  # frame after it is tracked whatever the level (the propagator finds the
+            self._epoch = frame.epoch  # objects again), and stale masks start from it
         masks, tracking = self._track(frame, level)
         self._held.add(frame, masks, tracking, self._removes)
         self._apply_actions()

@@ -38,6 +38,9 @@ class Frame:
     pts: int | None = None
     time_base: Fraction | None = None
     wallclock: float | None = None  # time.monotonic() when it was decoded (live sources)
+    #: the unbroken run of the source it belongs to: a live source counts one up each time it reconnects.  Frames
+    #: of different runs need not continue one another (the objects may be anywhere): motion does not lead across
+    epoch: int = 0
 
     @property
     def height(self) -> int:
@@ -102,7 +105,9 @@ class Propagator(abc.ABC):
 
     @abc.abstractmethod
     def step(self, frame: Frame) -> dict[int, Mask]:
-        """Propagate every tracked object to ``frame`` (the frame after the last one seen)."""
+        """Propagate every tracked object to ``frame`` (the frame after the last one seen).  A frame of
+        another ``epoch`` than the last one seen follows a break in the source: the objects are found
+        again on it, not followed there by their motion."""
 
     reduced_step: bool = False  # whether step_reduced() is cheaper than step() (a backend that overrides it)
 

@@ -380,6 +380,7 @@ class LiveStream:
         self._received = 0  # frames put into the queue
         self._last_source_s: float | None = None
         self._gap = True  # the next frame follows a (re)connect: use the nominal step
+        self._epoch = 0  # the source's unbroken run (Frame.epoch): one up at each reconnect
         self._stop = threading.Event()  # intake stops (close, or a failure)
         self._closed = False
         self._report: CloseReport | None = None
@@ -577,6 +578,8 @@ class LiveStream:
         step = 1.0 / float(self.rate) if self.rate else 1 / 25
         if self.size is None:
             self.size = (int(image.shape[1]), int(image.shape[0]))
+        if self._gap and self._clock >= 0:  # a reconnect: what comes need not continue what came before
+            self._epoch += 1
         if self._gap or seconds is None or self._last_source_s is None:
             delta = step if self._clock >= 0 else 0.0
         else:
@@ -586,7 +589,7 @@ class LiveStream:
         self._gap = False
         self._last_source_s = seconds
         pts = self._clock + max(1, round(delta * CLOCK)) if self._clock >= 0 else 0
-        frame = Frame(index=-1, image=image, pts=pts, time_base=TIME_BASE, wallclock=arrived)
+        frame = Frame(index=-1, image=image, pts=pts, time_base=TIME_BASE, wallclock=arrived, epoch=self._epoch)
         if self.source.push(frame):
             self.metrics.dropped.labels(self.name).inc()
         self._received += 1

@@ -66,6 +66,12 @@ LOOK_RATE = 0.2  # how fast the carried look follows the object where they agree
 LOOK_MAX_DROP = 0.3  # more of a mask than this leaving at once is the flow failing: nothing leaves
 MAX_DISOCCLUDED = 0.05  # more of the mask than this unconfirmed in one frame is the flow failing, not a
 # disocclusion (motion blur, a fast turn): then the warp is kept as it is
+# After a break in the source (Frame.epoch), each object is looked for again by its colours:
+FIND_BINS = 8  # histogram bins per RGB channel of the object's colours against the rest of the last frame
+FIND_LIKELY = 0.5  # share of a colour's pixels on the last frame that were the object's, for a pixel to be it
+FIND_AREA = (0.25, 3.0)  # a found region's area against the object's last
+FIND_BETTER = 1.2  # how much more like the object a region must look than the flow's mask, to replace it
+SAME_VIEW = 0.5  # share of the known background that must still match for the background model to hold
 
 
 def _channel_max(image: np.ndarray) -> np.ndarray:
@@ -127,6 +133,7 @@ class FlowPropagator(Propagator):
         self._backoff = RefineBackoff()
         self._bg: np.ndarray | None = None  # still camera: background colour per pixel (flow size)
         self._seen: np.ndarray | None = None  # frames each pixel was seen free of objects (capped)
+        self._epoch = 0  # the source's run of the last frame seen (Frame.epoch)
 
     @property
     def objects(self) -> list[int]:
@@ -157,6 +164,7 @@ class FlowPropagator(Propagator):
     def seed(self, frame: Frame, masks: Mapping[int, Mask]) -> None:
         self._scale = self._flows.scale(frame.image)
         self._prev = frame.image
+        self._epoch = frame.epoch
         self._soft = {oid: m.astype(np.float32) for oid, m in masks.items()}
         self._area = {oid: float(m.sum()) for oid, m in masks.items()}
         self._backoff.clear()  # a new reference: every refinement is tried again
@@ -166,6 +174,11 @@ class FlowPropagator(Propagator):
         if self._prev is None or not self._soft:
             self.seed(frame, {})
             return {}
+        if frame.epoch != self._epoch:
+            return self._across_break(frame)
+        return self._step(frame)
+
+    def _step(self, frame: Frame) -> dict[int, Mask]:
         small = self._small(frame.image)
         flow = self._flows.flow(frame.image, self._prev)  # for each new pixel: where it was before
         still = float(np.median(cv2.magnitude(flow[..., 0], flow[..., 1]))) < STILL_FLOW
@@ -212,7 +225,7 @@ class FlowPropagator(Propagator):
         """The cheaper step of a live stream that is behind: the masks follow the (cached) flow alone, without
         the GrabCut refinement (most of a step's time), the disocclusion check and the background model.
         The objects' looks are carried along the flow as in a full step, so the next one goes on from here."""
-        if self._prev is None or not self._soft:
+        if self._prev is None or not self._soft or frame.epoch != self._epoch:
             return self.step(frame)
         flow = self._flows.flow(frame.image, self._prev)
         out: dict[int, Mask] = {}
@@ -224,6 +237,50 @@ class FlowPropagator(Propagator):
         self._prev = frame.image
         self._carry_looks(flow)
         return out
+
+    def _across_break(self, frame: Frame) -> dict[int, Mask]:
+        """The step onto a frame that follows a break in the source (a reconnect: the objects may be
+        anywhere).  The flow's step goes first (DIS reaches a moderate move; on DAVIS 15-30 frames apart it
+        kept 0.35 IoU on average where a search by colour alone found 0.15).  Then each object is looked
+        for again: the region of about its size most like it in colour (against the rest of the last
+        frame), while the camera keeps the view the background model knows only among what is not known
+        to be background, replaces the flow's mask where it looks clearly more like the object."""
+        assert self._prev is not None
+        small, before = self._small(frame.image), self._small(self._prev)
+        allowed = self._not_background(small)
+        last = {oid: self._at(soft > 0.5, before.shape) for oid, soft in self._soft.items()}
+        out = self._step(frame)
+        for oid, mask in out.items():
+            found = _found_again(before, last[oid], small, self._at(mask, small.shape), allowed)
+            if found is not None:
+                out[oid] = self._grabcut(frame.image, self._at(found, mask.shape)) if self.refine \
+                    else self._at(found, mask.shape)
+        resolve_overlaps(out)
+        self._soft = {oid: m.astype(np.float32) for oid, m in out.items()}
+        self._backoff.clear()
+        self._epoch = frame.epoch
+        self._restart_looks(small, out)
+        return out
+
+    def _not_background(self, small: np.ndarray) -> Mask | None:
+        """Pixels (flow size) not known to be the background (it differs there, or is not known), while most
+        of the known background still matches (the camera kept its view across the break); None, and the
+        model starts over, otherwise."""
+        if self._bg is None or self._seen is None or self._bg.shape != small.shape:
+            return None
+        diff = self._difference(small)
+        known = self._seen >= BG_SEEN
+        if not known.any() or (diff[known] < BG_MATCH).mean() < SAME_VIEW:
+            self._bg = self._seen = None
+            return None
+        return ~known | (diff > BG_DIFF)
+
+    @staticmethod
+    def _at(mask: Mask, shape: tuple[int, ...]) -> Mask:
+        """``mask`` at another size (H, W)."""
+        if mask.shape == shape[:2]:
+            return mask
+        return cv2.resize(mask.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST) > 0
 
     def _carry_looks(self, flow: np.ndarray) -> None:
         """Each object's look and its count of differing frames moved along ``flow``, unchecked."""
@@ -462,6 +519,45 @@ class FlowPropagator(Propagator):
         if overlap < MIN_AGREEMENT or not 1 / MAX_GROWTH <= growth <= MAX_GROWTH:
             return mask  # the colour models disagree with the motion: trust the flow (no runaway growth)
         return out
+
+
+def _found_again(before: np.ndarray, mask: Mask, image: np.ndarray, carried: Mask,
+                 allowed: Mask | None) -> Mask | None:
+    """The object ``mask`` of ``before`` in ``image`` (all at one size), where a region there looks more like
+    it than ``carried``, the flow's answer, does (FIND_BETTER); None where none does.  A region's look: the
+    summed likelihood of its pixels' colours being the object's (an RGB histogram of the object against the
+    rest of ``before``), scaled down for a region larger than the object."""
+    area = int(mask.sum())
+    if area == 0 or mask.all():
+        return None
+    colours = _colour_bins(before)
+    inside = np.bincount(colours[mask], minlength=FIND_BINS ** 3).astype(np.float32)
+    outside = np.bincount(colours[~mask], minlength=FIND_BINS ** 3).astype(np.float32)
+    outside *= area / max(1, mask.size - area)  # as many as the object's: a colour is its as often as not at 0.5
+    likely = inside / np.maximum(inside + outside, 1e-6)
+    p = cv2.GaussianBlur(likely[_colour_bins(image)], (5, 5), 0)
+    candidate = p > FIND_LIKELY
+    if allowed is not None:
+        candidate &= allowed
+    candidate = cv2.morphologyEx(candidate.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(candidate, connectivity=8)
+    if n <= 1:
+        return None
+    sizes = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
+    scores = np.bincount(labels.ravel(), weights=p.ravel(), minlength=n) * np.minimum(1.0, area / sizes)
+    fits = (sizes >= FIND_AREA[0] * area) & (sizes <= FIND_AREA[1] * area)
+    fits[0] = False
+    if not fits.any():
+        return None
+    best = int(np.argmax(np.where(fits, scores, -1.0)))
+    kept = float(p[carried].sum()) * min(1.0, area / max(1, int(carried.sum())))
+    return labels == best if scores[best] > FIND_BETTER * kept else None
+
+
+def _colour_bins(image: np.ndarray) -> np.ndarray:
+    """Each pixel's bin in a FIND_BINS^3 RGB histogram."""
+    q = (image // (256 // FIND_BINS)).astype(np.intp)
+    return (q[..., 0] * FIND_BINS + q[..., 1]) * FIND_BINS + q[..., 2]
 
 
 def resolve_overlaps(masks: dict[int, Mask]) -> None:

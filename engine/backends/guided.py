@@ -108,6 +108,7 @@ class GuidedPropagator(Propagator):
         self._make_tracker = make_tracker
         self._guides: dict[int, _Guide] = {}
         self._prev: Image | None = None
+        self._epoch = 0  # the source's run of the last frame seen (Frame.epoch)
         self.recoveries = 0  # masks re-seeded from the box (diagnostics)
 
     @property
@@ -145,19 +146,34 @@ class GuidedPropagator(Propagator):
             tracker.start(frame.image, box)
             guides[oid] = _Guide(tracker, float(mask.sum()) / _area(box), _colour_model(frame.image, mask, box), box)
         self._guides = guides
-        self._prev = frame.image
+        self._prev, self._epoch = frame.image, frame.epoch
 
     def step(self, frame: Frame) -> dict[int, Mask]:
+        if self._broken(frame):
+            return self._found_again(frame)
         return self._guided(frame, self._flow.step(frame), recover=True)
 
     def step_reduced(self, frame: Frame) -> dict[int, Mask]:
         """The flow's reduced step, bounded by the boxes; no re-seeding GrabCut (the costly part)."""
+        if self._broken(frame):
+            return self._found_again(frame)
         return self._guided(frame, self._flow.step_reduced(frame), recover=False)
+
+    def _broken(self, frame: Frame) -> bool:
+        """Whether ``frame`` follows a break in the source (another epoch than the last frame seen)."""
+        return self._prev is not None and bool(self._guides) and frame.epoch != self._epoch
+
+    def _found_again(self, frame: Frame) -> dict[int, Mask]:
+        """After a break in the source the flow propagator finds the objects again, and each box tracker
+        starts over on what it found (its search region is around the box it lost)."""
+        masks = self._flow.step(frame)
+        self.seed(frame, masks)  # (no tracker has a box on this frame to be trusted: each starts over)
+        return masks
 
     def _guided(self, frame: Frame, masks: dict[int, Mask], recover: bool) -> dict[int, Mask]:
         changed = False
         flow = None if self._prev is None else self._flows.flow(frame.image, self._prev)
-        self._prev = frame.image
+        self._prev, self._epoch = frame.image, frame.epoch
         for oid, guide in self._guides.items():
             mask = masks.get(oid)
             if mask is None:
