@@ -325,33 +325,57 @@ class FlowPropagator(Propagator):
     def _check_looks(self, small: np.ndarray, flow: np.ndarray, masks: dict[int, Mask]) -> None:
         """Each object's look is carried along the flow with its mask; masked pixels that have differed from
         it for LOOK_PERSIST frames in a row leave the object (where the mask stayed behind, or slid onto
-        something else, the object's look is gone; a pose or light change is followed, LOOK_RATE a frame)."""
+        something else, the object's look is gone; a pose or light change is followed, LOOK_RATE a frame).
+
+        Outside its mask an object's look is the frame and its count 0, so the work is done on the mask's box
+        (padded for the 3x3 opening) and the rest is the frame: the same result as over the whole frame."""
         sh, sw = small.shape[:2]
-        gx, gy = np.meshgrid(np.arange(sw, dtype=np.float32), np.arange(sh, dtype=np.float32))
-        map_x, map_y = gx + flow[..., 0], gy + flow[..., 1]
         now = cv2.GaussianBlur(small, (5, 5), 0).astype(np.float32)
         for oid, mask in masks.items():
             if oid not in self._look or self._look[oid].shape != now.shape:
                 self._look[oid], self._stale[oid] = now.copy(), np.zeros((sh, sw), np.uint8)
                 continue
-            look = cv2.remap(self._look[oid], map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-            stale = cv2.remap(self._stale[oid], map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT)
             m = mask if mask.shape == (sh, sw) else cv2.resize(mask.astype(np.uint8), (sw, sh),
                                                               interpolation=cv2.INTER_NEAREST_EXACT) > 0
-            differs = _channel_max(cv2.absdiff(look, now)) > LOOK_DIFF
-            stale = np.where(m & differs, np.minimum(stale.astype(np.int16) + 1, 255), 0).astype(np.uint8)
-            gone = (stale >= LOOK_PERSIST).astype(np.uint8)
-            gone = cv2.morphologyEx(gone, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
-            if gone.any() and gone.sum() < LOOK_MAX_DROP * m.sum():
-                full = gone if gone.shape == mask.shape else cv2.resize(
-                    gone.astype(np.uint8), (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_NEAREST_EXACT) > 0
-                masks[oid] = mask = mask & ~full
-                self._soft[oid] = np.minimum(self._soft[oid], mask.astype(np.float32))
-                m = m & ~gone
-                stale[gone] = 0
-            cv2.accumulateWeighted(now, look, LOOK_RATE, mask=(m & ~differs).astype(np.uint8))  # follows it
-            np.copyto(look, now, where=~m[..., None])  # outside the object: what is there now, for a part that joins it
+            look, stale = now.copy(), np.zeros((sh, sw), np.uint8)
+            box = mask_box(m, 2)
+            if box is not None:
+                x0, y0, x1, y1 = box
+                crop = (slice(y0, y1), slice(x0, x1))
+                gone = self._check_look(oid, now, flow, m, look, stale, crop)
+                if gone is not None:
+                    full = gone if gone.shape == mask.shape else cv2.resize(
+                        gone.astype(np.uint8), (mask.shape[1], mask.shape[0]),
+                        interpolation=cv2.INTER_NEAREST_EXACT) > 0
+                    masks[oid] = mask & ~full
+                    self._soft[oid] = np.minimum(self._soft[oid], masks[oid].astype(np.float32))
             self._look[oid], self._stale[oid] = look, stale
+
+    def _check_look(self, oid: int, now: np.ndarray, flow: np.ndarray, m: Mask, look: np.ndarray,
+                    stale: np.ndarray, crop: tuple[slice, slice]) -> Mask | None:
+        """Object ``oid``'s look and count carried to ``crop`` of ``look`` and ``stale`` (flow size), and
+        followed there; the masked pixels that leave it (flow size, whole frame), or None."""
+        ys, xs = crop
+        gx, gy = np.meshgrid(np.arange(xs.start, xs.stop, dtype=np.float32),
+                             np.arange(ys.start, ys.stop, dtype=np.float32))
+        map_x, map_y = gx + flow[crop][..., 0], gy + flow[crop][..., 1]
+        carried = cv2.remap(self._look[oid], map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        count = cv2.remap(self._stale[oid], map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT)
+        here, mm = now[crop], m[crop]
+        differs = _channel_max(cv2.absdiff(carried, here)) > LOOK_DIFF
+        count = np.where(mm & differs, np.minimum(count.astype(np.int16) + 1, 255), 0).astype(np.uint8)
+        gone = (count >= LOOK_PERSIST).astype(np.uint8)
+        gone = cv2.morphologyEx(gone, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
+        out = None
+        if gone.any() and gone.sum() < LOOK_MAX_DROP * m.sum():
+            out = np.zeros(m.shape, bool)
+            out[crop] = gone
+            mm = mm & ~gone
+            count[gone] = 0
+        cv2.accumulateWeighted(here, carried, LOOK_RATE, mask=(mm & ~differs).astype(np.uint8))  # follows it
+        np.copyto(carried, here, where=~mm[..., None])  # outside the object: what is there now, for a part that joins it
+        look[crop], stale[crop] = carried, count
+        return out
 
     def _unconfirmed(self, backward: np.ndarray, image: np.ndarray) -> np.ndarray:
         """Pixels (flow size) just disoccluded: the forward flow does not confirm their backward flow, and
