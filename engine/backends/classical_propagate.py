@@ -438,41 +438,55 @@ class FlowPropagator(Propagator):
     def _small(self, image: np.ndarray) -> np.ndarray:
         return to_working(image, self._scale)
 
-    def _difference(self, small: np.ndarray) -> np.ndarray:
+    def _difference(self, small: np.ndarray, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """How far each pixel (flow size) is from the background model, blurred; on ``box`` (x0, y0, x1, y1)
+        only, computed with the blur's reach around it: the same values as over the whole frame."""
         assert self._bg is not None
-        return cv2.GaussianBlur(_channel_max(cv2.absdiff(small.astype(np.float32), self._bg)), (5, 5), 0)
+        if box is None:
+            return cv2.GaussianBlur(_channel_max(cv2.absdiff(small.astype(np.float32), self._bg)), (5, 5), 0)
+        x0, y0, x1, y1 = box
+        sh, sw = small.shape[:2]
+        px0, py0, px1, py1 = max(0, x0 - 2), max(0, y0 - 2), min(sw, x1 + 2), min(sh, y1 + 2)
+        region = (slice(py0, py1), slice(px0, px1))
+        diff = _channel_max(cv2.absdiff(small[region].astype(np.float32), self._bg[region]))
+        return cv2.GaussianBlur(diff, (5, 5), 0)[y0 - py0:y1 - py0, x0 - px0:x1 - px0]
 
     def _gate(self, small: np.ndarray, mask: Mask, apart: Mask | None = None) -> Mask:
         """Still camera: masked pixels that show the known background leave the object; pixels just
-        outside it that are known not to be background, and that move with it, join it."""
+        outside it that are known not to be background, and that move with it, join it.  Worked out on the
+        mask's box grown by the band, the opening and the difference's blur: the same as over the frame."""
         assert self._seen is not None
         h, w = mask.shape
         sh, sw = small.shape[:2]
         m = mask if (sh, sw) == (h, w) else cv2.resize(mask.astype(np.uint8), (sw, sh),
                                                         interpolation=cv2.INTER_NEAREST) > 0
-        diff = self._difference(small)
-        known = self._seen >= BG_SEEN
-        if not m.any():  # smaller than one pixel at the flow's size: nothing to gate
+        box = mask_box(m)
+        if box is None:  # smaller than one pixel at the flow's size: nothing to gate
             return mask
-        ys, xs = np.nonzero(m)
-        size = max(np.ptp(ys) + 1, np.ptp(xs) + 1)
+        size = max(box[2] - box[0], box[3] - box[1])
         r = max(1, int(BG_BAND * size))
-        near = cv2.dilate(m.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2)) > 0
+        x0, y0, x1, y1 = mask_box(m, r + 2)  # (the band, and the opening's reach beyond it)
+        crop = (slice(y0, y1), slice(x0, x1))
+        diff = self._difference(small, (x0, y0, x1, y1))
+        known = self._seen[crop] >= BG_SEEN
+        mc = m[crop]
+        near = cv2.dilate(mc.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2)) > 0
         # only what the model has evidence for changes (an opening of the whole mask would cut off
         # its thin parts, legs and straps, where nothing is known yet); specks of either are ignored
         speck = np.ones((3, 3), np.uint8)
-        drop = cv2.morphologyEx((m & known & (diff < BG_MATCH)).astype(np.uint8), cv2.MORPH_OPEN, speck) > 0
-        join = cv2.morphologyEx((near & ~m & known & (diff > BG_DIFF)).astype(np.uint8), cv2.MORPH_OPEN, speck) > 0
+        drop = cv2.morphologyEx((mc & known & (diff < BG_MATCH)).astype(np.uint8), cv2.MORPH_OPEN, speck) > 0
+        join = cv2.morphologyEx((near & ~mc & known & (diff > BG_DIFF)).astype(np.uint8), cv2.MORPH_OPEN, speck) > 0
         if not drop.any() and not join.any():
             return mask
-        gated = ((m & ~drop) | join).astype(np.uint8)
-        n, labels = cv2.connectedComponents(gated)  # the parts that keep most of the object
+        part = ((mc & ~drop) | join).astype(np.uint8)
+        n, labels = cv2.connectedComponents(part)  # the parts that keep most of the object
         if n <= 1:
             return mask
-        counts = np.bincount(labels[m].ravel(), minlength=n)
+        counts = np.bincount(labels[mc].ravel(), minlength=n)
         counts[0] = 0
         keep = counts >= 0.1 * max(1, counts.max())
-        gated = keep[labels]
+        gated = np.zeros((sh, sw), bool)
+        gated[crop] = keep[labels]
         if (sh, sw) != (h, w):
             gated = cv2.resize(gated.astype(np.uint8), (w, h), interpolation=cv2.INTER_LINEAR) > 0
         if apart is not None:  # another object passing by is not background either: it must not join
