@@ -107,7 +107,8 @@ class Propagator(abc.ABC):
     def step(self, frame: Frame) -> dict[int, Mask]:
         """Propagate every tracked object to ``frame`` (the frame after the last one seen).  A frame of
         another ``epoch`` than the last one seen follows a break in the source: the objects are found
-        again on it, not followed there by their motion."""
+        again on it, not followed there by their motion (the classical propagators look for them by
+        colour; AOT matches every frame against its long-term memory anyway)."""
 
     reduced_step: bool = False  # whether step_reduced() is cheaper than step() (a backend that overrides it)
 
