@@ -38,8 +38,9 @@ class Frame:
     pts: int | None = None
     time_base: Fraction | None = None
     wallclock: float | None = None  # time.monotonic() when it was decoded (live sources)
-    #: the unbroken run of the source it belongs to: a live source counts one up each time it reconnects.  Frames
-    #: of different runs need not continue one another (the objects may be anywhere): motion does not lead across
+    #: the unbroken run of the source it belongs to: a live source counts one up each time it reconnects (or its
+    #: publisher leaves).  Frames of different runs need not continue one another (the objects may be anywhere):
+    #: motion does not lead across
     epoch: int = 0
 
     @property

@@ -563,6 +563,12 @@ class LiveStream:
         self._set_state("running")
         self._ingest(image, seconds, time.monotonic())
 
+    def publisher_left(self) -> None:
+        """The stream's publisher stopped sending (its track ended).  What the next one sends need not continue
+        it: its frames start a new epoch (the objects are found again, not followed by motion) and the clock
+        takes the nominal step across the gap."""
+        self._gap = True
+
     def feed_audio(self, samples: np.ndarray, rate: int, layout: str, seconds: float | None) -> None:
         """Decoded audio (s16 interleaved) from the stream's publisher (a browser webcam), placed on the
         stream clock beside the video that arrived with it.  Ignored before the first frame and once closing."""

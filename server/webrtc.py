@@ -129,6 +129,7 @@ async def consume_webcam(track: MediaStreamTrack, stream: LiveStream) -> None:
             break
         image = await loop.run_in_executor(None, lambda f=frame: f.to_ndarray(format="rgb24"))
         stream.feed(image, float(frame.time) if frame.time is not None else None)
+    stream.publisher_left()
     log.info("%s: the browser's camera track ended", stream.name)
 
 

@@ -412,3 +412,25 @@ def test_a_stream_runs_on_the_runtime_in_either_mode(loop, runtime):
     report = stream.close(timeout=5)
     assert not report.abandoned and report.discarded == 0 and stream.state == "closed"
     assert stream.describe()["queue_policy"] == "drop-oldest"
+
+
+def test_frames_after_the_publisher_left_start_a_new_epoch(loop):
+    """A publisher that leaves and one that comes (the same stream): the pipeline sees the break as a new
+    Frame.epoch, so the objects are found again instead of followed by motion across it."""
+    epochs = []
+
+    def step(p, frame):
+        epochs.append(frame.epoch)
+        return [OutputFrame(frame, frame.image, {})]
+
+    stream = webcam(loop, StubPipeline(step)).start()
+    try:
+        for i in range(2):
+            stream.feed(np.full((H, W, 3), i, np.uint8), None)
+        stream.publisher_left()
+        for i in range(3):
+            stream.feed(np.full((H, W, 3), i, np.uint8), None)
+        wait_until(lambda: len(epochs) == 5, 10, "five frames through the pipeline")
+        assert epochs == [0, 0, 1, 1, 1]
+    finally:
+        stream.close(timeout=5)
