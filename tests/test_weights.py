@@ -11,7 +11,7 @@ import dataclasses
 import http.server
 import importlib.util
 import io
-import os
+import random
 import socket
 import subprocess
 import sys
@@ -202,7 +202,9 @@ def _zip_of_checkpoint(sd, path: Path) -> Path:
 DAMAGED = [
     # id, make(sd, path) -> path, expected text in the message
     ("truncated", _truncated, "truncated or corrupt"),
-    ("random-bytes", lambda sd, p: (p.write_bytes(os.urandom(4096)), p)[1], "not a torch checkpoint"),
+    # (seeded: os.urandom started with a pickle's magic byte 0x80 about one run in 256, and was then read as a
+    # legacy checkpoint, "truncated or corrupt")
+    ("random-bytes", lambda sd, p: (p.write_bytes(random.Random(0).randbytes(4096)), p)[1], "not a torch checkpoint"),
     ("empty-file", lambda sd, p: (p.write_bytes(b""), p)[1], "not a torch checkpoint"),
     ("missing-key", _without("head.bias"), "1 missing key(s) (e.g. head.bias)"),
     ("extra-key", lambda sd, p: save({**sd, "head.extra": torch.zeros(2)}, p), "1 unexpected key(s) (e.g. head.extra)"),
