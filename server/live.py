@@ -380,7 +380,7 @@ class LiveStream:
         self._received = 0  # frames put into the queue
         self._last_source_s: float | None = None
         self._gap = True  # the next frame follows a (re)connect: use the nominal step
-        self._epoch = 0  # the source's unbroken run (Frame.epoch): one up at each reconnect
+        self._epoch = 0  # the source's unbroken run (Frame.epoch): one up at each reconnect or new publisher
         self._stop = threading.Event()  # intake stops (close, or a failure)
         self._closed = False
         self._report: CloseReport | None = None
