@@ -250,8 +250,9 @@ class FlowPropagator(Propagator):
         allowed = self._not_background(small)
         last = {oid: self._at(soft > 0.5, before.shape) for oid, soft in self._soft.items()}
         out = self._step(frame)
+        bins_before, bins_now = _colour_bins(before), _colour_bins(small)
         for oid, mask in out.items():
-            found = _found_again(before, last[oid], small, self._at(mask, small.shape), allowed)
+            found = _found_again(bins_before, last[oid], bins_now, self._at(mask, small.shape), allowed)
             if found is not None:
                 out[oid] = self._grabcut(frame.image, self._at(found, mask.shape)) if self.refine \
                     else self._at(found, mask.shape)
@@ -458,8 +459,7 @@ class FlowPropagator(Propagator):
         assert self._seen is not None
         h, w = mask.shape
         sh, sw = small.shape[:2]
-        m = mask if (sh, sw) == (h, w) else cv2.resize(mask.astype(np.uint8), (sw, sh),
-                                                        interpolation=cv2.INTER_NEAREST) > 0
+        m = self._at(mask, small.shape)
         box = mask_box(m)
         if box is None:  # smaller than one pixel at the flow's size: nothing to gate
             return mask
@@ -559,21 +559,21 @@ class FlowPropagator(Propagator):
         return out
 
 
-def _found_again(before: np.ndarray, mask: Mask, image: np.ndarray, carried: Mask,
+def _found_again(before: np.ndarray, mask: Mask, now: np.ndarray, carried: Mask,
                  allowed: Mask | None) -> Mask | None:
-    """The object ``mask`` of ``before`` in ``image`` (all at one size), where a region there looks more like
-    it than ``carried``, the flow's answer, does (FIND_BETTER); None where none does.  A region's look: the
-    summed likelihood of its pixels' colours being the object's (an RGB histogram of the object against the
-    rest of ``before``), scaled down for a region larger than the object."""
+    """The object ``mask`` of the last frame in the new one (their colour bins ``before`` and ``now``, see
+    _colour_bins; all at one size), where a region there looks more like it than ``carried``, the flow's
+    answer, does (FIND_BETTER); None where none does.  A region's look: the summed likelihood of its pixels'
+    colours being the object's (a histogram of the object against the rest of the last frame), scaled down
+    for a region larger than the object."""
     area = int(mask.sum())
     if area == 0 or mask.all():
         return None
-    colours = _colour_bins(before)
-    inside = np.bincount(colours[mask], minlength=FIND_BINS ** 3).astype(np.float32)
-    outside = np.bincount(colours[~mask], minlength=FIND_BINS ** 3).astype(np.float32)
+    inside = np.bincount(before[mask], minlength=FIND_BINS ** 3).astype(np.float32)
+    outside = np.bincount(before[~mask], minlength=FIND_BINS ** 3).astype(np.float32)
     outside *= area / max(1, mask.size - area)  # as many as the object's: a colour is its as often as not at 0.5
     likely = inside / np.maximum(inside + outside, 1e-6)
-    p = cv2.GaussianBlur(likely[_colour_bins(image)], (5, 5), 0)
+    p = cv2.GaussianBlur(likely[now], (5, 5), 0)
     candidate = p > FIND_LIKELY
     if allowed is not None:
         candidate &= allowed

@@ -150,20 +150,20 @@ class GuidedPropagator(Propagator):
 
     def step(self, frame: Frame) -> dict[int, Mask]:
         if self._broken(frame):
-            return self._found_again(frame)
+            return self._across_break(frame)
         return self._guided(frame, self._flow.step(frame), recover=True)
 
     def step_reduced(self, frame: Frame) -> dict[int, Mask]:
         """The flow's reduced step, bounded by the boxes; no re-seeding GrabCut (the costly part)."""
         if self._broken(frame):
-            return self._found_again(frame)
+            return self._across_break(frame)
         return self._guided(frame, self._flow.step_reduced(frame), recover=False)
 
     def _broken(self, frame: Frame) -> bool:
         """Whether ``frame`` follows a break in the source (another epoch than the last frame seen)."""
         return self._prev is not None and bool(self._guides) and frame.epoch != self._epoch
 
-    def _found_again(self, frame: Frame) -> dict[int, Mask]:
+    def _across_break(self, frame: Frame) -> dict[int, Mask]:
         """After a break in the source the flow propagator finds the objects again, and each box tracker
         starts over on what it found (its search region is around the box it lost)."""
         masks = self._flow.step(frame)
