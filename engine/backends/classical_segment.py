@@ -14,9 +14,10 @@ part they still lie in.
 
 A box is the object's extent: GrabCut inside it (the clicks in it sure object or sure background) on
 two feature images (Lab, and RGB with the motion against the camera as a channel, so the colour
-models separate what moves from what does not) and two context margins; the segment whose own
-bounding box fills the box best, weighted by its colour distinctness, wins.  Positive clicks outside
-the box add what they select on their own.
+models separate what moves from what does not) and two context margins, a small box's crop solved
+enlarged; the segment whose own bounding box fills the box best, weighted by its colour distinctness
+and the contrast along its outline, wins.  Positive clicks outside the box add what they select on
+their own.
 """
 from __future__ import annotations
 
@@ -50,6 +51,8 @@ MIN_CONTRAST = 4.0  # mean gradient along an outline below which there is no obj
 CROP_MARGIN = 0.5  # GrabCut's background model: a margin this fraction of the rectangle around it
 GRABCUT_PIXELS = 40000  # larger GrabCut crops are solved downscaled to about this many pixels ...
 BOX_PIXELS = 60000  # ... and with a box
+BOX_UPSCALE = 4.0  # ... and a smaller box's crop enlarged to about that, by up to this factor: GrabCut's smoothing
+# outweighs a region of a few hundred pixels (a far-away figure) at its own size
 RECT_SCALES = (0.08, 0.13, 0.2, 0.3)  # half-sizes of the tried rectangles, x the long side
 RECT_ASPECTS = ((1.0, 1.0), (0.55, 1.5), (1.5, 0.6))  # (width, height) factors: square, upright, lying
 CANDIDATE_ITERATIONS = 3  # GrabCut iterations of the rectangles' candidates (the winner is re-solved)
@@ -59,6 +62,8 @@ DISTINCTNESS_POWER = 2.0  # weight of the inside/ring colour difference in the s
 AGREEMENT_STEP = 4  # candidates are compared at this subsampling
 AREA_PRIOR = 0.2  # exponent of a mild preference for larger candidates (parts of an object are sharp too)
 BOX_MARGINS = (0.5, 1.0)  # box mode: GrabCut's background context, x the box's long side
+BOX_CONTRAST_POWER = 0.25  # weight of the outline's contrast in a box candidate's score: a candidate that follows
+# the blurred motion channel beyond the object's edges (more so solved enlarged) has a weaker outline
 MOTION_GAIN = 16.0  # residual flow, in multiples of the frame's median, to 0-255 for the motion channel
 CUT_LEVELS = 24  # distance levels tried to part a negatively clicked part from the rest
 MIN_FIT = 0.2  # a box's segment whose bounding box covers less of the box than this is no object in it
@@ -356,15 +361,17 @@ class ClassicalSegmenter(Segmenter):
         grad = _gradient(img)
         best, best_score = None, 0.0
         tasks = [lambda feature=feature, margin=margin: self._grabcut(feature, rect, inside, negatives, s, seed,
-                                                                      margin=margin, largest=True, pixels=BOX_PIXELS)
+                                                                      margin=margin, largest=True, pixels=BOX_PIXELS,
+                                                                      upscale=BOX_UPSCALE)
                  for feature in _features(img, lab, motion_channel(residuals)) for margin in BOX_MARGINS]
         for candidate in _in_parallel(tasks):
             if candidate is None or not candidate.any():
                 continue
             fit = _box_fit(candidate, rect)
-            if fit < MIN_FIT or _outline_contrast(candidate, grad) < MIN_CONTRAST:
+            contrast = _outline_contrast(candidate, grad)
+            if fit < MIN_FIT or contrast < MIN_CONTRAST:
                 continue
-            score = fit * _distinctness(candidate, lab) ** 0.5
+            score = fit * _distinctness(candidate, lab) ** 0.5 * contrast ** BOX_CONTRAST_POWER
             if score > best_score:
                 best, best_score = candidate, score
         if best is not None and negatives:
@@ -442,23 +449,24 @@ class ClassicalSegmenter(Segmenter):
     def _grabcut(self, img: np.ndarray, rect: tuple[int, int, int, int], positives: Sequence[Click],
                  negatives: Sequence[Click], s: float, seed: int, *, margin: float = CROP_MARGIN,
                  largest: bool = False, iterations: int | None = None,
-                 pixels: int = GRABCUT_PIXELS) -> np.ndarray | None:
+                 pixels: int = GRABCUT_PIXELS, upscale: float = 1.0) -> np.ndarray | None:
         """GrabCut inside the rectangle, its colour models learned from a margin around it only
         (``largest``: the largest segment is kept besides the clicked ones).
 
-        Large crops are solved at a reduced size (GrabCut's cost grows with the pixel count)."""
+        Large crops are solved at a reduced size (GrabCut's cost grows with the pixel count), small ones
+        enlarged by up to ``upscale``."""
         h, w = img.shape[:2]
         x0, y0, x1, y1 = rect
         m = max(8, int(margin * max(x1 - x0, y1 - y0)))
         cx0, cy0, cx1, cy1 = max(0, x0 - m), max(0, y0 - m), min(w, x1 + m), min(h, y1 + m)
         cw, ch = cx1 - cx0, cy1 - cy0
-        f = min(1.0, float(np.sqrt(pixels / (cw * ch))))
+        f = min(upscale, float(np.sqrt(pixels / (cw * ch))))
         size = (max(1, round(cw * f)), max(1, round(ch * f)))
         init = np.full((ch, cw), cv2.GC_BGD, np.uint8)
         init[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0] = cv2.GC_PR_FGD
         crop = np.ascontiguousarray(img[cy0:cy1, cx0:cx1])
-        if f < 1.0:
-            crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
+        if f != 1.0:
+            crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA if f < 1.0 else cv2.INTER_LINEAR)
             init = cv2.resize(init, size, interpolation=cv2.INTER_NEAREST)
         shift = [Click(c.x - cx0 / s, c.y - cy0 / s, c.positive) for c in (*positives, *negatives)]
         solved = self._solve(crop, init, [c for c in shift if c.positive], [c for c in shift if not c.positive],
@@ -467,6 +475,8 @@ class ClassicalSegmenter(Segmenter):
             return None
         if f < 1.0:
             solved = cv2.resize(solved.astype(np.uint8), (cw, ch), interpolation=cv2.INTER_LINEAR) > 0
+        elif f > 1.0:  # each pixel is the object where most of its enlarged area is
+            solved = cv2.resize(solved.astype(np.float32), (cw, ch), interpolation=cv2.INTER_AREA) >= 0.5
         out = np.zeros((h, w), bool)
         out[cy0:cy1, cx0:cx1] = solved
         return out
