@@ -1,6 +1,7 @@
 """A re-seed of the NanoTrack-guided propagator (a user's correction, another object added) and the box trackers:
-an object whose tracker trusted its box on the re-seeded frame, and whose new mask agrees with that box, keeps its
-tracker; one whose tracker was unsure there, or whose new mask lies elsewhere, starts it again on the new mask.
+an object whose tracker trusted its box on the re-seeded frame, and whose new mask overlaps that box (a part of the
+object, or it with background beside it, as a classical correction often selects), keeps its tracker; one whose
+tracker was unsure there, or whose new mask lies elsewhere, starts it again on the new mask.
 A scripted tracker stands in for NanoTrack (no weights needed): it puts the object where the scene has it."""
 from __future__ import annotations
 
@@ -71,11 +72,29 @@ def run(score: float, reseed: np.ndarray) -> Scripted:
     return trackers[0]
 
 
+def part(t: int) -> np.ndarray:
+    """A corner of the object (a fifth of it: its box overlaps the object's at IoU 0.2)."""
+    m = np.zeros((H, W), bool)
+    x, y = square(t)
+    m[y:y + 8, x:x + 10] = True
+    return m
+
+
+def beside(t: int) -> np.ndarray:
+    """The object and as much background again beside it (box IoU 0.5, less a rounding)."""
+    m = mask(t)
+    x, y = square(t)
+    m[y:y + 20, x + 20:x + 41] = True
+    return m
+
+
 @pytest.mark.parametrize("score,reseed,starts", [
     (0.9, mask(2, dx=3), 1),  # trusted, the corrected mask agrees: the tracker goes on
+    (0.9, part(2), 1),  # a correction that selected a part of the object: the tracker keeps the whole
+    (0.9, beside(2), 1),  # ... or the background beside it too
     (0.3, mask(2, dx=3), 2),  # the tracker was unsure there: it starts again on the corrected mask
     (0.9, mask(2, dx=60), 2),  # the corrected mask is elsewhere (the tracker had lost it): it starts again
-], ids=["trusted", "unsure", "elsewhere"])
+], ids=["trusted", "a part", "with background beside", "unsure", "elsewhere"])
 def test_a_reseed_keeps_a_trusted_tracker(score, reseed, starts):
     tracker = run(score, reseed)
     assert len(tracker.starts) == starts
