@@ -81,7 +81,7 @@ def part(t: int) -> np.ndarray:
 
 
 def beside(t: int) -> np.ndarray:
-    """The object and as much background again beside it (box IoU 0.5, less a rounding)."""
+    """The object and as much background again beside it (box IoU 0.49)."""
     m = mask(t)
     x, y = square(t)
     m[y:y + 20, x + 20:x + 41] = True

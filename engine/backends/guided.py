@@ -47,9 +47,8 @@ BOX_AGREE = 0.5  # overlaps the tracker's by less than this (IoU); the re-seeded
 # what is left of the mask in the grown box
 CORRECTION_AGREE = 0.1  # a mask re-seeded from outside (a user's correction) whose box overlaps the trusted tracker's
 # by at least this (IoU) keeps the tracker: the classical click segmenter's selection at a correction is often a
-# part of the object or the background beside it, and a tracker started again on it follows that (track suite,
-# NanoTrack, with corrections: 0.5 -> 0.1 took click 0.257 -> 0.274 and box 0.358 -> 0.388); below it the user
-# has shown the object elsewhere
+# part of the object or the background beside it, and a tracker started again on it follows that; below it the
+# user has shown the object elsewhere
 CLIP_MIN = 0.01  # a bound that takes away less than this share of the mask is not applied
 RESEED = 0.1  # guidance that changes more than this share of a mask re-seeds the flow propagator with it
 DENSITY_RATE = 0.1  # how fast the object's area per box area follows the accepted masks as they grow ...
