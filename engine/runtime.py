@@ -18,7 +18,8 @@ Modes (:class:`Mode`):
   would emit, so the output is the same (for prompts given up front; a live prompt lands on the
   frame the tracker is at when it arrives).
 
-Both modes apply the same :class:`ThreadSettings`.  Each worker runs inside its own
+Both modes apply the same :class:`ThreadSettings`; in the pipelined one the workers upstream of the
+emitter run at a lower priority (drained downstream first: the emitter is the slowest).  Each worker runs inside its own
 :class:`DeviceContext` (on CUDA: its own stream, pinned host buffers, non-blocking copies; on CPU
 the same calls do nothing).  :class:`Tracer` records every stage call as Chrome trace events.
 Those parts (queues, the live source, the fan-out, settings, device context, tracer) live in
@@ -179,7 +180,7 @@ class StreamSession:
         self.on_failure = on_failure
         self.on_tracked = on_tracked
         self.tracer = Tracer(self.config.trace, one_thread=self.config.mode is Mode.SEQUENTIAL)
-        self.threads: dict[str, int | None] = {}
+        self.threads: dict[str, Any] = {}
         n = self.config.queue_items
         self.frames: BoundedQueue[Frame] = BoundedQueue(n, Policy.BLOCK)
         self.jobs: BoundedQueue[Any] = BoundedQueue(n, Policy.BLOCK)
@@ -320,6 +321,7 @@ class StreamSession:
     # ------------------------------------------------------------------ workers
     def _guard(self, worker: str, loop: Callable[[DeviceContext], None]) -> None:
         try:
+            self.config.threads.enter_worker(worker)
             with DeviceContext(self.device) as device:
                 loop(device)
         except BaseException as exc:  # noqa: BLE001 - the run reports it; the other workers stop

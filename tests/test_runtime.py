@@ -3,6 +3,7 @@ slow sink and a slow stage, close() never flushes while a worker runs, and its p
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -517,6 +518,53 @@ def test_a_session_runs_with_the_stated_thread_settings():
     finally:
         sys.setswitchinterval(switch)
         cv2.setNumThreads(cv_threads)
+
+
+def _nice() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priorities are Linux's")
+def test_workers_upstream_of_the_emitter_yield_the_cpu_to_it():
+    """Drained downstream first: the decoder and the tracker run at a lower priority than the emitter and
+    the writer (the emitter is the slowest worker; the others wait for room in its queue anyway).  The
+    sequential mode's one thread keeps the process's priority; both modes state the table."""
+    from unseen.engine.streams import WORKER_NICE
+
+    class Phases(StubPhases):
+        def track(self, frame, *, hurry=False):
+            seen["track"] = _nice()
+            return super().track(frame, hurry=hurry)
+
+        def emit(self, index):
+            seen["emit"] = _nice()
+            return super().emit(index)
+
+    class Source(CountingSource):
+        def __iter__(self):
+            for frame in super().__iter__():
+                seen["decode"] = _nice()
+                yield frame
+
+    class Sink(ListSink):
+        def write(self, output):
+            seen["write"] = _nice()
+            super().write(output)
+
+    base = _nice()
+    for mode in Mode:
+        seen: dict[str, int] = {}
+        session = StreamSession(Source(5), Phases(), [Sink()], config=RuntimeConfig(mode=mode))
+        session.run()
+        assert session.threads["worker_nice"] == dict(WORKER_NICE)
+        if mode is Mode.SEQUENTIAL:
+            assert set(seen.values()) == {base}, seen
+        else:
+            assert seen["emit"] == seen["write"] == base, seen
+            assert base < seen["track"] < seen["decode"], seen
+            assert {w: seen[w] - base for w in ("decode", "track")} == \
+                {w: min(19 - base, inc) for w, inc in WORKER_NICE}
+    assert _nice() == base  # the caller's thread is left as it was
 
 
 def test_the_cpu_device_context_is_a_no_op_on_the_same_path():
