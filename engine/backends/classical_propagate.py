@@ -164,11 +164,16 @@ class FlowPropagator(Propagator):
     def seed(self, frame: Frame, masks: Mapping[int, Mask]) -> None:
         self._scale = self._flows.scale(frame.image)
         self._prev = frame.image
-        self._epoch = frame.epoch
-        self._soft = {oid: m.astype(np.float32) for oid, m in masks.items()}
         self._area = {oid: float(m.sum()) for oid, m in masks.items()}
-        self._backoff.clear()  # a new reference: every refinement is tried again
-        self._restart_looks(self._small(frame.image), masks)
+        self._new_reference(frame.epoch, self._small(frame.image), masks)
+
+    def _new_reference(self, epoch: int, small: np.ndarray, masks: Mapping[int, Mask]) -> None:
+        """Continue from ``masks`` as from a new start (a seed, or the objects found again across a break):
+        every refinement is tried again and each object's look is this frame."""
+        self._soft = {oid: m.astype(np.float32) for oid, m in masks.items()}
+        self._epoch = epoch
+        self._backoff.clear()
+        self._restart_looks(small, masks)
 
     def step(self, frame: Frame) -> dict[int, Mask]:
         if self._prev is None or not self._soft:
@@ -178,8 +183,8 @@ class FlowPropagator(Propagator):
             return self._across_break(frame)
         return self._step(frame)
 
-    def _step(self, frame: Frame) -> dict[int, Mask]:
-        small = self._small(frame.image)
+    def _step(self, frame: Frame, small: np.ndarray | None = None) -> dict[int, Mask]:
+        small = self._small(frame.image) if small is None else small  # (the frame at the flow size)
         flow = self._flows.flow(frame.image, self._prev)  # for each new pixel: where it was before
         still = float(np.median(cv2.magnitude(flow[..., 0], flow[..., 1]))) < STILL_FLOW
         # still camera: what moving objects uncover (disocclusions) is told apart; a moving camera's
@@ -249,7 +254,7 @@ class FlowPropagator(Propagator):
         small, before = self._small(frame.image), self._small(self._prev)
         allowed = self._not_background(small)
         last = {oid: self._at(soft > 0.5, before.shape) for oid, soft in self._soft.items()}
-        out = self._step(frame)
+        out = self._step(frame, small)
         bins_before, bins_now = _colour_bins(before), _colour_bins(small)
         for oid, mask in out.items():
             found = _found_again(bins_before, last[oid], bins_now, self._at(mask, small.shape), allowed)
@@ -257,10 +262,7 @@ class FlowPropagator(Propagator):
                 out[oid] = self._grabcut(frame.image, self._at(found, mask.shape)) if self.refine \
                     else self._at(found, mask.shape)
         resolve_overlaps(out)
-        self._soft = {oid: m.astype(np.float32) for oid, m in out.items()}
-        self._backoff.clear()
-        self._epoch = frame.epoch
-        self._restart_looks(small, out)
+        self._new_reference(frame.epoch, small, out)  # (each object's area anchor is kept)
         return out
 
     def _not_background(self, small: np.ndarray) -> Mask | None:
