@@ -265,7 +265,10 @@ class ThreadSettings:
         if increment <= 0 or not PER_THREAD_NICE:
             return
         tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + increment))
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + increment))
+        except OSError:  # (a sandbox that forbids it: the worker runs at its inherited priority)
+            pass
 
 
 class DeviceContext:

@@ -567,6 +567,17 @@ def test_workers_upstream_of_the_emitter_yield_the_cpu_to_it():
     assert _nice() == base  # the caller's thread is left as it was
 
 
+def test_a_worker_whose_priority_cannot_be_lowered_runs_on(monkeypatch):
+    def refuse(*args):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "setpriority", refuse)  # (a sandbox's seccomp filter)
+    sink = ListSink()
+    session = StreamSession(CountingSource(5), StubPhases(), [sink], config=RuntimeConfig(mode=Mode.PIPELINED))
+    session.run()
+    assert session.error is None and len(sink.outputs) == 5
+
+
 def test_the_cpu_device_context_is_a_no_op_on_the_same_path():
     image = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
     with DeviceContext("cpu") as ctx:
