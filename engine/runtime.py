@@ -19,10 +19,10 @@ Modes (:class:`Mode`):
   frame the tracker is at when it arrives).
 
 Both modes apply the same :class:`ThreadSettings`; in the pipelined one the workers upstream of the
-emitter run at a lower priority (drained downstream first: the emitter is the slowest).  Each worker runs inside its own
-:class:`DeviceContext` (on CUDA: its own stream, pinned host buffers, non-blocking copies; on CPU
-the same calls do nothing).  :class:`Tracer` records every stage call as Chrome trace events.
-Those parts (queues, the live source, the fan-out, settings, device context, tracer) live in
+emitter run at a lower priority (drained downstream first: the emitter is the slowest).  Each worker
+runs inside its own :class:`DeviceContext` (on CUDA: its own stream, pinned host buffers, non-blocking
+copies; on CPU the same calls do nothing).  :class:`Tracer` records every stage call as Chrome trace
+events.  Those parts (queues, the live source, the fan-out, settings, device context, tracer) live in
 engine/streams.py.
 """
 from __future__ import annotations

@@ -224,7 +224,8 @@ WORKER_NICE = (("decode", 10), ("track", 5))  # nice increments of the pipelined
 # (Linux, per thread; the emitter and the writer keep the process's).  The emitter is the slowest worker and the
 # others wait for room in its queue: at equal priority the decoder and tracker, woken together each time it took
 # a job, took a share of its core, and the other core idled between those bursts.  Drained downstream first,
-# dog-walk 854x480 (the woman clicked) ran in 17.4-18.4 s against 18.9-19.6 s, the same output
+# `unseen run` dog-walk 854x480 (the woman clicked) took 16.1-17.3 s against 17.6-19.1 s, alternated, the same
+# output (the CPU used 178-180% of the two cores instead of 170%)
 
 
 @dataclass(frozen=True)
