@@ -150,6 +150,11 @@ class FlowCache:
                 self.computed += 1
         return found
 
+    def cached(self, a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+        """``flow(a, b)`` when it was computed already, else None (nothing is computed)."""
+        with self._lock:
+            return self._flows.get((a, b))
+
     def forward(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Like ``flow(a, b)``, for ``a`` the frame before ``b``: the inverse of ``flow(b, a)`` (the
         propagator's, usually found here), computed once."""

@@ -210,6 +210,7 @@ def test_every_suite_quick(data_dir, tmp_path):
         assert c["size"] == "432x240" and 15 < c["psnr"] < 100 and 0.5 < c["ssim"] <= 1
         assert 0 < c["hole_fraction"] < 0.5
         assert 0 < c["detail_hole"] < float("inf")
+        assert 10 < c["cheap_psnr_hole"] < 100  # the degraded step's fill, from the true previous frame
 
     speed = json.loads((results / "speed.json").read_text())
     runs = speed["runs"]

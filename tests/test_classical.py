@@ -9,6 +9,7 @@ from unseen.engine.backends.classical_inpaint import FlowGuidedInpainter, _carry
 from unseen.engine.backends.classical_propagate import FlowPropagator
 from unseen.engine.backends.classical_segment import ClassicalSegmenter
 from unseen.engine.fill import fill_invalid, spatial_fill, texture_fill
+from unseen.engine.flow import FlowCache
 from unseen.engine.stages import Click, Frame, InpaintRequest, SelectionError, WindowEntry, dilate_hole
 from unseen.engine.synthetic import iou, make_clip, psnr
 
@@ -142,6 +143,31 @@ def test_cheap_fill_uses_the_previous_output_or_telea(clip):
     prev = np.full_like(clip.frames[4], 7)
     copied = inp.cheap(InpaintRequest(5, {5: entry}, (), {4: prev}))
     assert (copied[hole] == 7).all()
+
+
+@pytest.mark.parametrize("pan", [(4.0, -2.0), (-3.0, 0.0), (0.0, 0.0)])
+def test_the_cheap_fill_follows_the_camera_with_the_trackers_flow(pan):
+    """A degraded step's fill takes the previous output from where the background around the hole was: on
+    a panning camera moved by that motion (the flow the tracker computed for the pair); on a still camera,
+    or when no flow was computed (a stale step computes none), the plain copy."""
+    clip = make_clip(8, 320, 192, pan=pan, seed=3)
+    t = 6
+    hole = dilate_hole(clip.masks[t], 4)
+    entries = {i: WindowEntry(Frame(i, clip.frames[i]), clip.masks[i]) for i in (t - 1, t)}
+    request = InpaintRequest(t, entries, (), {t - 1: clip.backgrounds[t - 1]})
+    copied = FlowGuidedInpainter(flows=FlowCache()).cheap(request)
+    assert np.array_equal(copied[hole], clip.backgrounds[t - 1][hole])
+    flows = FlowCache()
+    flows.flow(clip.frames[t], clip.frames[t - 1])  # as the tracker's step does
+    followed = FlowGuidedInpainter(flows=flows).cheap(request)
+    assert np.array_equal(followed[~hole], clip.frames[t][~hole])
+    truth = clip.backgrounds[t]
+    if pan == (0.0, 0.0):
+        assert np.array_equal(followed, copied)
+    else:
+        assert psnr(followed, truth, hole) > psnr(copied, truth, hole) + 6, \
+            (psnr(followed, truth, hole), psnr(copied, truth, hole))
+        assert psnr(followed, truth, hole) > 30
 
 
 def test_fill_invalid_interpolates_smoothly():
