@@ -232,3 +232,26 @@ def test_geometry_is_area_centroid_and_box(case):
     assert np.allclose(g.centre, [xs.mean(), ys.mean()], atol=1e-9)
     assert g.box.tolist() == [xs.min(), ys.min(), xs.max(), ys.max()]
     assert geometry(np.zeros_like(mask)) is None
+
+
+def test_cheap_filled_frames_on_a_panning_camera_show_the_background_where_it_is_now():
+    """Every third step full, the others given the cheap fill (a live stream a little behind), on a camera
+    panning 3 px a frame: the cheap fill moves the previous output with the camera (the flow the tracker
+    computed), so the removed object's place shows the background that is there now.  (The plain copy of
+    the previous output, misplaced by the pan, scored 26 dB on average here, against 44.)"""
+    from unseen.engine.session import Backends, build_pipeline
+    from unseen.engine.synthetic import interior_point, psnr
+
+    clip = make_clip(40, 320, 192, pan=(3.0, 1.0), seed=4)
+    pipeline = build_pipeline(Backends("classical", "classical", "classical"), config=PipelineConfig(delay=4))
+    pipeline.click(*interior_point(clip.masks[0]), frame_index=0)
+    outputs = []
+    for t, image in enumerate(clip.frames):
+        outputs += pipeline.step(Frame(t, image), hurry=Level.CHEAP_FILL if t % 3 else Level.FULL)
+    outputs += pipeline.flush()
+    cheap = [o for o in outputs if o.degraded]
+    assert len(outputs) == 40 and len(cheap) >= 20
+    # (frames 1 and 2 copy frame 0's fill, made up where nothing behind the object had been seen yet)
+    scores = [psnr(o.image, clip.backgrounds[o.frame.index], clip.masks[o.frame.index]) for o in cheap
+              if o.frame.index >= 3]
+    assert np.mean(scores) > 38 and np.median(scores) > 40, [round(s, 1) for s in scores]  # (the copy: 27, 26)
