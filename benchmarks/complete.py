@@ -11,9 +11,9 @@ frames of a clip, then over clips; detail = gradient energy in the hole, output 
 original (1: as detailed as the truth, under 1: a smear).  The degraded live step's fill
 is scored apart: each frame's ``cheap`` fill given the true previous frame as the previous
 output and the optical flow a tracker would have computed for the pair (PSNR in the hole;
-a panning camera's clips show whether it follows the camera).  E2FGVI reports 33.01 dB / 0.9721 on DAVIS (50
-clips, its own random object masks); the masks here differ, so the figures are only
-indicative.
+a panning camera's clips show whether it follows the camera).  E2FGVI reports 33.01 dB /
+0.9721 on DAVIS (50 clips, its own random object masks); the masks here differ, so the
+figures are only indicative.
 """
 from __future__ import annotations
 

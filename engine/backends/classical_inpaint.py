@@ -476,13 +476,12 @@ class FlowGuidedInpainter(Inpainter):
             cv2.copyTo(self.background.image, cv2.bitwise_and(hole_u8, self.background.known.view(np.uint8)), out)
         return out
 
-
     def _follow_camera(self, prev: Image, image: Image, before: Image, hole: Mask) -> Image:
         """The previous output moved as the background around the hole moved since (the median of the flow in
         a band around it: a panning camera's view, or one following a subject); as it is on a still camera, or
         when the tracker computed no flow for the pair (a stale step: computing it here would cost what the
-        degraded step saves).  Remove suite pairs, the true previous background copied into each frame's
-        dilated hole: 22.02 -> 23.34 dB on average, bmx-trees' fast pan 15.34 -> 23.02 dB."""
+        degraded step saves).  complete suite, each frame's cheap fill from the true frame before, PSNR in
+        the hole: 22.24 -> 23.80 dB against the plain copy, bmx-trees' fast pan 15.53 -> 23.95 dB."""
         flow = self._flows.cached(image, before)
         if flow is None or np.hypot(*_camera(flow)) <= MOVING:
             return prev
