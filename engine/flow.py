@@ -141,8 +141,7 @@ class FlowCache:
         return found
 
     def flow(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        with self._lock:
-            found = self._flows.get((a, b))
+        found = self.cached(a, b)
         if found is None:
             found = self.dis().calc(self.gray(a), self.gray(b), None)
             with self._lock:

@@ -13,7 +13,8 @@ the box guides the mask, each step:
   had it kept its motion from before it disappeared; found there, the tracker starts over on it.
 A mask the guidance changed re-seeds the flow propagator on this frame, so the next step goes on from it.
 A re-seed from outside (a user's correction, another object added) keeps an object's tracker and models where
-the tracker trusted its box on that frame and the new mask overlaps it at all; else the tracker starts again there.
+the tracker trusted its box on that frame and the new mask's box overlaps it (IoU >= CORRECTION_AGREE); else the
+tracker starts again there.
 Masks are never opened or smoothed here: thin parts inside the box stay.
 
 Memory: the flow propagator's, plus per object the tracker (fixed-size template), one colour model and the
